@@ -1,0 +1,75 @@
+"""Database engine and units of work. Whoever opens the unit of work commits it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+from chatbatch.errors import ConfigError
+from chatbatch.settings import get_settings
+
+
+def normalise_url(url: str) -> str:
+    """Accept the URLs people paste (``postgres://``, ``postgresql://``) and use psycopg 3."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def make_engine(url: str, *, pool_size: int = 8) -> Engine:
+    """An engine tuned for its backend: WAL and a busy timeout on SQLite, pre-ping on PostgreSQL."""
+    url = normalise_url(url)
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ConfigError(f"CHATBATCH_DATABASE_URL is not a database URL: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(
+            url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=pool_size
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigError("CHATBATCH_DATABASE_URL must be a PostgreSQL or SQLite URL")
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()
+
+
+@lru_cache(maxsize=1)
+def get_engine() -> Engine:
+    """The process-wide engine for the configured database."""
+    settings = get_settings()
+    return make_engine(settings.database_url, pool_size=settings.concurrency + 4)
+
+
+@contextmanager
+def unit_of_work(engine: Engine | None = None) -> Iterator[Connection]:
+    """A transaction that commits on success and rolls back on any error."""
+    with (engine or get_engine()).begin() as conn:
+        yield conn
+
+
+def db_now(conn: Connection) -> datetime:
+    """The database's clock (PostgreSQL), so leases never depend on a worker's clock."""
+    if conn.dialect.name == "postgresql":
+        value = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+        return value.astimezone(UTC)
+    return datetime.now(UTC)

@@ -1,0 +1,289 @@
+"""Every SQL statement the engine runs: claims, guarded transitions, recovery, summaries.
+
+Functions take a connection and never commit; the caller owns the unit of work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Row, func, select, update
+
+from chatbatch.completions import USAGE_COLUMNS
+from chatbatch.errors import NotFoundError
+from chatbatch.models import batches_table as b
+from chatbatch.models import requests_table as r
+from chatbatch.states import (
+    ACTIVE_STATUSES,
+    BatchStatus,
+    Policy,
+    RequestStatus,
+    RowView,
+    Transition,
+    after_lease_expired,
+    expired_transition,
+)
+
+POLLABLE_BATCHES = (BatchStatus.RUNNING, BatchStatus.PAUSED)
+
+
+@dataclass(frozen=True)
+class SubmitClaim:
+    """A row claimed for submission (now ``submitting``)."""
+
+    id: int
+    batch_id: str
+    lease_token: int
+    attempts: int
+    body: str
+
+
+@dataclass(frozen=True)
+class PollClaim:
+    """A row claimed for one poll (still ``submitted``, its ``due_at`` pushed out as a lease)."""
+
+    id: int
+    batch_id: str
+    lease_token: int
+    remote_id: str
+    poll_count: int
+    submitted_at: datetime | None
+    expires_at: datetime | None
+
+    def view(self) -> RowView:
+        return RowView(
+            status=RequestStatus.SUBMITTED,
+            poll_count=self.poll_count,
+            submitted_at=self.submitted_at,
+            expires_at=self.expires_at,
+            remote_id=self.remote_id,
+        )
+
+
+def claim_for_submit(
+    conn: Connection, *, now: datetime, limit: int, lease_seconds: float
+) -> list[SubmitClaim]:
+    """Move up to ``limit`` due queued rows of running batches to ``submitting``, with a lease.
+
+    Committing this before the POST is what lets a lost worker's rows be found again.
+    """
+    due = (
+        select(r.c.id)
+        .join(b, b.c.id == r.c.batch_id)
+        .where(r.c.status == RequestStatus.QUEUED, r.c.due_at <= now)
+        .where(b.c.status == BatchStatus.RUNNING)
+        .order_by(r.c.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=r)
+        .cte("due")
+    )
+    stmt = (
+        update(r)
+        .where(r.c.id == due.c.id)
+        .values(
+            status=RequestStatus.SUBMITTING,
+            due_at=now + timedelta(seconds=lease_seconds),
+            lease_token=r.c.lease_token + 1,
+            attempts=r.c.attempts + 1,
+        )
+        .returning(r.c.id, r.c.batch_id, r.c.lease_token, r.c.attempts, r.c.body)
+    )
+    return [SubmitClaim(*row) for row in conn.execute(stmt)]
+
+
+def claim_for_poll(
+    conn: Connection, *, now: datetime, limit: int, lease_seconds: float
+) -> list[PollClaim]:
+    """Claim up to ``limit`` submitted rows due a poll; pushing ``due_at`` out is the lease."""
+    due = (
+        select(r.c.id)
+        .join(b, b.c.id == r.c.batch_id)
+        .where(r.c.status == RequestStatus.SUBMITTED, r.c.due_at <= now)
+        .where(b.c.status.in_(POLLABLE_BATCHES))
+        .order_by(r.c.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=r)
+        .cte("due")
+    )
+    stmt = (
+        update(r)
+        .where(r.c.id == due.c.id)
+        .values(due_at=now + timedelta(seconds=lease_seconds), lease_token=r.c.lease_token + 1)
+        .returning(
+            r.c.id,
+            r.c.batch_id,
+            r.c.lease_token,
+            r.c.remote_id,
+            r.c.poll_count,
+            r.c.submitted_at,
+            r.c.expires_at,
+        )
+    )
+    return [PollClaim(*row) for row in conn.execute(stmt)]
+
+
+def apply_transition(
+    conn: Connection,
+    request_id: int,
+    *,
+    batch_id: str,
+    expected: RequestStatus,
+    lease_token: int,
+    transition: Transition,
+) -> bool:
+    """Write ``transition`` only if the row is still as we claimed it; False means a stale write."""
+    values: dict[str, Any] = dict(transition.changes)
+    values.update(
+        status=transition.status,
+        due_at=transition.due_at,
+        lease_token=r.c.lease_token + 1,
+    )
+    if transition.increment_ambiguous:
+        values["ambiguous_submits"] = r.c.ambiguous_submits + 1
+    result = conn.execute(
+        update(r)
+        .where(r.c.id == request_id, r.c.status == expected, r.c.lease_token == lease_token)
+        .values(**values)
+    )
+    applied = result.rowcount == 1
+    if applied and transition.pause_batch:
+        pause_batch(conn, batch_id, transition.pause_batch)
+    return applied
+
+
+def pause_batch(conn: Connection, batch_id: str, reason: str) -> bool:
+    """Stop claiming a running batch's requests, saying why; True if this call paused it."""
+    result = conn.execute(
+        update(b)
+        .where(b.c.id == batch_id, b.c.status == BatchStatus.RUNNING)
+        .values(status=BatchStatus.PAUSED, pause_reason=reason[:2000])
+    )
+    return result.rowcount == 1
+
+
+def recover_expired_leases(
+    conn: Connection, *, now: datetime, policy: Policy, limit: int = 1000
+) -> int:
+    """Requeue ``submitting`` rows whose worker vanished (counting a possible duplicate each)."""
+    rows = conn.execute(
+        select(r.c.id, r.c.batch_id, r.c.lease_token, r.c.attempts)
+        .where(r.c.status == RequestStatus.SUBMITTING, r.c.due_at < now)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    recovered = 0
+    for row in rows:
+        view = RowView(status=RequestStatus.SUBMITTING, attempts=row.attempts)
+        transition = after_lease_expired(view, now=now, policy=policy)
+        recovered += apply_transition(
+            conn,
+            row.id,
+            batch_id=row.batch_id,
+            expected=RequestStatus.SUBMITTING,
+            lease_token=row.lease_token,
+            transition=transition,
+        )
+    return recovered
+
+
+def expire_overdue(conn: Connection, *, now: datetime) -> int:
+    """Mark submitted rows whose retention window closed as ``expired``."""
+    transition = expired_transition(now)
+    result = conn.execute(
+        update(r)
+        .where(r.c.status == RequestStatus.SUBMITTED, r.c.due_at <= now, r.c.expires_at <= now)
+        .values(
+            status=transition.status,
+            due_at=transition.due_at,
+            lease_token=r.c.lease_token + 1,
+            **transition.changes,
+        )
+    )
+    return result.rowcount
+
+
+def finish_batches(conn: Connection, *, now: datetime) -> list[str]:
+    """Mark running batches with no active request left as completed; returns their ids."""
+    active = select(r.c.id).where(r.c.batch_id == b.c.id, r.c.status.in_(ACTIVE_STATUSES)).exists()
+    result = conn.execute(
+        update(b)
+        .where(b.c.status == BatchStatus.RUNNING, ~active)
+        .values(status=BatchStatus.COMPLETED, finished_at=now)
+        .returning(b.c.id)
+    )
+    return list(result.scalars())
+
+
+def count_due(conn: Connection, *, now: datetime, cap: int) -> int:
+    """How many rows are ready for a worker now (up to ``cap``): used to size wake-ups."""
+    due = (
+        select(r.c.id)
+        .join(b, b.c.id == r.c.batch_id)
+        .where(
+            ((r.c.status == RequestStatus.QUEUED) & (b.c.status == BatchStatus.RUNNING))
+            | ((r.c.status == RequestStatus.SUBMITTED) & b.c.status.in_(POLLABLE_BATCHES))
+            | (r.c.status == RequestStatus.SUBMITTING)
+        )
+        .where(r.c.due_at <= now)
+        .limit(cap)
+        .subquery()
+    )
+    return conn.execute(select(func.count()).select_from(due)).scalar_one()
+
+
+def next_due_at(conn: Connection, batch_id: str) -> datetime | None:
+    """When the batch next has work for a worker (None when nothing is active)."""
+    return conn.execute(
+        select(func.min(r.c.due_at)).where(
+            r.c.batch_id == batch_id, r.c.status.in_(ACTIVE_STATUSES)
+        )
+    ).scalar_one()
+
+
+def resolve_batch(conn: Connection, ref: str) -> Row[Any]:
+    """A batch by id or by name."""
+    row = conn.execute(select(b).where((b.c.id == ref) | (b.c.name == ref))).first()
+    if row is None:
+        raise NotFoundError(f"no batch with id or name {ref!r}")
+    return row
+
+
+def list_batches(conn: Connection) -> Sequence[Row[Any]]:
+    """All batches, newest first."""
+    return conn.execute(select(b).order_by(b.c.created_at.desc(), b.c.id)).all()
+
+
+def status_counts(conn: Connection, batch_id: str) -> dict[str, int]:
+    """Requests per status, every status present (zeros included)."""
+    counts = {status.value: 0 for status in RequestStatus}
+    rows = conn.execute(
+        select(r.c.status, func.count()).where(r.c.batch_id == batch_id).group_by(r.c.status)
+    )
+    for status, count in rows:
+        counts[status] = count
+    return counts
+
+
+def usage_totals(conn: Connection, batch_id: str) -> dict[str, int]:
+    """Summed usage columns plus possible duplicates, as exact integers."""
+    columns = [func.coalesce(func.sum(r.c[name]), 0) for name in USAGE_COLUMNS]
+    columns.append(func.coalesce(func.sum(r.c.ambiguous_submits), 0))
+    row = conn.execute(select(*columns).where(r.c.batch_id == batch_id)).one()
+    totals = {name: int(value) for name, value in zip(USAGE_COLUMNS, row, strict=False)}
+    totals["possible_duplicates"] = int(row[-1])
+    return totals
+
+
+def set_batch_status(
+    conn: Connection, batch_id: str, status: BatchStatus, *, from_statuses: Sequence[BatchStatus]
+) -> bool:
+    """Move a batch between statuses (e.g. resume a paused one); True if it changed."""
+    result = conn.execute(
+        update(b)
+        .where(b.c.id == batch_id, b.c.status.in_(from_statuses))
+        .values(status=status, pause_reason=None)
+    )
+    return result.rowcount == 1

@@ -1,0 +1,75 @@
+"""Settings from the environment (``CHATBATCH_*``), read lazily so ``--help`` needs nothing."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SQLITE_URL = "sqlite:///chatbatch.db"
+
+
+class Settings(BaseSettings):
+    """Every knob of chatbatch; the README's configuration table mirrors this class."""
+
+    model_config = SettingsConfigDict(env_prefix="CHATBATCH_", extra="ignore")
+
+    database_url: str = DEFAULT_SQLITE_URL
+    broker_url: str | None = None
+    queue: str = "chatbatch"
+    api_base: str = "https://geekai.co/api/v1"
+    api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("CHATBATCH_API_KEY", "GEEKAI_API_KEY")
+    )
+    result_retention_seconds: float = 7 * 24 * 3600
+
+    # How much work one worker process does at once.
+    concurrency: int = Field(default=16, ge=1, le=1024)
+    chunk_size: int = Field(default=64, ge=1, le=5000)
+    lease_seconds: float = Field(default=300.0, gt=0)
+    tick_seconds: float = Field(default=1.0, gt=0)
+    task_budget_seconds: float = Field(default=20.0, gt=0)
+
+    # Retry and polling policy.
+    max_attempts: int = Field(default=6, ge=1)
+    retry_base_seconds: float = Field(default=1.0, ge=0)
+    retry_max_seconds: float = Field(default=300.0, ge=0)
+    poll_first_seconds: float = Field(default=1.0, ge=0)
+    poll_factor: float = Field(default=1.5, ge=1.0)
+    poll_max_seconds: float = Field(default=60.0, gt=0)
+    expiry_margin_seconds: float = Field(default=60.0, ge=0)
+    not_found_grace_seconds: float = Field(default=600.0, ge=0)
+
+    # HTTP timeouts (seconds).
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=60.0, gt=0)
+
+    # Input limits.
+    max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _check_orderings(self) -> Settings:
+        worst_request = self.connect_timeout + 2 * self.read_timeout
+        if self.lease_seconds <= worst_request:
+            raise ValueError(
+                f"CHATBATCH_LEASE_SECONDS ({self.lease_seconds}) must exceed the longest HTTP call "
+                f"(connect + 2 x read timeout = {worst_request}), or a live request would be "
+                "taken over by another worker"
+            )
+        return self
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when running on the default SQLite file with no broker."""
+        return self.database_url.startswith("sqlite")
+
+    def api_key_value(self) -> str | None:
+        """The raw key, for the Authorization header only."""
+        return self.api_key.get_secret_value() if self.api_key else None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once on first use."""
+    return Settings()

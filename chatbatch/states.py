@@ -1,0 +1,287 @@
+"""The request state machine: pure functions from (row, outcome, now, policy) to a transition.
+
+Nothing here does I/O, so every rule is unit-tested directly. ``chatbatch.queries`` applies the
+transitions as guarded updates (``WHERE status = :expected AND lease_token = :token``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from chatbatch.completions import extract_fields
+from chatbatch.outcomes import (
+    Accepted,
+    AccountBlocked,
+    Completed,
+    NotFound,
+    Outcome,
+    Pending,
+    Rejected,
+    Retryable,
+    TaskFailed,
+)
+
+
+class RequestStatus(StrEnum):
+    """Where one request is in its life."""
+
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class BatchStatus(StrEnum):
+    """Whether a batch's requests may be worked on."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (RequestStatus.QUEUED, RequestStatus.SUBMITTING, RequestStatus.SUBMITTED)
+TERMINAL_STATUSES = (
+    RequestStatus.SUCCEEDED,
+    RequestStatus.FAILED,
+    RequestStatus.EXPIRED,
+    RequestStatus.CANCELLED,
+)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Retry, polling and expiry rules, taken from the settings."""
+
+    max_attempts: int = 6
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    poll_first_seconds: float = 1.0
+    poll_factor: float = 1.5
+    poll_max_seconds: float = 60.0
+    expiry_margin_seconds: float = 60.0
+    not_found_grace_seconds: float = 600.0
+    retention_seconds: float = 7 * 24 * 3600.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Policy:
+        """Build the policy from a ``Settings`` object."""
+        return cls(
+            max_attempts=settings.max_attempts,
+            retry_base_seconds=settings.retry_base_seconds,
+            retry_max_seconds=settings.retry_max_seconds,
+            poll_first_seconds=settings.poll_first_seconds,
+            poll_factor=settings.poll_factor,
+            poll_max_seconds=settings.poll_max_seconds,
+            expiry_margin_seconds=settings.expiry_margin_seconds,
+            not_found_grace_seconds=settings.not_found_grace_seconds,
+            retention_seconds=settings.result_retention_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class RowView:
+    """The columns of a request row that the rules read."""
+
+    status: RequestStatus
+    attempts: int = 0
+    poll_count: int = 0
+    submitted_at: datetime | None = None
+    expires_at: datetime | None = None
+    remote_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The new state of a row, the columns to write with it, and whether to pause its batch."""
+
+    status: RequestStatus
+    due_at: datetime
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    pause_batch: str | None = None
+    increment_ambiguous: bool = False
+    log: str | None = None
+
+
+def retry_delay(
+    attempt: int, policy: Policy, rng: random.Random, retry_after: float | None
+) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based): Retry-After if given, else
+    capped exponential backoff with equal jitter so retries of a chunk spread out."""
+    if retry_after is not None:
+        return min(policy.retry_max_seconds, retry_after) + rng.uniform(0, 0.25)
+    ceiling = min(policy.retry_max_seconds, policy.retry_base_seconds * 2 ** max(0, attempt - 1))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+def poll_delay(poll_count: int, policy: Policy, rng: random.Random) -> float:
+    """Seconds until the next poll after ``poll_count`` polls: geometric, jittered, capped."""
+    base = min(policy.poll_max_seconds, policy.poll_first_seconds * policy.poll_factor**poll_count)
+    return min(policy.poll_max_seconds, base * rng.uniform(0.85, 1.15))
+
+
+def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error_code": code, "error_message": message[:2000], **extra}
+
+
+def after_submit(
+    row: RowView, outcome: Outcome, *, now: datetime, policy: Policy, rng: random.Random
+) -> Transition:
+    """What a POST's outcome does to a ``submitting`` row."""
+    if isinstance(outcome, Accepted):
+        expires_at = now + timedelta(seconds=policy.retention_seconds)
+        if outcome.expires_at is not None:
+            expires_at = min(expires_at, outcome.expires_at)
+        changes = {
+            "remote_id": outcome.remote_id,
+            "remote_status": outcome.remote_status,
+            "submitted_at": now,
+            "expires_at": expires_at,
+            "poll_count": 0,
+            "error_code": None,
+            "error_message": None,
+        }
+        due = _cap_to_expiry(now + _seconds(poll_delay(0, policy, rng)), expires_at, policy, now)
+        return Transition(RequestStatus.SUBMITTED, due, changes)
+    if isinstance(outcome, Completed):
+        return _succeeded(outcome, now)
+    if isinstance(outcome, Retryable):
+        if row.attempts >= policy.max_attempts:
+            message = f"gave up after {row.attempts} attempts; last error: {outcome.message}"
+            return Transition(
+                RequestStatus.FAILED,
+                now,
+                _error(outcome.code, message, completed_at=now, http_status=outcome.http_status),
+                increment_ambiguous=outcome.maybe_accepted,
+            )
+        delay = retry_delay(row.attempts, policy, rng, outcome.retry_after)
+        return Transition(
+            RequestStatus.QUEUED,
+            now + _seconds(delay),
+            _error(outcome.code, outcome.message),
+            increment_ambiguous=outcome.maybe_accepted,
+        )
+    if isinstance(outcome, AccountBlocked):
+        # Not the request's fault: give the attempt back and stop the batch.
+        return Transition(
+            RequestStatus.QUEUED,
+            now,
+            {"attempts": max(0, row.attempts - 1)},
+            pause_batch=outcome.message,
+        )
+    if isinstance(outcome, Rejected | TaskFailed | NotFound):
+        return _failed(outcome, now)
+    if isinstance(outcome, Pending):  # an id-less "pending" answer cannot be polled
+        return Transition(
+            RequestStatus.QUEUED,
+            now + _seconds(retry_delay(row.attempts, policy, rng, None)),
+            _error("bad_response", "provider answered without a task id"),
+            increment_ambiguous=True,
+        )
+    raise TypeError(f"unexpected outcome {outcome!r}")
+
+
+def after_poll(
+    row: RowView, outcome: Outcome, *, now: datetime, policy: Policy, rng: random.Random
+) -> Transition:
+    """What a GET's outcome does to a ``submitted`` row."""
+    expires_at = row.expires_at or now + timedelta(seconds=policy.retention_seconds)
+    if isinstance(outcome, Completed):
+        return _succeeded(outcome, now)
+    if isinstance(outcome, TaskFailed | Rejected):
+        return _failed(outcome, now)
+    if now >= expires_at:
+        return expired_transition(now)
+    polls = row.poll_count + 1
+    if isinstance(outcome, Pending):
+        due = now + _seconds(poll_delay(polls, policy, rng))
+        log = None if outcome.known else f"unknown task status {outcome.remote_status!r}"
+        changes = {"poll_count": polls, "remote_status": outcome.remote_status}
+        return Transition(
+            RequestStatus.SUBMITTED, _cap_to_expiry(due, expires_at, policy, now), changes, log=log
+        )
+    if isinstance(outcome, NotFound):
+        age = (now - row.submitted_at).total_seconds() if row.submitted_at else 0.0
+        if age > policy.not_found_grace_seconds:
+            message = (
+                f"provider does not know task {row.remote_id} (404) {age:.0f} s after submission"
+            )
+            return Transition(
+                RequestStatus.FAILED, now, _error("not_found", message, completed_at=now)
+            )
+    retry_after = getattr(outcome, "retry_after", None)
+    due = now + _seconds(retry_delay(min(polls, 30), policy, rng, retry_after))
+    message = getattr(outcome, "message", "poll failed")
+    changes = {"poll_count": polls, "error_message": f"last poll: {message}"[:2000]}
+    pause = outcome.message if isinstance(outcome, AccountBlocked) else None
+    return Transition(
+        RequestStatus.SUBMITTED,
+        _cap_to_expiry(due, expires_at, policy, now),
+        changes,
+        pause_batch=pause,
+    )
+
+
+def after_lease_expired(row: RowView, *, now: datetime, policy: Policy) -> Transition:
+    """A ``submitting`` row whose worker vanished: the POST may have reached the provider.
+
+    Resubmit (counting a possible duplicate) unless the attempts are used up.
+    """
+    if row.attempts >= policy.max_attempts:
+        message = f"worker lost while submitting, {row.attempts} times; giving up"
+        return Transition(
+            RequestStatus.FAILED,
+            now,
+            _error("worker_lost", message, completed_at=now),
+            increment_ambiguous=True,
+        )
+    return Transition(RequestStatus.QUEUED, now, {}, increment_ambiguous=True)
+
+
+def expired_transition(now: datetime) -> Transition:
+    """The provider's retention window closed before the result was fetched."""
+    message = "result was not fetched before the provider's retention window closed"
+    return Transition(RequestStatus.EXPIRED, now, _error("expired", message, completed_at=now))
+
+
+def _succeeded(outcome: Completed, now: datetime) -> Transition:
+    changes = {
+        **extract_fields(outcome.body),
+        "response": outcome.raw,
+        "http_status": outcome.http_status,
+        "remote_status": "succeed",
+        "completed_at": now,
+        "error_code": None,
+        "error_message": None,
+    }
+    return Transition(RequestStatus.SUCCEEDED, now, changes)
+
+
+def _failed(outcome: Rejected | TaskFailed | NotFound, now: datetime) -> Transition:
+    extra: dict[str, Any] = {"completed_at": now}
+    if isinstance(outcome, Rejected | TaskFailed):
+        extra["response"] = outcome.raw
+        extra["http_status"] = outcome.http_status
+    if isinstance(outcome, TaskFailed):
+        extra["remote_status"] = "failed"
+    return Transition(RequestStatus.FAILED, now, _error(outcome.code, outcome.message, **extra))
+
+
+def _cap_to_expiry(due: datetime, expires_at: datetime, policy: Policy, now: datetime) -> datetime:
+    """Never schedule a poll later than the retention deadline minus the safety margin."""
+    latest = expires_at - timedelta(seconds=policy.expiry_margin_seconds)
+    if latest > now:
+        return min(due, latest)
+    return max(now, min(due, expires_at))
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)

@@ -1,0 +1,220 @@
+"""The state machine's rules, exhaustively and without I/O."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from chatbatch.outcomes import (
+    Accepted,
+    AccountBlocked,
+    Completed,
+    NotFound,
+    Pending,
+    Rejected,
+    Retryable,
+    TaskFailed,
+)
+from chatbatch.states import (
+    Policy,
+    RequestStatus,
+    RowView,
+    after_lease_expired,
+    after_poll,
+    after_submit,
+    poll_delay,
+    retry_delay,
+)
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+POLICY = Policy(max_attempts=3, retention_seconds=7 * 86400, expiry_margin_seconds=60)
+SUBMITTING = RowView(status=RequestStatus.SUBMITTING, attempts=1)
+COMPLETION = {
+    "id": "t1",
+    "model": "m",
+    "choices": [{"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    "usage": {
+        "prompt_tokens": 7,
+        "completion_tokens": 3,
+        "total_tokens": 10,
+        "billed_units": 2,
+        "prompt_tokens_details": {"cached_tokens": 4},
+        "completion_tokens_details": {"reasoning_tokens": 1},
+    },
+}
+
+
+def submitted(**kw: object) -> RowView:
+    defaults: dict[str, object] = {
+        "status": RequestStatus.SUBMITTED,
+        "attempts": 1,
+        "poll_count": 2,
+        "submitted_at": NOW - timedelta(minutes=5),
+        "expires_at": NOW + timedelta(days=7),
+        "remote_id": "t1",
+    }
+    defaults.update(kw)
+    return RowView(**defaults)  # type: ignore[arg-type]
+
+
+def rng() -> random.Random:
+    return random.Random(1)
+
+
+def test_accepted_stores_id_and_expiry_and_schedules_first_poll() -> None:
+    t = after_submit(SUBMITTING, Accepted("t1"), now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.SUBMITTED
+    assert t.changes["remote_id"] == "t1"
+    assert t.changes["expires_at"] == NOW + timedelta(days=7)
+    assert timedelta(seconds=0.8) <= t.due_at - NOW <= timedelta(seconds=1.2)
+    assert not t.increment_ambiguous
+
+
+def test_provider_expiry_hint_shortens_the_deadline() -> None:
+    soon = NOW + timedelta(hours=1)
+    t = after_submit(SUBMITTING, Accepted("t1", expires_at=soon), now=NOW, policy=POLICY, rng=rng())
+    assert t.changes["expires_at"] == soon
+
+
+def test_synchronous_completion_on_submit_succeeds_with_usage() -> None:
+    t = after_submit(SUBMITTING, Completed("{}", COMPLETION), now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.SUCCEEDED
+    assert t.changes["content"] == "hi"
+    assert (t.changes["prompt_tokens"], t.changes["cached_tokens"]) == (7, 4)
+    assert (t.changes["reasoning_tokens"], t.changes["billed_units"]) == (1, 2)
+
+
+def test_retryable_requeues_with_retry_after_and_no_ambiguity() -> None:
+    outcome = Retryable("rate_limited", "429", retry_after=30.0)
+    t = after_submit(SUBMITTING, outcome, now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.QUEUED
+    assert timedelta(seconds=30) <= t.due_at - NOW <= timedelta(seconds=30.25)
+    assert not t.increment_ambiguous
+
+
+def test_lost_answer_requeues_and_counts_a_possible_duplicate() -> None:
+    outcome = Retryable("timeout", "ReadTimeout", maybe_accepted=True)
+    t = after_submit(SUBMITTING, outcome, now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.QUEUED and t.increment_ambiguous
+
+
+def test_retryable_fails_once_attempts_are_used_up() -> None:
+    row = RowView(status=RequestStatus.SUBMITTING, attempts=3)
+    t = after_submit(row, Retryable("http_503", "overloaded"), now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.FAILED
+    assert "gave up after 3 attempts" in t.changes["error_message"]
+
+
+@pytest.mark.parametrize("status", [400, 404, 413])
+def test_rejected_fails_at_once_with_the_providers_message(status: int) -> None:
+    outcome = Rejected(f"http_{status}", "bad messages", status, '{"error":{}}')
+    t = after_submit(SUBMITTING, outcome, now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.FAILED
+    assert t.changes["error_message"] == "bad messages"
+    assert t.changes["http_status"] == status
+
+
+@pytest.mark.parametrize("status", [401, 402, 403])
+def test_account_errors_pause_the_batch_and_give_the_attempt_back(status: int) -> None:
+    outcome = AccountBlocked("http", "insufficient balance", status)
+    t = after_submit(SUBMITTING, outcome, now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.QUEUED
+    assert t.pause_batch == "insufficient balance"
+    assert t.changes["attempts"] == 0
+
+
+def test_poll_pending_backs_off_geometrically_and_counts_polls() -> None:
+    t = after_poll(submitted(poll_count=3), Pending("running"), now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.SUBMITTED
+    assert t.changes["poll_count"] == 4
+    expected = POLICY.poll_first_seconds * POLICY.poll_factor**4
+    assert 0.85 * expected <= (t.due_at - NOW).total_seconds() <= 1.15 * expected
+    assert t.log is None
+
+
+def test_unknown_status_keeps_polling_and_is_logged() -> None:
+    t = after_poll(submitted(), Pending("warming_up", known=False), now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.SUBMITTED
+    assert "warming_up" in (t.log or "")
+
+
+def test_poll_never_scheduled_past_the_expiry_margin() -> None:
+    row = submitted(poll_count=50, expires_at=NOW + timedelta(seconds=90))
+    t = after_poll(row, Pending("running"), now=NOW, policy=POLICY, rng=rng())
+    assert t.due_at <= NOW + timedelta(seconds=30)
+
+
+def test_poll_inside_the_margin_is_scheduled_no_later_than_expiry() -> None:
+    row = submitted(poll_count=50, expires_at=NOW + timedelta(seconds=10))
+    t = after_poll(row, Pending("running"), now=NOW, policy=POLICY, rng=rng())
+    assert NOW <= t.due_at <= NOW + timedelta(seconds=10)
+
+
+def test_poll_after_expiry_marks_expired() -> None:
+    row = submitted(expires_at=NOW - timedelta(seconds=1))
+    t = after_poll(row, Pending("running"), now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.EXPIRED
+    assert t.changes["error_code"] == "expired"
+
+
+def test_poll_done_stores_result() -> None:
+    t = after_poll(submitted(), Completed("raw", COMPLETION), now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.SUCCEEDED
+    assert t.changes["response"] == "raw" and t.changes["total_tokens"] == 10
+
+
+def test_provider_failed_is_terminal() -> None:
+    outcome = TaskFailed("task_failed", "model crashed", "{}")
+    t = after_poll(submitted(), outcome, now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.FAILED and t.changes["error_message"] == "model crashed"
+
+
+def test_404_soon_after_submission_is_retried() -> None:
+    row = submitted(submitted_at=NOW - timedelta(seconds=3))
+    t = after_poll(row, NotFound(), now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.SUBMITTED
+
+
+def test_404_long_after_submission_fails() -> None:
+    row = submitted(submitted_at=NOW - timedelta(hours=2))
+    t = after_poll(row, NotFound(), now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.FAILED and t.changes["error_code"] == "not_found"
+
+
+def test_404_after_retention_means_expired() -> None:
+    row = submitted(expires_at=NOW - timedelta(seconds=5))
+    t = after_poll(row, NotFound(), now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.EXPIRED
+
+
+def test_poll_errors_keep_the_request_submitted_and_honour_retry_after() -> None:
+    outcome = Retryable("rate_limited", "429", retry_after=12.0)
+    t = after_poll(submitted(), outcome, now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.SUBMITTED
+    assert timedelta(seconds=12) <= t.due_at - NOW <= timedelta(seconds=12.25)
+
+
+def test_lost_lease_while_submitting_resubmits_and_counts() -> None:
+    t = after_lease_expired(SUBMITTING, now=NOW, policy=POLICY)
+    assert t.status is RequestStatus.QUEUED and t.increment_ambiguous
+
+
+def test_lost_lease_after_last_attempt_fails() -> None:
+    row = RowView(status=RequestStatus.SUBMITTING, attempts=3)
+    t = after_lease_expired(row, now=NOW, policy=POLICY)
+    assert t.status is RequestStatus.FAILED and t.changes["error_code"] == "worker_lost"
+
+
+def test_retry_delay_grows_and_is_capped() -> None:
+    policy = Policy(retry_base_seconds=1, retry_max_seconds=10)
+    delays = [retry_delay(n, policy, rng(), None) for n in range(1, 8)]
+    assert 0.5 <= delays[0] <= 1
+    assert all(d <= 10 for d in delays)
+    assert delays[4] >= 5
+
+
+def test_poll_delay_is_capped() -> None:
+    policy = Policy(poll_first_seconds=1, poll_factor=2, poll_max_seconds=30)
+    assert poll_delay(20, policy, rng()) <= 30

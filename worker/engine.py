@@ -1,0 +1,230 @@
+"""The engine: claim due rows in chunks, call the provider concurrently, write each outcome.
+
+Used both by Celery tasks (distributed) and by ``chatbatch run`` (in-process); only the transport
+of "go look" messages differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy import Engine as DbEngine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from chatbatch import queries
+from chatbatch.db import db_now
+from chatbatch.outcomes import Outcome
+from chatbatch.settings import Settings
+from chatbatch.states import (
+    Policy,
+    RequestStatus,
+    RowView,
+    Transition,
+    after_poll,
+    after_submit,
+)
+from worker.provider import Provider
+
+log = logging.getLogger("chatbatch.engine")
+T = TypeVar("T")
+
+WRITE_RETRIES = 8
+START_MARGIN_SECONDS = 5.0
+
+
+@dataclass
+class DbClock:
+    """The database's time at claim, advanced by the local monotonic clock (no extra queries)."""
+
+    anchor: datetime
+    started: float = field(default_factory=time.monotonic)
+
+    def now(self) -> datetime:
+        return self.anchor + timedelta(seconds=time.monotonic() - self.started)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Engine:
+    """Drives due work for every running batch in the database."""
+
+    def __init__(
+        self,
+        *,
+        db: DbEngine,
+        provider: Provider,
+        settings: Settings,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self._db = db
+        self._provider = provider
+        self._settings = settings
+        self.policy = Policy.from_settings(settings)
+        self._executor = executor or ThreadPoolExecutor(
+            max_workers=settings.concurrency, thread_name_prefix="chatbatch-http"
+        )
+        self._rng = random.Random()
+        worst_call = settings.connect_timeout + 2 * settings.read_timeout
+        self._start_window = settings.lease_seconds - worst_call - START_MARGIN_SECONDS
+
+    @property
+    def chunk_size(self) -> int:
+        return self._settings.chunk_size
+
+    def housekeeping(self) -> list[str]:
+        """Requeue lost submissions, expire overdue results, close finished batches."""
+        with self._db.begin() as conn:
+            now = db_now(conn)
+            recovered = queries.recover_expired_leases(conn, now=now, policy=self.policy)
+            expired = queries.expire_overdue(conn, now=now)
+            finished = queries.finish_batches(conn, now=now)
+        if recovered:
+            log.warning("requeued %d request(s) whose worker was lost while submitting", recovered)
+        if expired:
+            log.warning("%d request(s) expired before their result was fetched", expired)
+        for batch_id in finished:
+            log.info("batch %s finished", batch_id)
+        return finished
+
+    def drain(self, budget_seconds: float) -> int:
+        """Work due chunks (polls first: results are already paid for) until none is due or the
+        budget is spent; returns how many requests were handled."""
+        started = time.monotonic()
+        handled = 0
+        while time.monotonic() - started < budget_seconds:
+            step = self.poll_due() + self.submit_due()
+            handled += step
+            if step == 0:
+                break
+        return handled
+
+    def submit_due(self) -> int:
+        """Claim one chunk of queued requests and submit them concurrently."""
+        with self._db.begin() as conn:
+            clock = DbClock(db_now(conn))
+            claims = queries.claim_for_submit(
+                conn,
+                now=clock.anchor,
+                limit=self.chunk_size,
+                lease_seconds=self._settings.lease_seconds,
+            )
+        self._run_all([lambda c=c: self._submit_one(c, clock) for c in claims])
+        return len(claims)
+
+    def poll_due(self) -> int:
+        """Claim one chunk of submitted requests whose poll is due and poll them concurrently."""
+        with self._db.begin() as conn:
+            clock = DbClock(db_now(conn))
+            claims = queries.claim_for_poll(
+                conn,
+                now=clock.anchor,
+                limit=self.chunk_size,
+                lease_seconds=self._settings.lease_seconds,
+            )
+        self._run_all([lambda c=c: self._poll_one(c, clock) for c in claims])
+        return len(claims)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._provider.close()
+
+    def _run_all(self, jobs: list[Callable[[], None]]) -> None:
+        futures = [self._executor.submit(job) for job in jobs]
+        for future in wait(futures).done:
+            error = future.exception()
+            if error is not None:
+                log.error("request handling failed: %r", error)
+
+    def _submit_one(self, claim: queries.SubmitClaim, clock: DbClock) -> None:
+        view = RowView(status=RequestStatus.SUBMITTING, attempts=claim.attempts)
+        if clock.elapsed() > self._start_window:
+            # Too late to start inside our lease: hand the row back untouched, not ambiguous.
+            transition = Transition(
+                RequestStatus.QUEUED, clock.now(), {"attempts": max(0, claim.attempts - 1)}
+            )
+        else:
+            outcome = self._provider.submit(claim.body)
+            transition = after_submit(
+                view, outcome, now=clock.now(), policy=self.policy, rng=self._rng
+            )
+            self._log_outcome(claim.id, outcome, transition)
+        self._write(
+            claim.id, claim.batch_id, RequestStatus.SUBMITTING, claim.lease_token, transition
+        )
+
+    def _poll_one(self, claim: queries.PollClaim, clock: DbClock) -> None:
+        if clock.elapsed() > self._start_window:
+            return  # the lease (due_at) runs out and the row simply becomes due again
+        outcome = self._provider.poll(claim.remote_id)
+        transition = after_poll(
+            claim.view(), outcome, now=clock.now(), policy=self.policy, rng=self._rng
+        )
+        self._log_outcome(claim.id, outcome, transition)
+        self._write(
+            claim.id, claim.batch_id, RequestStatus.SUBMITTED, claim.lease_token, transition
+        )
+
+    def _write(
+        self,
+        request_id: int,
+        batch_id: str,
+        expected: RequestStatus,
+        lease_token: int,
+        transition: Transition,
+    ) -> None:
+        def apply(conn: Connection) -> bool:
+            return queries.apply_transition(
+                conn,
+                request_id,
+                batch_id=batch_id,
+                expected=expected,
+                lease_token=lease_token,
+                transition=transition,
+            )
+
+        try:
+            applied = self._with_retries(apply)
+        except DBAPIError:
+            remote_id = transition.changes.get("remote_id")
+            log.error(
+                "could not record request %s -> %s (remote id %s): database unavailable",
+                request_id,
+                transition.status,
+                remote_id,
+            )
+            raise
+        if not applied:
+            log.info("request %s: stale write ignored (another worker owns it now)", request_id)
+
+    def _with_retries(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in a transaction, retrying on a dropped connection (e.g. a DB restart)."""
+        delay = 0.2
+        for attempt in range(WRITE_RETRIES):
+            try:
+                with self._db.begin() as conn:
+                    return fn(conn)
+            except OperationalError:
+                if attempt == WRITE_RETRIES - 1:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    def _log_outcome(self, request_id: int, outcome: Outcome, transition: Transition) -> None:
+        if transition.log:
+            log.warning("request %s: %s", request_id, transition.log)
+        if transition.pause_batch:
+            log.error("pausing batch: %s", transition.pause_batch)
+        if transition.increment_ambiguous:
+            log.warning(
+                "request %s: submission may have reached the provider: %s", request_id, outcome
+            )

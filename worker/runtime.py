@@ -1,0 +1,37 @@
+"""Per-process singletons: one database engine, one provider client, one engine."""
+
+from __future__ import annotations
+
+import threading
+
+from chatbatch.db import get_engine
+from chatbatch.errors import ConfigError
+from chatbatch.settings import Settings, get_settings
+from worker.engine import Engine
+from worker.provider import Provider
+
+_lock = threading.Lock()
+_engine: Engine | None = None
+
+
+def build_engine(settings: Settings) -> Engine:
+    """A new engine for the configured database and provider; needs an API key."""
+    if settings.api_key is None:
+        raise ConfigError("no API key: set CHATBATCH_API_KEY (or GEEKAI_API_KEY)")
+    return Engine(db=get_engine(), provider=Provider.from_settings(settings), settings=settings)
+
+
+def process_engine() -> Engine:
+    """The engine shared by every task of this worker process (built on first use)."""
+    global _engine
+    with _lock:
+        if _engine is None:
+            _engine = build_engine(get_settings())
+        return _engine
+
+
+def reset_after_fork() -> None:
+    """Forget the parent's pools in a forked child (pooled connections must not cross fork)."""
+    global _engine
+    get_engine().dispose(close=False)
+    _engine = None
