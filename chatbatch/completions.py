@@ -17,7 +17,7 @@ USAGE_COLUMNS = (
 def extract_fields(body: dict[str, Any]) -> dict[str, Any]:
     """Columns for a finished completion; missing usage counts as zero so sums stay exact."""
     choice = _first_choice(body)
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    message = _dict(choice.get("message"))
     return {
         "content": _text_of(message.get("content")),
         "finish_reason": _str_or_none(choice.get("finish_reason")),
@@ -28,7 +28,7 @@ def extract_fields(body: dict[str, Any]) -> dict[str, Any]:
 
 def usage_of(body: dict[str, Any]) -> dict[str, int]:
     """The six usage numbers of a completion, each an int (0 when absent)."""
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    usage = _dict(body.get("usage"))
     prompt_details = _dict(usage.get("prompt_tokens_details"))
     completion_details = _dict(usage.get("completion_tokens_details"))
     return {

@@ -7,7 +7,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
+import psycopg
 from sqlalchemy import Connection, insert, select, update
 
 from chatbatch.db import db_now
@@ -159,8 +161,7 @@ def _copy_requests(
     conn: Connection, batch_id: str, prepared: Iterable[PreparedRequest], now: datetime
 ) -> int:
     """COPY into the requests table over the transaction's own connection."""
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None
+    dbapi = cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
     total = 0
     statement = f"COPY requests ({', '.join(COPY_COLUMNS)}) FROM STDIN"
     with dbapi.cursor() as cursor, cursor.copy(statement) as copy:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -123,5 +124,5 @@ class Request(Base):
     )
 
 
-requests_table = Request.__table__
-batches_table = Batch.__table__
+requests_table = cast(Table, Request.__table__)
+batches_table = cast(Table, Batch.__table__)

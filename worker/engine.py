@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TypeVar
 
 from sqlalchemy import Connection
@@ -117,7 +118,7 @@ class Engine:
                 limit=self.chunk_size,
                 lease_seconds=self._settings.lease_seconds,
             )
-        self._run_all([lambda c=c: self._submit_one(c, clock) for c in claims])
+        self._run_all([partial(self._submit_one, c, clock) for c in claims])
         return len(claims)
 
     def poll_due(self) -> int:
@@ -130,7 +131,7 @@ class Engine:
                 limit=self.chunk_size,
                 lease_seconds=self._settings.lease_seconds,
             )
-        self._run_all([lambda c=c: self._poll_one(c, clock) for c in claims])
+        self._run_all([partial(self._poll_one, c, clock) for c in claims])
         return len(claims)
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from urllib.parse import quote
 
@@ -81,7 +82,6 @@ class Provider:
         """Scrub the API key from any message a provider might echo it in."""
         message = getattr(outcome, "message", None)
         if self._api_key and isinstance(message, str) and self._api_key in message:
-            from dataclasses import replace
-
-            return replace(outcome, message=message.replace(self._api_key, "[redacted]"))  # type: ignore[type-var]
+            scrubbed = message.replace(self._api_key, "[redacted]")
+            return dataclasses.replace(outcome, message=scrubbed)  # type: ignore[arg-type]
         return outcome

@@ -36,8 +36,11 @@ def test_plain_shape_with_default_model_and_line_number_id() -> None:
 
 
 def test_body_shape_without_method() -> None:
-    req = prepare_line(line({"custom_id": "a", "body": {"model": "m", "messages": MESSAGES}}), 1,
-                       default_model=None)
+    req = prepare_line(
+        line({"custom_id": "a", "body": {"model": "m", "messages": MESSAGES}}),
+        1,
+        default_model=None,
+    )
     assert req.custom_id == "a"
 
 
@@ -58,8 +61,9 @@ def test_geekai_extensions_pass_through_untouched() -> None:
 
 
 def test_background_is_dropped_because_we_set_it() -> None:
-    req = prepare_line(line({"model": "m", "messages": MESSAGES, "background": False}), 1,
-                       default_model=None)
+    req = prepare_line(
+        line({"model": "m", "messages": MESSAGES, "background": False}), 1, default_model=None
+    )
     assert "background" not in orjson.loads(req.body)
 
 

@@ -56,7 +56,7 @@ def submitted(**kw: object) -> RowView:
         "remote_id": "t1",
     }
     defaults.update(kw)
-    return RowView(**defaults)  # type: ignore[arg-type]
+    return RowView(**defaults)
 
 
 def rng() -> random.Random:
@@ -135,7 +135,9 @@ def test_poll_pending_backs_off_geometrically_and_counts_polls() -> None:
 
 
 def test_unknown_status_keeps_polling_and_is_logged() -> None:
-    t = after_poll(submitted(), Pending("warming_up", known=False), now=NOW, policy=POLICY, rng=rng())
+    t = after_poll(
+        submitted(), Pending("warming_up", known=False), now=NOW, policy=POLICY, rng=rng()
+    )
     assert t.status is RequestStatus.SUBMITTED
     assert "warming_up" in (t.log or "")
 
