@@ -1,0 +1,67 @@
+"""What every command needs: settings, a database at the right schema, and error handling."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from chatbatch.db import get_engine
+from chatbatch.errors import ChatbatchError, ConfigError
+from chatbatch.logs import configure_logging
+from chatbatch.settings import Settings, get_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def settings() -> Settings:
+    """The settings, with a readable error when the environment holds a bad value."""
+    try:
+        return get_settings()
+    except ValueError as exc:
+        raise ConfigError(f"bad configuration: {exc}") from None
+
+
+def ready_database() -> Engine:
+    """The engine, migrated automatically on the embedded SQLite default, checked otherwise."""
+    from chatbatch.migrate import check_current, upgrade
+
+    engine = get_engine()
+    if settings().is_embedded:
+        upgrade(engine)
+    else:
+        check_current(engine)
+    return engine
+
+
+def handles_errors(fn: F) -> F:
+    """Turn our errors into a message on stderr and a non-zero exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ChatbatchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            click.echo(f"error: database unavailable: {reason}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(level: int = logging.WARNING) -> None:
+    """Log to stderr, scrubbing the API key."""
+    try:
+        secret = get_settings().api_key_value()
+    except ValueError:
+        secret = None
+    configure_logging(level, secret=secret)

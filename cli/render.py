@@ -1,0 +1,34 @@
+"""Human-readable renderings of batch summaries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """A few readable lines about one batch."""
+    counts = summary["counts"]
+    usage = summary["usage"]
+    done = sum(counts[k] for k in ("succeeded", "failed", "expired", "cancelled"))
+    click.echo(f"{summary['name']}  ({summary['id']})")
+    click.echo(f"  status      {summary['status']}  —  {done}/{summary['total']} finished")
+    if summary.get("pause_reason"):
+        click.echo(f"  paused      {summary['pause_reason']}")
+        click.echo("              fix the cause, then: chatbatch resume " + summary["name"])
+    click.echo("  requests    " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    click.echo(
+        "  tokens      "
+        f"prompt {usage['prompt_tokens']:,} · completion {usage['completion_tokens']:,} · "
+        f"total {usage['total_tokens']:,} · reasoning {usage['reasoning_tokens']:,} · "
+        f"cached {usage['cached_tokens']:,} · billed units {usage['billed_units']:,}"
+    )
+    if summary["possible_duplicates"]:
+        click.echo(
+            f"  warning     {summary['possible_duplicates']} submission(s) may have been sent "
+            "twice (the provider's answer was lost in flight)"
+        )
+    click.echo(f"  created     {summary['created_at']}")
+    if summary["finished_at"]:
+        click.echo(f"  finished    {summary['finished_at']}")

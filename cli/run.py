@@ -1,0 +1,154 @@
+"""``chatbatch run`` (load, process here, show progress, export) and the export helper."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from chatbatch import queries
+from chatbatch.db import get_engine
+from chatbatch.settings import get_settings
+from chatbatch.states import TERMINAL_STATUSES, BatchStatus
+from cli.context import handles_errors, ready_database, settings, setup_logging
+from cli.render import print_summary
+
+EXIT_ALL_SUCCEEDED = 0
+EXIT_SOME_FAILED = 3
+EXIT_PAUSED = 4
+PROGRESS_EVERY_SECONDS = 0.3
+
+
+def export_to(batch_id: str, output: Path, fmt: str | None) -> int:
+    """Export atomically: write a temporary file beside ``output``, then rename it into place."""
+    from chatbatch.export import export_batch
+
+    fmt = fmt or ("csv" if output.suffix.lower() == ".csv" else "jsonl")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, get_engine().connect() as conn:
+            count = export_batch(conn, batch_id, out, fmt)
+        os.replace(tmp, output)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return count
+
+
+@contextlib.contextmanager
+def _provider_override(simulate: bool) -> Iterator[None]:
+    """With ``--simulate``, point the engine at a simulator running in this process."""
+    if not simulate:
+        yield
+        return
+    from simulator.testing import running_simulator
+
+    with running_simulator() as sim:
+        saved = {k: os.environ.get(k) for k in ("CHATBATCH_API_BASE", "CHATBATCH_API_KEY")}
+        os.environ.update(CHATBATCH_API_BASE=sim.base_url, CHATBATCH_API_KEY="sk-sim")
+        get_settings.cache_clear()
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            get_settings.cache_clear()
+
+
+class _ProgressView:
+    """A live bar of finished requests with counts by state, refreshed a few times a second."""
+
+    def __init__(self, progress: Progress, batch_id: str, total: int) -> None:
+        self._progress = progress
+        self._batch_id = batch_id
+        self._task = progress.add_task("requests", total=total, counts="")
+        self._last = 0.0
+
+    def __call__(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last < PROGRESS_EVERY_SECONDS:
+            return
+        self._last = time.monotonic()
+        with get_engine().connect() as conn:
+            counts = queries.status_counts(conn, self._batch_id)
+        done = sum(counts[s] for s in TERMINAL_STATUSES)
+        text = " ".join(f"{k}={v}" for k, v in counts.items() if v)
+        self._progress.update(self._task, completed=done, counts=text)
+
+
+@click.command("run")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("--name", help="A unique name for the batch.")
+@click.option("--model", help="Model for lines that do not name one.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="Output format.")
+@click.option(
+    "--simulate",
+    is_flag=True,
+    help="Send requests to the built-in GeekAI simulator instead of the provider (no key needed).",
+)
+@handles_errors
+def run_command(
+    file: Path, output: Path, name: str | None, model: str | None, fmt: str | None, simulate: bool
+) -> None:
+    """Load FILE, process it in this process, show progress and export the results.
+
+    Exit code: 0 all succeeded, 3 some failed or expired, 4 the batch was paused, 2 bad usage or
+    configuration, 1 any other error.
+    """
+    from chatbatch.loading import load_jsonl
+    from chatbatch.summary import batch_summary
+    from worker.runtime import build_engine
+
+    setup_logging()
+    engine = ready_database()
+    with engine.begin() as conn:
+        batch = load_jsonl(
+            conn, file, name=name, default_model=model, max_line_bytes=settings().max_line_bytes
+        )
+    click.echo(f"loaded {batch.total} request(s) as {batch.name} ({batch.id})", err=True)
+    with _provider_override(simulate):
+        runner = build_engine(settings())
+        try:
+            final = _run_with_progress(runner, batch.id, batch.total)
+        finally:
+            runner.close()
+    count = export_to(batch.id, output, fmt)
+    with engine.connect() as conn:
+        summary = batch_summary(conn, queries.resolve_batch(conn, batch.id))
+    print_summary(summary)
+    click.echo(f"wrote {count} result(s) to {output}")
+    if final == BatchStatus.PAUSED:
+        sys.exit(EXIT_PAUSED)
+    counts = summary["counts"]
+    sys.exit(EXIT_ALL_SUCCEEDED if counts["succeeded"] == batch.total else EXIT_SOME_FAILED)
+
+
+def _run_with_progress(runner: object, batch_id: str, total: int) -> str:
+    from worker.inprocess import run_batch
+
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[counts]}"),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        view = _ProgressView(progress, batch_id, total)
+        final = run_batch(runner, batch_id, on_progress=view)  # type: ignore[arg-type]
+        view(force=True)
+    return final
