@@ -1,0 +1,235 @@
+"""The installed ``chatbatch`` binary, driven exactly as a user or other tooling would."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from simulator.answers import expected_content, expected_usage
+
+BINARY = shutil.which(
+    "chatbatch",
+    path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+)
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(
+    BINARY is None and not os.environ.get("CI"), reason="chatbatch is not installed"
+)
+
+
+def chatbatch(
+    *args: str,
+    env: dict[str, str],
+    cwd: Path | None = None,
+    check: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    assert BINARY, "the chatbatch binary must be installed (pip install .)"
+    proc = subprocess.run(
+        [BINARY, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"chatbatch {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def base_env() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CHATBATCH_") and k != "GEEKAI_API_KEY"
+    }
+
+
+@pytest.fixture
+def distributed_env(pg_url: str, redis_url: str, sim) -> Iterator[dict[str, str]]:
+    import redis
+    from sqlalchemy import text
+
+    from chatbatch.db import make_engine
+
+    engine = make_engine(pg_url, pool_size=1)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE requests, batches"))
+    engine.dispose()
+    queue = f"chatbatch-test-{uuid.uuid4().hex[:8]}"
+    env = base_env() | {
+        "CHATBATCH_DATABASE_URL": pg_url,
+        "CHATBATCH_BROKER_URL": redis_url,
+        "CHATBATCH_QUEUE": queue,
+        "CHATBATCH_API_BASE": sim.base_url,
+        "GEEKAI_API_KEY": "sk-sim",
+        "CHATBATCH_POLL_FIRST_SECONDS": "0.2",
+        "CHATBATCH_POLL_MAX_SECONDS": "1",
+        "CHATBATCH_TICK_SECONDS": "0.3",
+    }
+    yield env
+    client = redis.Redis.from_url(redis_url)
+    client.delete(queue)
+    client.close()
+
+
+def write_prompts(path: Path, n: int) -> list[dict[str, object]]:
+    bodies = []
+    with path.open("w") as fh:
+        for i in range(n):
+            body = {
+                "model": "gpt-4o-mini",
+                "enable_search": i % 3 == 0,
+                "messages": [
+                    {"role": "system", "content": "Label it."},
+                    {"role": "user", "content": f"prompt {i}: {'x' * (i % 17)}"},
+                ],
+            }
+            bodies.append(body)
+            fh.write(
+                orjson.dumps(
+                    {
+                        "custom_id": f"id-{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": body,
+                    }
+                ).decode()
+                + "\n"
+            )
+    return bodies
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    assert BINARY
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [BINARY, "worker", "--concurrency", "8", "--loglevel", "WARNING"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_finished(env: dict[str, str], name: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = orjson.loads(chatbatch("status", name, "--json", env=env).stdout)
+        if status["status"] != "running":
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"not finished in {timeout}s: {status}")
+
+
+def test_two_workers_process_a_batch_exactly_once(distributed_env, sim, tmp_path) -> None:
+    env = distributed_env
+    n = 300
+    bodies = write_prompts(tmp_path / "prompts.jsonl", n)
+    chatbatch("db", "upgrade", env=env, cwd=tmp_path)
+    loaded = orjson.loads(
+        chatbatch(
+            "load", str(tmp_path / "prompts.jsonl"), "--name", "e2e", "--json", env=env
+        ).stdout
+    )
+    assert loaded["name"] == "e2e" and loaded["total"] == n
+    workers = [start_worker(env, tmp_path / f"worker{i}.log") for i in range(2)]
+    try:
+        status = wait_finished(env, "e2e")
+    finally:
+        for proc in workers:
+            stop(proc)
+    logs = "".join((tmp_path / f"worker{i}.log").read_text() for i in range(2))
+    assert status["status"] == "completed", logs
+    assert status["counts"]["succeeded"] == n
+    assert status["id"] == loaded["id"]
+    assert status["possible_duplicates"] == 0
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens", "billed_units"):
+        assert status["usage"][key] == sum(expected_usage(b)[key] for b in bodies), key
+    assert status["usage"]["cached_tokens"] == sum(
+        expected_usage(b)["prompt_tokens_details"]["cached_tokens"] for b in bodies
+    )
+
+    stats = sim.stats()
+    assert stats["accepted"] == n
+    assert stats["duplicate_fingerprints"] == []
+    assert len(stats["accepted_by_fingerprint"]) == n
+
+    chatbatch("export", "e2e", "-o", str(tmp_path / "out.jsonl"), env=env)
+    lines = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    assert [x["custom_id"] for x in lines] == [f"id-{i}" for i in range(n)]
+    for body, line in zip(bodies, lines, strict=True):
+        assert line["error"] is None
+        assert line["response"]["status_code"] == 200
+        assert line["response"]["body"]["choices"][0]["message"]["content"] == expected_content(
+            body
+        )
+
+    chatbatch("export", "e2e", "-o", str(tmp_path / "out.csv"), "--format", "csv", env=env)
+    with (tmp_path / "out.csv").open(newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == n
+    assert table[5]["custom_id"] == "id-5" and table[5]["status"] == "succeeded"
+    assert table[5]["content"] == expected_content(bodies[5])
+    assert int(table[5]["total_tokens"]) == expected_usage(bodies[5])["total_tokens"]
+
+    listed = orjson.loads(chatbatch("list", "--json", env=env).stdout)
+    assert [b["name"] for b in listed] == ["e2e"]
+    assert "e2e" in chatbatch("status", "e2e", env=env).stdout
+
+
+def test_bad_file_is_refused_with_file_and_line(distributed_env, tmp_path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"model": "m", "messages": [{"role": "user", "content": "hi"}]}\n{oops\n')
+    chatbatch("db", "upgrade", env=distributed_env)
+    proc = chatbatch("load", str(bad), env=distributed_env, check=False)
+    assert proc.returncode != 0
+    assert f"{bad}:2: invalid JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    listed = orjson.loads(chatbatch("list", "--json", env=distributed_env).stdout)
+    assert listed == []
+
+
+def test_embedded_run_needs_nothing_configured(tmp_path) -> None:
+    proc = chatbatch(
+        "run",
+        str(REPO / "examples" / "prompts.jsonl"),
+        "-o",
+        "results.jsonl",
+        "--simulate",
+        env=base_env(),
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = (tmp_path / "results.jsonl").read_bytes().splitlines()
+    assert len(lines) == 14
+    assert all(orjson.loads(x)["error"] is None for x in lines)
+    assert (tmp_path / "chatbatch.db").exists()
+    again = chatbatch(
+        "status", orjson.loads(lines[0])["custom_id"], env=base_env(), cwd=tmp_path, check=False
+    )
+    assert again.returncode != 0 and "no batch" in again.stderr
