@@ -65,3 +65,4 @@ def setup_logging(level: int = logging.WARNING) -> None:
     except ValueError:
         secret = None
     configure_logging(level, secret=secret)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
