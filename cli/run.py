@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -20,6 +21,9 @@ from chatbatch.settings import get_settings
 from chatbatch.states import TERMINAL_STATUSES, BatchStatus
 from cli.context import handles_errors, ready_database, settings, setup_logging
 from cli.render import print_summary
+
+if TYPE_CHECKING:
+    from worker.engine import Engine
 
 EXIT_ALL_SUCCEEDED = 0
 EXIT_SOME_FAILED = 3
@@ -136,7 +140,7 @@ def run_command(
     sys.exit(EXIT_ALL_SUCCEEDED if counts["succeeded"] == batch.total else EXIT_SOME_FAILED)
 
 
-def _run_with_progress(runner: object, batch_id: str, total: int) -> str:
+def _run_with_progress(runner: Engine, batch_id: str, total: int) -> str:
     from worker.inprocess import run_batch
 
     console = Console(stderr=True)
@@ -149,6 +153,6 @@ def _run_with_progress(runner: object, batch_id: str, total: int) -> str:
     )
     with Progress(*columns, console=console, transient=False) as progress:
         view = _ProgressView(progress, batch_id, total)
-        final = run_batch(runner, batch_id, on_progress=view)  # type: ignore[arg-type]
+        final = run_batch(runner, batch_id, on_progress=view)
         view(force=True)
     return final

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from simulator.answers import expected_content, expected_usage
 
 BINARY = shutil.which(
@@ -199,6 +200,30 @@ def test_two_workers_process_a_batch_exactly_once(distributed_env, sim, tmp_path
     listed = orjson.loads(chatbatch("list", "--json", env=env).stdout)
     assert [b["name"] for b in listed] == ["e2e"]
     assert "e2e" in chatbatch("status", "e2e", env=env).stdout
+
+    secret = env["GEEKAI_API_KEY"]
+    assert secret not in logs
+    assert secret not in (tmp_path / "out.jsonl").read_text()
+    assert secret not in (tmp_path / "out.csv").read_text()
+    assert secret not in database_dump(env["CHATBATCH_DATABASE_URL"])
+
+
+def database_dump(url: str) -> str:
+    """Every row of every table as text, to look for what must never be stored."""
+    from sqlalchemy import text
+
+    from chatbatch.db import make_engine
+
+    engine = make_engine(url, pool_size=1)
+    with engine.connect() as conn:
+        dumped = [
+            conn.execute(
+                text(f"SELECT coalesce(string_agg(t::text, ' '), '') FROM {table} t")
+            ).scalar_one()
+            for table in ("batches", "requests", "alembic_version")
+        ]
+    engine.dispose()
+    return " ".join(dumped)
 
 
 def test_bad_file_is_refused_with_file_and_line(distributed_env, tmp_path) -> None:
