@@ -1,5 +1,6 @@
-"""``python -m simulator``."""
+"""``python -m simulator [options]``: the same command as ``chatbatch simulate``."""
 
 from simulator.cli import simulate
 
-simulate(prog_name="python -m simulator")
+if __name__ == "__main__":
+    simulate(prog_name="python -m simulator")

@@ -1,13 +1,19 @@
-"""``chatbatch simulate`` / ``python -m simulator``: serve the GeekAI simulator."""
+"""``chatbatch simulate`` / ``python -m simulator``: serve the GeekAI simulator over HTTP."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from simulator.config import SimConfig, parse_latency
+from simulator.config import LATENCY_FORMS, SimConfig, parse_latency
+
+RATE = click.FloatRange(0, 1)
+SECONDS = click.FloatRange(min=0)
 
 
 def _latency(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Reject a bad latency spec at the command line rather than at the first request."""
     try:
         parse_latency(value)
     except ValueError as exc:
@@ -16,71 +22,118 @@ def _latency(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 
 
 def _retry_after(_ctx: click.Context, _param: click.Parameter, value: str) -> float | None:
-    if value.lower() == "none":
+    """Seconds, or None for "none" (429s then carry no Retry-After header)."""
+    if value.strip().lower() == "none":
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         raise click.BadParameter("seconds, or 'none' for no header") from None
-
-
-RATE = click.FloatRange(0, 1)
+    if not seconds >= 0:
+        raise click.BadParameter("seconds must be >= 0")
+    return seconds
 
 
 @click.command("simulate")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8900, show_default=True, type=int, help="0 picks a free port.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port", default=8900, show_default=True, type=click.IntRange(0, 65535), help="0: any free."
+)
 @click.option(
     "--latency",
     default="0.05",
     show_default=True,
     callback=_latency,
-    help="Task completion time: SECONDS, uniform:A,B, exp:MEAN or lognormal:MEDIAN,SIGMA.",
+    help=f"Time a task takes to complete: {LATENCY_FORMS}.",
 )
-@click.option("--request-latency", default=0.0, help="Seconds added to every HTTP answer.")
-@click.option("--fail-rate", type=RATE, default=0.0, help="Tasks that end 'failed'.")
-@click.option("--rate-429", type=RATE, default=0.0, help="POSTs answered 429.")
 @click.option(
-    "--retry-after", default="1", callback=_retry_after, help="Retry-After seconds, or 'none'."
+    "--request-latency", type=SECONDS, default=0.0, help="Seconds added to every HTTP answer."
 )
-@click.option("--rate-500", type=RATE, default=0.0, help="Requests answered 500.")
-@click.option("--rate-503", type=RATE, default=0.0, help="Requests answered 503.")
-@click.option("--drop-rate", type=RATE, default=0.0, help="Connections closed with no answer.")
+@click.option("--fail-rate", type=RATE, default=0.0, help="Fraction of tasks that end 'failed'.")
+@click.option("--rate-429", type=RATE, default=0.0, help="Fraction of POSTs answered 429.")
+@click.option(
+    "--retry-after",
+    default="1",
+    show_default=True,
+    callback=_retry_after,
+    help="Retry-After seconds sent with injected 429s, or 'none' to send no header.",
+)
+@click.option("--rate-500", type=RATE, default=0.0, help="Fraction of requests answered 500.")
+@click.option("--rate-503", type=RATE, default=0.0, help="Fraction of requests answered 503.")
+@click.option(
+    "--drop-rate", type=RATE, default=0.0, help="Fraction of requests closed with no answer."
+)
 @click.option(
     "--lost-response-rate",
     type=RATE,
     default=0.0,
-    help="POSTs accepted but whose answer is dropped.",
+    help="Fraction of POSTs accepted (task created) whose answer is then dropped.",
 )
-@click.option("--slow-rate", type=RATE, default=0.0, help="Requests that answer slowly.")
-@click.option("--slow-seconds", default=30.0, help="How slowly.")
-@click.option("--not-found-seconds", default=0.0, help="New task ids answer 404 this long.")
-@click.option("--unknown-status-rate", type=RATE, default=0.0, help="Polls with an odd status.")
-@click.option("--blank-lines", default=0, help="Leading blank lines before every JSON body.")
-@click.option("--nul-rate", type=RATE, default=0.0, help="Completions containing U+0000.")
-@click.option("--rpm", type=int, default=None, help="Accepted requests per minute per key.")
-@click.option("--retention", default=7 * 24 * 3600.0, help="Seconds a result is kept.")
+@click.option(
+    "--slow-rate", type=RATE, default=0.0, help="Fraction of requests answered --slow-seconds late."
+)
+@click.option("--slow-seconds", type=SECONDS, default=30.0, show_default=True, help="How late.")
+@click.option(
+    "--not-found-seconds",
+    type=SECONDS,
+    default=0.0,
+    help="A new task answers 404 to polls for this many seconds.",
+)
+@click.option(
+    "--unknown-status-rate",
+    type=RATE,
+    default=0.0,
+    help="Fraction of polls on unfinished tasks reporting an undocumented status.",
+)
+@click.option(
+    "--blank-lines",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Blank lines padded before every JSON body, as GeekAI does under load.",
+)
+@click.option(
+    "--nul-rate", type=RATE, default=0.0, help="Fraction of completions containing U+0000."
+)
+@click.option(
+    "--rpm",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Accepted POSTs per minute per API key (sliding window); more get 429.",
+)
+@click.option(
+    "--retention",
+    "retention_seconds",
+    type=SECONDS,
+    default=7 * 24 * 3600.0,
+    show_default=True,
+    help="Seconds a task's result is kept; later polls get 404.",
+)
 @click.option("--seed", type=int, default=None, help="Seed for faults and latencies.")
-@click.option("--api-key", "api_keys", multiple=True, help="Accepted key (repeatable).")
-@click.option("--no-auth", is_flag=True, help="Accept any key.")
-@click.option("--payment-required-key", "payment_keys", multiple=True, help="Keys answered 402.")
+@click.option(
+    "--api-key",
+    "api_keys",
+    multiple=True,
+    help="Accepted API key (repeatable). [default: sk-sim]",
+)
+@click.option("--no-auth", is_flag=True, help="Accept any key, or none.")
+@click.option(
+    "--payment-required-key",
+    "payment_required_keys",
+    multiple=True,
+    help="Key answered 402 insufficient balance (repeatable).",
+)
 def simulate(
-    host: str,
-    port: int,
-    api_keys: tuple[str, ...],
-    no_auth: bool,
-    payment_keys: tuple[str, ...],
-    retention: float,
-    **faults: object,
+    host: str, port: int, api_keys: tuple[str, ...], no_auth: bool, **settings: Any
 ) -> None:
     """Serve a GeekAI-compatible API (background mode, polling, faults) on HOST:PORT."""
     from simulator.server import serve
 
-    keys: tuple[str, ...] = () if no_auth else (api_keys or ("sk-sim",))
-    config = SimConfig(
-        api_keys=keys,
-        payment_required_keys=payment_keys,
-        retention_seconds=retention,
-        **faults,  # type: ignore[arg-type]
-    )
-    serve(config, host, port)
+    keys = () if no_auth else (api_keys or ("sk-sim",))
+    try:
+        config = SimConfig(api_keys=keys, **settings)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        serve(config, host, port)
+    except OSError as exc:  # typically: the port is taken
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None

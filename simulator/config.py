@@ -1,18 +1,34 @@
-"""What the simulator does: latencies, injected faults, limits. Changeable while it runs."""
+"""What the simulator does: latencies, injected faults and limits; changeable while it runs."""
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 LatencySampler = Callable[[random.Random], float]
+
+LATENCY_FORMS = "SECONDS, uniform:A,B, exp:MEAN or lognormal:MEDIAN,SIGMA"
+RATE_FIELDS = (
+    "fail_rate",
+    "rate_429",
+    "rate_500",
+    "rate_503",
+    "drop_rate",
+    "lost_response_rate",
+    "slow_rate",
+    "unknown_status_rate",
+    "nul_rate",
+)
+SECONDS_FIELDS = ("request_latency", "slow_seconds", "not_found_seconds", "retention_seconds")
+KEY_FIELDS = ("api_keys", "payment_required_keys")
 
 
 @dataclass
 class SimConfig:
-    """Behaviour of a simulated GeekAI. Rates are fractions of requests in [0, 1]."""
+    """Behaviour of a simulated GeekAI; rates are fractions of requests in [0, 1]."""
 
     api_keys: tuple[str, ...] = ("sk-sim",)
     payment_required_keys: tuple[str, ...] = ()
@@ -36,42 +52,86 @@ class SimConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        parse_latency(self.latency)  # fail fast on a bad spec
+        """Normalise key lists to tuples and reject impossible values up front."""
+        for name in KEY_FIELDS:
+            keys = getattr(self, name)
+            if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
+                raise ValueError(f"{name} must be a list of strings, got {keys!r}")
+            setattr(self, name, tuple(keys))
+        for name in RATE_FIELDS:
+            _require(name, getattr(self, name), 0.0, 1.0, "a fraction in [0, 1]")
+        for name in SECONDS_FIELDS:
+            _require(name, getattr(self, name), 0.0, math.inf, "seconds >= 0")
+        if self.retry_after is not None:
+            _require("retry_after", self.retry_after, 0.0, math.inf, "seconds >= 0 or null")
+        if not _is_int(self.blank_lines) or self.blank_lines < 0:
+            raise ValueError(f"blank_lines must be an integer >= 0, got {self.blank_lines!r}")
+        if self.rpm is not None and (not _is_int(self.rpm) or self.rpm < 1):
+            raise ValueError(f"rpm must be an integer >= 1 or null, got {self.rpm!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"seed must be an integer or null, got {self.seed!r}")
+        if not isinstance(self.latency, str):
+            raise ValueError(f"latency must be a spec string ({LATENCY_FORMS})")
+        parse_latency(self.latency)
 
     @classmethod
     def field_names(cls) -> set[str]:
+        """The names ``with_changes`` and ``POST /_sim/config`` accept."""
         return {f.name for f in fields(cls)}
+
+    def with_changes(self, changes: Mapping[str, Any]) -> SimConfig:
+        """A copy with ``changes`` applied; ValueError names unknown fields or bad values."""
+        unknown = set(changes) - self.field_names()
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return replace(self, **changes)
 
 
 def parse_latency(spec: str) -> LatencySampler:
     """Turn "0", "2.5", "uniform:A,B", "exp:MEAN" or "lognormal:MEDIAN,SIGMA" into a sampler."""
-    kind, _, args = spec.partition(":")
+    kind, colon, arguments = spec.strip().partition(":")
+    kind = kind.strip().lower()
     try:
-        if not args:
+        values = [float(v) for v in arguments.split(",")] if colon else []
+        if not colon:
             fixed = float(kind)
-            _check(fixed >= 0, spec)
-            return lambda rng: fixed
-        values = [float(v) for v in args.split(",")]
-        if kind == "uniform" and len(values) == 2:
-            low, high = values
-            _check(0 <= low <= high, spec)
-            return lambda rng: rng.uniform(low, high)
-        if kind == "exp" and len(values) == 1:
-            (mean,) = values
-            _check(mean > 0, spec)
-            return lambda rng: rng.expovariate(1 / mean)
-        if kind == "lognormal" and len(values) == 2:
-            median, sigma = values
-            _check(median > 0 and sigma >= 0, spec)
-            mu = math.log(median)
-            return lambda rng: rng.lognormvariate(mu, sigma)
+            _latency_check(spec, math.isfinite(fixed) and fixed >= 0, "seconds must be >= 0")
+            return lambda _rng: fixed
     except ValueError:
-        pass
-    raise ValueError(
-        f"bad latency spec {spec!r}: use SECONDS, uniform:A,B, exp:MEAN or lognormal:MEDIAN,SIGMA"
-    )
+        raise ValueError(f"bad latency spec {spec!r}: not a number; use {LATENCY_FORMS}") from None
+    _latency_check(spec, all(math.isfinite(v) for v in values), "values must be finite")
+    if kind == "uniform":
+        _latency_check(spec, len(values) == 2, "uniform takes two values A,B")
+        low, high = values
+        _latency_check(spec, 0 <= low <= high, "uniform needs 0 <= A <= B")
+        return lambda rng: rng.uniform(low, high)
+    if kind == "exp":
+        _latency_check(spec, len(values) == 1, "exp takes one value, the mean")
+        (mean,) = values
+        _latency_check(spec, mean > 0, "exp needs a mean > 0")
+        return lambda rng: rng.expovariate(1 / mean)
+    if kind == "lognormal":
+        _latency_check(spec, len(values) == 2, "lognormal takes two values MEDIAN,SIGMA")
+        median, sigma = values
+        _latency_check(spec, median > 0 and sigma >= 0, "lognormal needs MEDIAN > 0, SIGMA >= 0")
+        mu = math.log(median)
+        return lambda rng: rng.lognormvariate(mu, sigma)
+    raise ValueError(f"bad latency spec {spec!r}: unknown form {kind!r}; use {LATENCY_FORMS}")
 
 
-def _check(condition: bool, spec: str) -> None:
+def _latency_check(spec: str, condition: bool, reason: str) -> None:
+    """Raise the uniform bad-spec error when ``condition`` fails."""
     if not condition:
-        raise ValueError(spec)
+        raise ValueError(f"bad latency spec {spec!r}: {reason}; use {LATENCY_FORMS}")
+
+
+def _is_int(value: Any) -> bool:
+    """An int that is not a bool (JSON true must not pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(name: str, value: Any, low: float, high: float, what: str) -> None:
+    """Raise ValueError unless ``value`` is a real number in [low, high]."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or math.isnan(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be {what}, got {value!r}")

@@ -6,318 +6,340 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import random
 import signal
 import time
 import uuid
-from dataclasses import replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from simulator.answers import completion_for, request_fingerprint
-from simulator.config import SimConfig, parse_latency
-from simulator.state import SimState, Task, monotonic
+from simulator.answers import request_fingerprint
+from simulator.config import SimConfig
+from simulator.faults import Dice
+from simulator.responses import (
+    error_payload,
+    json_response,
+    seconds_header,
+    task_completion,
+    task_failed,
+    task_succeeded,
+    task_summary,
+)
+from simulator.state import SimState, Task
 
 PREFIX = "/api/v1"
 MAX_BODY_BYTES = 10 * 1024 * 1024
 SYNC_CAP_SECONDS = 300.0
-ODD_STATUSES = ("queued_for_gpu", "warming_up", "scheduling")
-
-
-class Dropped(Exception):
-    """The connection was closed on purpose without an answer."""
+PENDING_FRACTION = 0.2  # a task reports "pending" for this share of its latency, then "running"
+MODELS = ("gpt-4o-mini", "gpt-4.1-nano", "deepseek-r1")
 
 
 class Simulator:
-    """The request handlers and their shared state."""
+    """The request handlers, the live configuration and the shared state."""
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.state = SimState()
-        self._sampler = parse_latency(config.latency)
-        self.rng = random.Random(config.seed)
+        self.dice = Dice(config.seed, config.latency)
 
-    def reconfigure(self, changes: dict[str, Any]) -> None:
-        unknown = set(changes) - SimConfig.field_names()
-        if unknown:
-            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        for key in ("api_keys", "payment_required_keys"):
-            if key in changes and changes[key] is not None:
-                changes[key] = tuple(changes[key])
-        self.config = replace(self.config, **changes)
-        self._sampler = parse_latency(self.config.latency)
+    def reconfigure(self, changes: dict[str, Any]) -> SimConfig:
+        """Apply SimConfig field changes live; ValueError on unknown fields or bad values."""
+        config = self.config.with_changes(changes)
+        if "latency" in changes:
+            self.dice.set_latency(config.latency)
         if "seed" in changes:
-            self.rng = random.Random(self.config.seed)
+            self.dice.reseed(config.seed)
+        self.config = config
+        return config
 
-    # --- helpers -------------------------------------------------------------------------
+    # --- answers -----------------------------------------------------------------------------
 
-    def _json(
-        self, status: int, payload: Any, headers: dict[str, str] | None = None
-    ) -> web.Response:
-        body = b"\n" * self.config.blank_lines + orjson.dumps(payload)
-        return web.Response(
-            status=status, body=body, content_type="application/json", headers=headers
+    def _json(self, payload: Any, status: int = 200, **headers: str) -> web.Response:
+        """A provider answer, padded as configured."""
+        return json_response(
+            payload, status=status, blank_lines=self.config.blank_lines, headers=headers or None
         )
 
-    def _error(self, status: int, message: str, code: str, **headers: str) -> web.Response:
+    def _reject(self, status: int, message: str, code: str, **headers: str) -> web.Response:
+        """An error answer, counted under its status code."""
         self.state.stats.rejected[str(status)] += 1
-        payload = {"error": {"message": message, "type": code, "code": code}}
-        return self._json(status, payload, headers or None)
+        return self._json(error_payload(message, code), status, **headers)
 
-    def _roll(self, rate: float) -> bool:
-        return rate > 0 and self.rng.random() < rate
+    def _drop(self, request: web.Request, counter: str) -> web.Response:
+        """Close the connection with no answer, as a crashed proxy or a lost packet would."""
+        self.state.stats.rejected[counter] += 1
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=204)  # never delivered: the transport is gone
 
-    def _auth(self, request: web.Request) -> tuple[str, web.Response | None]:
+    def _rate_limited(self, retry_after: float | None) -> web.Response:
+        """A 429, with a Retry-After header unless ``retry_after`` is None."""
+        headers = {} if retry_after is None else {"Retry-After": seconds_header(retry_after)}
+        return self._reject(
+            429, "Rate limit reached for this model", "rate_limit_exceeded", **headers
+        )
+
+    # --- checks shared by the provider endpoints -----------------------------------------------
+
+    def _refuse_key(self, request: web.Request) -> tuple[str, web.Response | None]:
+        """The caller's API key, and the 401/402 answer if it may not proceed."""
         header = request.headers.get("Authorization", "")
-        key = header[7:] if header.startswith("Bearer ") else ""
-        if key in self.config.payment_required_keys:
-            return key, self._error(402, "Insufficient balance", "insufficient_balance")
+        scheme, _, key = header.partition(" ")
+        key = key.strip() if scheme.lower() == "bearer" else ""
+        if key and key in self.config.payment_required_keys:
+            return key, self._reject(402, "Insufficient balance", "insufficient_balance")
         if self.config.api_keys and key not in self.config.api_keys:
-            return key, self._error(401, "Invalid API key", "invalid_api_key")
+            message = "Invalid API key" if key else "Missing Authorization: Bearer <key>"
+            return key, self._reject(401, message, "invalid_api_key")
         return key, None
 
-    async def _common_faults(self, request: web.Request) -> web.Response | None:
-        """Latency, slow answers, dropped connections and 5xx shared by POST and GET."""
-        if self.config.request_latency > 0:
-            await asyncio.sleep(self.config.request_latency)
-        if self._roll(self.config.slow_rate):
-            await asyncio.sleep(self.config.slow_seconds)
-        if self._roll(self.config.drop_rate):
-            self.state.stats.rejected["dropped"] += 1
-            _drop(request)
-        if self._roll(self.config.rate_500):
-            return self._error(500, "Internal server error", "server_error")
-        if self._roll(self.config.rate_503):
-            return self._error(503, "Service overloaded", "overloaded")
+    async def _injected_fault(self, request: web.Request) -> web.Response | None:
+        """Slow answers, dropped connections and 5xx, shared by POST and GET."""
+        config, dice = self.config, self.dice
+        if dice.roll(config.slow_rate):
+            await asyncio.sleep(config.slow_seconds)
+        if dice.roll(config.drop_rate):
+            return self._drop(request, "dropped")
+        if dice.roll(config.rate_500):
+            return self._reject(500, "Internal server error", "server_error")
+        if dice.roll(config.rate_503):
+            return self._reject(503, "The service is overloaded, try again later", "overloaded")
         return None
 
-    # --- handlers ------------------------------------------------------------------------
+    # --- POST /chat/completions ----------------------------------------------------------------
 
     async def create(self, request: web.Request) -> web.StreamResponse:
-        """POST /chat/completions."""
+        """Accept a chat completion: a background task, or a synchronous answer."""
         self.state.stats.posts += 1
-        key, refusal = self._auth(request)
-        if refusal:
+        if self.config.request_latency > 0:
+            await asyncio.sleep(self.config.request_latency)
+        key, refusal = self._refuse_key(request)
+        if refusal is not None:
             return refusal
-        if request.content_length and request.content_length > MAX_BODY_BYTES:
-            return self._error(413, "Request entity too large", "request_too_large")
-        raw = await request.read()
-        if len(raw) > MAX_BODY_BYTES:
-            return self._error(413, "Request entity too large", "request_too_large")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raw = None
+        if raw is None or len(raw) > MAX_BODY_BYTES:
+            return self._reject(413, "Request body is larger than 10 MB", "request_too_large")
         problem, body = _validate(raw)
-        if problem:
-            return self._error(400, problem, "invalid_request_error")
-        fault = await self._common_faults(request)
-        if fault:
+        if problem is not None:
+            return self._reject(400, problem, "invalid_request_error")
+        fault = await self._injected_fault(request)
+        if fault is not None:
             return fault
-        if self._roll(self.config.rate_429):
+        if self.dice.roll(self.config.rate_429):
             return self._rate_limited(self.config.retry_after)
-        now = monotonic()
+        now = time.monotonic()
         if self.config.rpm is not None:
             wait = self.state.window.wait_seconds(key, self.config.rpm, now)
             if wait > 0:
-                return self._rate_limited(float(math.ceil(wait)))
-            self.state.window.record(key, now)
+                return self._rate_limited(max(1, math.ceil(wait)))
+            self.state.window.record(key, now, self.config.rpm)
         task = self._new_task(body, now)
         if not body.get("background"):
-            return await self._synchronous(task)
-        self.state.tasks[task.id] = task
-        self.state.stats.accepted += 1
-        self.state.stats.accepted_by_fingerprint[task.fingerprint] += 1
-        if self._roll(self.config.lost_response_rate):
-            self.state.stats.rejected["lost_response"] += 1
-            _drop(request)
-        return self._json(200, _summary(task, "pending"))
-
-    def _rate_limited(self, retry_after: float | None) -> web.Response:
-        headers = {} if retry_after is None else {"Retry-After": _seconds_header(retry_after)}
-        return self._error(429, "Rate limit exceeded for this model", "rate_limit", **headers)
+            return await self._answer_synchronously(request, task)
+        self._expire(now)
+        self.state.tasks.add(task)
+        stats = self.state.stats
+        stats.accepted += 1
+        stats.accepted_by_fingerprint[task.fingerprint] += 1
+        if self.dice.roll(self.config.lost_response_rate):
+            return self._drop(request, "lost_response")
+        return self._json(task_summary(task, "pending"))
 
     def _new_task(self, body: dict[str, Any], now: float) -> Task:
-        latency = max(0.0, self._sampler(self.rng))
+        """A task for ``body`` with its latency and fate drawn now."""
         return Task(
             id=str(uuid.uuid4()),
             body=body,
             fingerprint=request_fingerprint(body),
             created_wall=int(time.time()),
             created=now,
-            ready_at=now + latency,
-            fails=self._roll(self.config.fail_rate),
-            nul=self._roll(self.config.nul_rate),
+            ready_at=now + self.dice.latency(),
+            fails=self.dice.roll(self.config.fail_rate),
+            nul=self.dice.roll(self.config.nul_rate),
         )
 
-    async def _synchronous(self, task: Task) -> web.Response:
-        await asyncio.sleep(min(SYNC_CAP_SECONDS, max(0.0, task.ready_at - monotonic())))
-        self.state.stats.sync_completions += 1
+    async def _answer_synchronously(self, request: web.Request, task: Task) -> web.Response:
+        """Hold the request for the task's latency (GeekAI cuts at ~5 min), then answer it."""
+        await asyncio.sleep(min(SYNC_CAP_SECONDS, max(0.0, task.ready_at - time.monotonic())))
         if task.fails:
-            return self._error(500, "The model failed to answer", "task_failed")
-        return self._json(200, _completion(task))
+            return self._reject(500, "The model failed to produce an answer", "task_failed")
+        if self.dice.roll(self.config.lost_response_rate):
+            return self._drop(request, "lost_response")
+        self.state.stats.sync_completions += 1
+        return self._json(task_completion(task))
+
+    # --- GET /chat/{id} ------------------------------------------------------------------------
 
     async def fetch(self, request: web.Request) -> web.StreamResponse:
-        """GET /chat/{id}."""
+        """Report a background task's status, and its result once it is done."""
         self.state.stats.gets += 1
-        _, refusal = self._auth(request)
-        if refusal:
+        if self.config.request_latency > 0:
+            await asyncio.sleep(self.config.request_latency)
+        _, refusal = self._refuse_key(request)
+        if refusal is not None:
             return refusal
-        fault = await self._common_faults(request)
-        if fault:
+        fault = await self._injected_fault(request)
+        if fault is not None:
             return fault
+        now = time.monotonic()
+        self._expire(now)
         task = self.state.tasks.get(request.match_info["task_id"])
-        now = monotonic()
-        if task is None:
-            return self._error(404, "Task not found", "not_found")
-        if now - task.created > self.config.retention_seconds:
-            del self.state.tasks[task.id]
-            return self._error(404, "Task not found", "not_found")
-        if now - task.created < self.config.not_found_seconds:
-            return self._error(404, "Task not found", "not_found")
-        return self._json(200, self._task_view(task, now))
+        if task is None or now - task.created < self.config.not_found_seconds:
+            return self._reject(404, "Task not found", "not_found")
+        return self._json(self._task_view(task, now))
 
     def _task_view(self, task: Task, now: float) -> dict[str, Any]:
-        stats = self.state.stats
+        """The task as a poll sees it at ``now``, counted by the status served."""
+        served = self.state.stats.statuses_served
         if now < task.ready_at:
-            if self._roll(self.config.unknown_status_rate):
-                status = self.rng.choice(ODD_STATUSES)
+            if self.dice.roll(self.config.unknown_status_rate):
+                status = self.dice.odd_status()
+            elif now < task.created + PENDING_FRACTION * (task.ready_at - task.created):
+                status = "pending"
             else:
-                early = now < task.created + 0.2 * (task.ready_at - task.created)
-                status = "pending" if early else "running"
-            stats.statuses_served[status] += 1
-            return _summary(task, status)
+                status = "running"
+            served[status] += 1
+            return task_summary(task, status)
         if task.fails:
-            stats.statuses_served["failed"] += 1
-            failed = _summary(task, "failed")
-            failed["error"] = {"message": "The model failed to answer", "code": "task_failed"}
-            return failed
-        stats.statuses_served["succeed"] += 1
-        stats.completed_results_served += 1
-        return {**_completion(task), "status": "succeed"}
+            served["failed"] += 1
+            return task_failed(task)
+        served["succeed"] += 1
+        self.state.stats.completed_results_served += 1
+        return task_succeeded(task)
 
-    async def models(self, request: web.Request) -> web.Response:
-        """GET /models."""
+    def _expire(self, now: float) -> None:
+        """Forget tasks past the retention window, as GeekAI deletes results after 7 days."""
+        self.state.stats.expired += self.state.tasks.expire(now, self.config.retention_seconds)
+
+    # --- GET /models ---------------------------------------------------------------------------
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        """A small model list carrying the per-model RPM limit, as GeekAI's /models does."""
+        if self.config.request_latency > 0:
+            await asyncio.sleep(self.config.request_latency)
+        _, refusal = self._refuse_key(request)
+        if refusal is not None:
+            return refusal
         limits = {"max_requests_per_min": self.config.rpm} if self.config.rpm else {}
         data = [
-            {"id": name, "object": "model", "limitations": limits}
-            for name in ("gpt-4o-mini", "gpt-4.1-nano", "deepseek-r1")
+            {"id": name, "object": "model", "owned_by": "sim", "limitations": limits}
+            for name in MODELS
         ]
-        return self._json(200, {"object": "list", "data": data})
+        return self._json({"object": "list", "data": data})
+
+    # --- control plane (no auth, never padded) -------------------------------------------------
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.state.stats.snapshot(), dumps=_dumps)
+        """GET /_sim/stats: the counters."""
+        return json_response(self.state.snapshot())
 
     async def reset(self, request: web.Request) -> web.Response:
+        """POST /_sim/reset: forget tasks and zero the counters."""
         self.state.reset()
-        return web.json_response({"ok": True})
+        return json_response({"ok": True})
 
-    async def set_config(self, request: web.Request) -> web.Response:
+    async def show_config(self, request: web.Request) -> web.Response:
+        """GET /_sim/config: the live configuration."""
+        return json_response(_config_dict(self.config))
+
+    async def change_config(self, request: web.Request) -> web.Response:
+        """POST /_sim/config: apply a JSON object of SimConfig field changes."""
         try:
             changes = orjson.loads(await request.read())
             if not isinstance(changes, dict):
-                raise ValueError("expected a JSON object")
-            self.reconfigure(changes)
-        except (ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"ok": True})
+                raise ValueError("expected a JSON object of SimConfig fields")
+            config = self.reconfigure(changes)
+        except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
+            return json_response(error_payload(str(exc), "invalid_config"), status=400)
+        return json_response(_config_dict(config))
 
 
 def _validate(raw: bytes) -> tuple[str | None, dict[str, Any]]:
+    """The reason a chat-completions body is unacceptable (None if fine), and the body."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return "Request body is not valid JSON", {}
     if not isinstance(body, dict):
         return "Request body must be a JSON object", {}
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        return "model is required", body
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
-        return "messages must be a non-empty list", body
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return "'model' is required and must be a non-empty string", body
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' is required and must be a non-empty list", body
     if body.get("stream") and body.get("background"):
-        return "stream and background cannot both be true", body
+        return "'stream' and 'background' cannot both be true", body
     return None, body
 
 
-def _summary(task: Task, status: str) -> dict[str, Any]:
-    return {
-        "id": task.id,
-        "object": "chat.completion",
-        "created": task.created_wall,
-        "model": task.body["model"],
-        "status": status,
-    }
+def _config_dict(config: SimConfig) -> dict[str, Any]:
+    """``config`` as JSON-ready fields."""
+    return {name: getattr(config, name) for name in sorted(SimConfig.field_names())}
 
 
-def _completion(task: Task) -> dict[str, Any]:
-    completion = completion_for(task.body, task_id=task.id, created=task.created_wall)
-    if task.nul:
-        message = completion["choices"][0]["message"]
-        message["content"] = message["content"] + "\x00 after NUL"
-    return completion
-
-
-def _drop(request: web.Request) -> None:
-    """Close the connection with no answer, as a crashed proxy or a lost packet would."""
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-    raise Dropped()
-
-
-def _seconds_header(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
-
-
-def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
-
-
-@web.middleware
-async def _swallow_drops(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except Dropped:
-        raise asyncio.CancelledError() from None
+SIMULATOR_KEY = web.AppKey("simulator", Simulator)
 
 
 def make_app(config: SimConfig) -> web.Application:
     """The aiohttp application for ``config``; its Simulator is ``app[SIMULATOR_KEY]``."""
     simulator = Simulator(config)
-    app = web.Application(client_max_size=MAX_BODY_BYTES + 1024, middlewares=[_swallow_drops])
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SIMULATOR_KEY] = simulator
     app.router.add_post(f"{PREFIX}/chat/completions", simulator.create)
     app.router.add_get(f"{PREFIX}/chat/{{task_id}}", simulator.fetch)
     app.router.add_get(f"{PREFIX}/models", simulator.models)
     app.router.add_get("/_sim/stats", simulator.stats)
     app.router.add_post("/_sim/reset", simulator.reset)
-    app.router.add_post("/_sim/config", simulator.set_config)
+    app.router.add_get("/_sim/config", simulator.show_config)
+    app.router.add_post("/_sim/config", simulator.change_config)
     return app
 
 
-SIMULATOR_KEY = web.AppKey("simulator", Simulator)
+async def start(
+    config: SimConfig, host: str, port: int, *, shutdown_timeout: float = 5.0
+) -> tuple[web.AppRunner, int]:
+    """Bind the server; returns its runner (for ``cleanup()``) and the port actually bound.
 
-
-async def start(config: SimConfig, host: str, port: int) -> tuple[web.AppRunner, Simulator, int]:
-    """Bind the server; returns the runner (for cleanup), the simulator and the real port."""
-    app = make_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    Handlers are cancelled when their client disconnects, so a slow answer nobody waits for
+    does not hold up shutdown.
+    """
+    runner = web.AppRunner(
+        make_app(config),
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,
+        shutdown_timeout=shutdown_timeout,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    return runner, app[SIMULATOR_KEY], bound
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, runner.addresses[0][1]
+
+
+def simulator_of(runner: web.AppRunner) -> Simulator:
+    """The Simulator behind a runner made by ``start``."""
+    return runner.app[SIMULATOR_KEY]
 
 
 def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8900) -> None:
-    """Serve until interrupted, announcing the bound address on one line of stdout."""
+    """Serve until SIGINT/SIGTERM, announcing the bound address on one line of stdout."""
 
     async def main() -> None:
-        runner, _, bound = await start(config, host, port)
+        runner, bound = await start(config, host, port)
         print(f"chatbatch simulator listening on http://{host}:{bound}{PREFIX}", flush=True)
         stopped = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopped.set)
         try:
             await stopped.wait()
         finally:

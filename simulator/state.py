@@ -2,24 +2,92 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+REJECTION_KEYS = ("400", "401", "402", "404", "413", "429", "500", "503")
+DROP_KEYS = ("dropped", "lost_response")
+STATUS_KEYS = ("pending", "running", "succeed", "failed")
+RATE_WINDOW_SECONDS = 60.0
 
-@dataclass
+
+@dataclass(slots=True)
 class Task:
-    """One background task: when it was made, when it is ready, and how it ends."""
+    """One task: its request, when it was made, when it is ready, and how it ends."""
 
     id: str
     body: dict[str, Any]
     fingerprint: str
-    created_wall: int
-    created: float
-    ready_at: float
+    created_wall: int  # unix seconds, as the API reports it
+    created: float  # monotonic seconds, for every age computation
+    ready_at: float  # monotonic seconds
     fails: bool
     nul: bool
+
+    @property
+    def model(self) -> str:
+        """The model the request named."""
+        return str(self.body["model"])
+
+
+class TaskStore:
+    """Tasks by id, forgotten once older than the retention window, so memory stays bounded."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+        self._by_age: deque[Task] = deque()  # creation order == expiry order
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def add(self, task: Task) -> None:
+        """Remember ``task`` until it expires."""
+        self._tasks[task.id] = task
+        self._by_age.append(task)
+
+    def get(self, task_id: str) -> Task | None:
+        """The task with ``task_id``, if still held."""
+        return self._tasks.get(task_id)
+
+    def expire(self, now: float, retention: float) -> int:
+        """Forget every task created more than ``retention`` seconds before ``now``."""
+        expired = 0
+        queue = self._by_age
+        while queue and now - queue[0].created > retention:
+            del self._tasks[queue.popleft().id]
+            expired += 1
+        return expired
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._tasks.clear()
+        self._by_age.clear()
+
+
+class RateWindow:
+    """Accepted POST times per API key over a sliding 60-second window."""
+
+    def __init__(self) -> None:
+        self._times: dict[str, deque[float]] = {}
+
+    def wait_seconds(self, key: str, rpm: int, now: float) -> float:
+        """0 when ``key`` may be accepted now, else the seconds until a slot frees."""
+        window = self._times.get(key)
+        if window is None:
+            return 0.0
+        while window and window[0] <= now - RATE_WINDOW_SECONDS:
+            window.popleft()
+        if len(window) < rpm:
+            return 0.0
+        return window[-rpm] + RATE_WINDOW_SECONDS - now
+
+    def record(self, key: str, now: float, rpm: int) -> None:
+        """Count one accepted POST for ``key``; only the newest ``rpm`` times matter."""
+        window = self._times.setdefault(key, deque())
+        window.append(now)
+        while len(window) > rpm:
+            window.popleft()
 
 
 @dataclass
@@ -31,58 +99,43 @@ class Stats:
     accepted: int = 0
     sync_completions: int = 0
     completed_results_served: int = 0
+    expired: int = 0
     accepted_by_fingerprint: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     statuses_served: Counter[str] = field(default_factory=Counter)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, live_tasks: int) -> dict[str, Any]:
+        """A JSON-ready copy; the listed rejection and status keys are always present."""
+        by_fingerprint = dict(self.accepted_by_fingerprint)
         return {
             "posts": self.posts,
             "gets": self.gets,
             "accepted": self.accepted,
             "sync_completions": self.sync_completions,
+            "accepted_by_fingerprint": by_fingerprint,
+            "duplicate_fingerprints": sorted(fp for fp, n in by_fingerprint.items() if n > 1),
+            "rejected": {**dict.fromkeys(REJECTION_KEYS + DROP_KEYS, 0), **self.rejected},
+            "statuses_served": {**dict.fromkeys(STATUS_KEYS, 0), **self.statuses_served},
             "completed_results_served": self.completed_results_served,
-            "accepted_by_fingerprint": dict(self.accepted_by_fingerprint),
-            "duplicate_fingerprints": sorted(
-                fp for fp, n in self.accepted_by_fingerprint.items() if n > 1
-            ),
-            "rejected": dict(self.rejected),
-            "statuses_served": dict(self.statuses_served),
+            "tasks": live_tasks,
+            "expired": self.expired,
         }
-
-
-class RateWindow:
-    """Accepted POST times per key over a sliding 60-second window."""
-
-    def __init__(self) -> None:
-        self._times: dict[str, deque[float]] = {}
-
-    def wait_seconds(self, key: str, rpm: int, now: float) -> float:
-        """0 when a request may go now, else the seconds until a slot frees."""
-        window = self._times.setdefault(key, deque())
-        while window and window[0] <= now - 60:
-            window.popleft()
-        if len(window) < rpm:
-            return 0.0
-        return window[0] + 60 - now
-
-    def record(self, key: str, now: float) -> None:
-        self._times.setdefault(key, deque()).append(now)
 
 
 @dataclass
 class SimState:
     """Everything the server keeps between requests."""
 
-    tasks: dict[str, Task] = field(default_factory=dict)
+    tasks: TaskStore = field(default_factory=TaskStore)
     stats: Stats = field(default_factory=Stats)
     window: RateWindow = field(default_factory=RateWindow)
 
+    def snapshot(self) -> dict[str, Any]:
+        """The stats endpoint's answer."""
+        return self.stats.snapshot(len(self.tasks))
+
     def reset(self) -> None:
+        """Forget every task, zero the counters and empty the rate windows."""
         self.tasks.clear()
         self.stats = Stats()
         self.window = RateWindow()
-
-
-def monotonic() -> float:
-    return time.monotonic()

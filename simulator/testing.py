@@ -1,90 +1,106 @@
-"""Run the simulator in a background thread (tests, benchmarks, ``run --simulate``)."""
+"""Run the simulator in a background thread, for tests, benchmarks and ``run --simulate``."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiohttp import web
-
 from simulator.config import SimConfig
-from simulator.server import PREFIX, Simulator, start
+from simulator.server import PREFIX, Simulator, simulator_of, start
 
 T = TypeVar("T")
+START_TIMEOUT = 30.0
+CALL_TIMEOUT = 10.0
 
 
 class SimulatorHandle:
-    """A running simulator: its base URL, its counters, and live reconfiguration."""
+    """A running simulator: its address, its counters, and live reconfiguration."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, simulator: Simulator, port: int) -> None:
         self._loop = loop
         self._simulator = simulator
         self.port = port
-        self.base_url = f"http://127.0.0.1:{port}{PREFIX}"
+        self.root_url = f"http://127.0.0.1:{port}"
+        self.base_url = self.root_url + PREFIX
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+    def _on_loop(self, action: Callable[[], T]) -> T:
+        """Run ``action`` on the server's loop, so it never races a request handler."""
+
+        async def call() -> T:
+            return action()
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout=CALL_TIMEOUT)
+
+    @property
+    def config(self) -> SimConfig:
+        """The live configuration."""
+        return self._on_loop(lambda: self._simulator.config)
 
     def stats(self) -> dict[str, Any]:
         """The same object as ``GET /_sim/stats``."""
-
-        async def snapshot() -> dict[str, Any]:
-            return self._simulator.state.stats.snapshot()
-
-        return self._call(snapshot())
+        return self._on_loop(self._simulator.state.snapshot)
 
     def reconfigure(self, **changes: Any) -> None:
-        """Change SimConfig fields while the server runs."""
-
-        async def apply() -> None:
-            self._simulator.reconfigure(changes)
-
-        self._call(apply())
+        """Change SimConfig fields while the server runs (ValueError on bad ones)."""
+        self._on_loop(lambda: self._simulator.reconfigure(changes))
 
     def reset(self) -> None:
-        """Forget every task and zero the counters."""
+        """Forget every task and zero the counters (the configuration stays)."""
+        self._on_loop(self._simulator.state.reset)
 
-        async def clear() -> None:
-            self._simulator.state.reset()
 
-        self._call(clear())
+@dataclass
+class _Started:
+    """What the server thread hands back once it is listening (or failed to)."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    stop: asyncio.Event | None = None
+    simulator: Simulator | None = None
+    port: int = 0
+    error: BaseException | None = None
 
 
 @contextmanager
-def running_simulator(config: SimConfig | None = None) -> Iterator[SimulatorHandle]:
-    """Serve on a free 127.0.0.1 port in a daemon thread; shut down cleanly on exit."""
-    loop = asyncio.new_event_loop()
+def running_simulator(
+    config: SimConfig | None = None, *, shutdown_timeout: float = 1.0
+) -> Iterator[SimulatorHandle]:
+    """Serve on a free 127.0.0.1 port in a daemon thread with its own loop; stop cleanly on exit."""
+    started = _Started()
     ready = threading.Event()
-    box: dict[str, Any] = {}
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
+    async def serve() -> None:
         try:
-            runner, simulator, port = loop.run_until_complete(
-                start(config or SimConfig(), "127.0.0.1", 0)
+            runner, port = await start(
+                config or SimConfig(), "127.0.0.1", 0, shutdown_timeout=shutdown_timeout
             )
-            box.update(runner=runner, simulator=simulator, port=port)
-        except BaseException as exc:  # report start-up failures to the caller
-            box["error"] = exc
+        except BaseException as exc:
+            started.error = exc
             ready.set()
             return
+        started.loop = asyncio.get_running_loop()
+        started.stop = asyncio.Event()
+        started.simulator = simulator_of(runner)
+        started.port = port
         ready.set()
-        loop.run_forever()
+        try:
+            await started.stop.wait()
+        finally:
+            await runner.cleanup()
 
-    thread = threading.Thread(target=run, name="chatbatch-simulator", daemon=True)
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="sim", daemon=True)
     thread.start()
-    ready.wait(timeout=30)
-    if "error" in box:
-        loop.close()
-        raise box["error"]
+    if not ready.wait(timeout=START_TIMEOUT):
+        raise RuntimeError("the simulator did not start listening in time")
+    if started.error is not None:
+        thread.join()
+        raise started.error
+    assert started.loop is not None and started.stop is not None and started.simulator is not None
     try:
-        yield SimulatorHandle(loop, box["simulator"], box["port"])
+        yield SimulatorHandle(started.loop, started.simulator, started.port)
     finally:
-        runner: web.AppRunner = box["runner"]
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=30)
-        loop.close()
+        started.loop.call_soon_threadsafe(started.stop.set)
+        thread.join(timeout=shutdown_timeout + START_TIMEOUT)
