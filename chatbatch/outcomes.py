@@ -53,6 +53,11 @@ class Retryable:
     maybe_accepted: bool = False
     http_status: int | None = None
 
+    @property
+    def rate_limited(self) -> bool:
+        """A 429 says "slow down", not "this request is bad": it uses up no attempt."""
+        return self.http_status == 429
+
 
 @dataclass(frozen=True)
 class Rejected:

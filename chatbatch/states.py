@@ -153,6 +153,10 @@ def after_submit(
         return Transition(RequestStatus.SUBMITTED, due, changes)
     if isinstance(outcome, Completed):
         return _succeeded(outcome, now)
+    if isinstance(outcome, Retryable) and outcome.rate_limited:
+        delay = retry_delay(row.attempts, policy, rng, outcome.retry_after)
+        changes = {"attempts": max(0, row.attempts - 1), **_error(outcome.code, outcome.message)}
+        return Transition(RequestStatus.QUEUED, now + _seconds(delay), changes)
     if isinstance(outcome, Retryable):
         if row.attempts >= policy.max_attempts:
             message = f"gave up after {row.attempts} attempts; last error: {outcome.message}"

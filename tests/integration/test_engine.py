@@ -9,7 +9,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from simulator.answers import expected_content, expected_usage
 from sqlalchemy import Engine, select, update
 
 from chatbatch import queries
@@ -19,6 +18,7 @@ from chatbatch.models import requests_table as r
 from chatbatch.settings import get_settings
 from chatbatch.states import RequestStatus, Transition
 from chatbatch.summary import batch_summary
+from simulator.answers import expected_content, expected_usage
 from worker.engine import Engine as BatchEngine
 from worker.runtime import build_engine
 
@@ -197,7 +197,9 @@ def test_provider_failures_are_terminal_with_reason(pg, engine, sim, tmp_path) -
     assert all(row.error_message for row in rows(pg, batch_id))
 
 
-def test_transient_errors_retry_without_duplicates(pg, engine, sim, tmp_path) -> None:
+def test_transient_errors_retry_without_duplicates(pg, sim, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CHATBATCH_MAX_ATTEMPTS", "30")  # this test is about retries, not the cap
+    get_settings.cache_clear()
     sim.reconfigure(
         rate_429=0.3,
         rate_503=0.2,
@@ -208,7 +210,11 @@ def test_transient_errors_retry_without_duplicates(pg, engine, sim, tmp_path) ->
     )
     write_requests(tmp_path / "in.jsonl", 40)
     batch_id = load(pg, tmp_path / "in.jsonl")
-    summary = run_to_end(engine, pg, batch_id)
+    patient = build_engine(get_settings())
+    try:
+        summary = run_to_end(patient, pg, batch_id)
+    finally:
+        patient.close()
     assert summary["counts"]["succeeded"] == 40
     stats = sim.stats()
     assert stats["accepted"] == 40 and stats["duplicate_fingerprints"] == []

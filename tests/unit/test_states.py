@@ -87,11 +87,20 @@ def test_synchronous_completion_on_submit_succeeds_with_usage() -> None:
 
 
 def test_retryable_requeues_with_retry_after_and_no_ambiguity() -> None:
-    outcome = Retryable("rate_limited", "429", retry_after=30.0)
+    outcome = Retryable("http_503", "overloaded", retry_after=30.0, http_status=503)
     t = after_submit(SUBMITTING, outcome, now=NOW, policy=POLICY, rng=rng())
     assert t.status is RequestStatus.QUEUED
     assert timedelta(seconds=30) <= t.due_at - NOW <= timedelta(seconds=30.25)
     assert not t.increment_ambiguous
+
+
+def test_rate_limit_waits_without_using_up_attempts() -> None:
+    row = RowView(status=RequestStatus.SUBMITTING, attempts=POLICY.max_attempts)
+    outcome = Retryable("rate_limited", "429", retry_after=2.0, http_status=429)
+    t = after_submit(row, outcome, now=NOW, policy=POLICY, rng=rng())
+    assert t.status is RequestStatus.QUEUED
+    assert t.changes["attempts"] == POLICY.max_attempts - 1
+    assert timedelta(seconds=2) <= t.due_at - NOW <= timedelta(seconds=2.25)
 
 
 def test_lost_answer_requeues_and_counts_a_possible_duplicate() -> None:
