@@ -36,6 +36,7 @@ from worker.provider import Provider
 
 log = logging.getLogger("chatbatch.engine")
 T = TypeVar("T")
+C = TypeVar("C", queries.SubmitClaim, queries.PollClaim)
 
 WRITE_RETRIES = 8
 START_MARGIN_SECONDS = 5.0
@@ -110,28 +111,25 @@ class Engine:
 
     def submit_due(self) -> int:
         """Claim one chunk of queued requests and submit them concurrently."""
-        with self._db.begin() as conn:
-            clock = DbClock(db_now(conn))
-            claims = queries.claim_for_submit(
-                conn,
-                now=clock.anchor,
-                limit=self.chunk_size,
-                lease_seconds=self._settings.lease_seconds,
-            )
-        self._run_all([partial(self._submit_one, c, clock) for c in claims])
-        return len(claims)
+        return self._claim_and_run(queries.claim_for_submit, self._submit_one)
 
     def poll_due(self) -> int:
         """Claim one chunk of submitted requests whose poll is due and poll them concurrently."""
+        return self._claim_and_run(queries.claim_for_poll, self._poll_one)
+
+    def _claim_and_run(
+        self, claim: Callable[..., list[C]], handle: Callable[[C, DbClock], None]
+    ) -> int:
+        """Commit a claim of one chunk, then handle its rows concurrently, outside the claim."""
         with self._db.begin() as conn:
             clock = DbClock(db_now(conn))
-            claims = queries.claim_for_poll(
+            claims = claim(
                 conn,
                 now=clock.anchor,
                 limit=self.chunk_size,
                 lease_seconds=self._settings.lease_seconds,
             )
-        self._run_all([partial(self._poll_one, c, clock) for c in claims])
+        self._run_all([partial(handle, c, clock) for c in claims])
         return len(claims)
 
     def close(self) -> None:
