@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 import orjson
-from simulator.cli import simulate
 
 from cli.context import handles_errors, ready_database, settings, setup_logging
 from cli.render import print_summary
 from cli.run import run_command
 from cli.worker_cmd import worker_command
+from simulator.cli import simulate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
