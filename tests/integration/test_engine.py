@@ -60,6 +60,15 @@ def rows(db: Engine, batch_id: str) -> list:
         return conn.execute(select(r).where(r.c.batch_id == batch_id).order_by(r.c.line_no)).all()
 
 
+def run_with_current_settings(db: Engine, batch_id: str, timeout: float = 60) -> dict:
+    """Run the batch with an engine built from the settings as the test left them."""
+    built = build_engine(get_settings())
+    try:
+        return run_to_end(built, db, batch_id, timeout)
+    finally:
+        built.close()
+
+
 @pytest.fixture
 def engine(pg: Engine):
     built = build_engine(get_settings())
@@ -166,11 +175,7 @@ def test_account_errors_pause_the_batch_until_resumed(
     sim.reconfigure(payment_required_keys=("sk-broke",))
     monkeypatch.setenv("CHATBATCH_API_KEY", "sk-broke" if status == 402 else "sk-wrong")
     get_settings.cache_clear()
-    broke = build_engine(get_settings())
-    try:
-        summary = run_to_end(broke, pg, batch_id)
-    finally:
-        broke.close()
+    summary = run_with_current_settings(pg, batch_id)
     assert summary["status"] == "paused"
     assert str(status) in summary["pause_reason"]
     assert summary["counts"]["queued"] == 20
@@ -179,11 +184,7 @@ def test_account_errors_pause_the_batch_until_resumed(
     get_settings.cache_clear()
     with pg.begin() as conn:
         queries.set_batch_status(conn, batch_id, "running", from_statuses=["paused"])
-    fixed = build_engine(get_settings())
-    try:
-        summary = run_to_end(fixed, pg, batch_id)
-    finally:
-        fixed.close()
+    summary = run_with_current_settings(pg, batch_id)
     assert summary["counts"]["succeeded"] == 20
     assert max(row.attempts for row in rows(pg, batch_id)) == 1
 
@@ -210,11 +211,7 @@ def test_transient_errors_retry_without_duplicates(pg, sim, tmp_path, monkeypatc
     )
     write_requests(tmp_path / "in.jsonl", 40)
     batch_id = load(pg, tmp_path / "in.jsonl")
-    patient = build_engine(get_settings())
-    try:
-        summary = run_to_end(patient, pg, batch_id)
-    finally:
-        patient.close()
+    summary = run_with_current_settings(pg, batch_id)
     assert summary["counts"]["succeeded"] == 40
     stats = sim.stats()
     assert stats["accepted"] == 40 and stats["duplicate_fingerprints"] == []
@@ -242,10 +239,6 @@ def test_results_not_fetched_in_time_expire(pg, sim, tmp_path, monkeypatch) -> N
     sim.reconfigure(latency="5")
     write_requests(tmp_path / "in.jsonl", 3)
     batch_id = load(pg, tmp_path / "in.jsonl")
-    short = build_engine(get_settings())
-    try:
-        summary = run_to_end(short, pg, batch_id, timeout=20)
-    finally:
-        short.close()
+    summary = run_with_current_settings(pg, batch_id, timeout=20)
     assert summary["counts"]["expired"] == 3
     assert all(row.error_code == "expired" for row in rows(pg, batch_id))
