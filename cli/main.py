@@ -108,12 +108,11 @@ def list_(as_json: bool) -> None:
 @handles_errors
 def export(batch: str, output: Path, fmt: str | None) -> None:
     """Write one line (or CSV row) per request, in input order."""
-    from cli.run import export_to
+    from chatbatch import queries
+    from cli.exporting import export_to
 
     setup_logging()
     with ready_database().connect() as conn:
-        from chatbatch import queries
-
         batch_id = queries.resolve_batch(conn, batch).id
     count = export_to(batch_id, output, fmt)
     click.echo(f"wrote {count} result(s) to {output}", err=True)

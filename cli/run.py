@@ -1,11 +1,10 @@
-"""``chatbatch run`` (load, process here, show progress, export) and the export helper."""
+"""``chatbatch run``: load, process in this process with live progress, export."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from chatbatch.db import get_engine
 from chatbatch.settings import get_settings
 from chatbatch.states import TERMINAL_STATUSES, BatchStatus
 from cli.context import handles_errors, ready_database, settings, setup_logging
+from cli.exporting import export_to
 from cli.render import print_summary
 
 if TYPE_CHECKING:
@@ -29,24 +29,6 @@ EXIT_ALL_SUCCEEDED = 0
 EXIT_SOME_FAILED = 3
 EXIT_PAUSED = 4
 PROGRESS_EVERY_SECONDS = 0.3
-
-
-def export_to(batch_id: str, output: Path, fmt: str | None) -> int:
-    """Export atomically: write a temporary file beside ``output``, then rename it into place."""
-    from chatbatch.export import export_batch
-
-    fmt = fmt or ("csv" if output.suffix.lower() == ".csv" else "jsonl")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, get_engine().connect() as conn:
-            count = export_batch(conn, batch_id, out, fmt)
-        os.replace(tmp, output)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return count
 
 
 @contextlib.contextmanager
