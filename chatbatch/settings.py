@@ -8,6 +8,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SQLITE_URL = "sqlite:///chatbatch.db"
+LEASE_MARGIN_SECONDS = 5.0  # slack between the last start of an HTTP call and the lease's end
 
 
 class Settings(BaseSettings):
@@ -50,14 +51,19 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_orderings(self) -> Settings:
-        worst_request = self.connect_timeout + 2 * self.read_timeout
-        if self.lease_seconds <= worst_request:
+        needed = self.worst_call_seconds + LEASE_MARGIN_SECONDS
+        if self.lease_seconds <= needed:
             raise ValueError(
                 f"CHATBATCH_LEASE_SECONDS ({self.lease_seconds}) must exceed the longest HTTP call "
-                f"(connect + 2 x read timeout = {worst_request}), or a live request would be "
-                "taken over by another worker"
+                f"(connect + 2 x read timeout) plus {LEASE_MARGIN_SECONDS:g} s = {needed:g}, "
+                "or a live request could be taken over by another worker"
             )
         return self
+
+    @property
+    def worst_call_seconds(self) -> float:
+        """The longest one HTTP call can take before its timeouts fire."""
+        return self.connect_timeout + 2 * self.read_timeout
 
     @property
     def is_embedded(self) -> bool:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from chatbatch import queries
 from chatbatch.db import db_now
 from chatbatch.outcomes import Outcome
-from chatbatch.settings import Settings
+from chatbatch.settings import LEASE_MARGIN_SECONDS, Settings
 from chatbatch.states import (
     Policy,
     RequestStatus,
@@ -39,7 +39,6 @@ T = TypeVar("T")
 C = TypeVar("C", queries.SubmitClaim, queries.PollClaim)
 
 WRITE_RETRIES = 8
-START_MARGIN_SECONDS = 5.0
 
 
 @dataclass
@@ -75,8 +74,10 @@ class Engine:
             max_workers=settings.concurrency, thread_name_prefix="chatbatch-http"
         )
         self._rng = random.Random()
-        worst_call = settings.connect_timeout + 2 * settings.read_timeout
-        self._start_window = settings.lease_seconds - worst_call - START_MARGIN_SECONDS
+        # An HTTP call may start only while it can still finish inside the claim's lease.
+        self._start_window = (
+            settings.lease_seconds - settings.worst_call_seconds - LEASE_MARGIN_SECONDS
+        )
 
     @property
     def chunk_size(self) -> int:
