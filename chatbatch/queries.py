@@ -32,7 +32,7 @@ POLLABLE_BATCHES = (BatchStatus.RUNNING, BatchStatus.PAUSED)
 
 @dataclass(frozen=True)
 class SubmitClaim:
-    """A row claimed for submission (now ``submitting``)."""
+    """A queued row reserved for this worker; it turns ``submitting`` just before its POST."""
 
     id: int
     batch_id: str
@@ -66,10 +66,9 @@ class PollClaim:
 def claim_for_submit(
     conn: Connection, *, now: datetime, limit: int, lease_seconds: float
 ) -> list[SubmitClaim]:
-    """Move up to ``limit`` due queued rows of running batches to ``submitting``, with a lease.
-
-    Committing this before the POST is what lets a lost worker's rows be found again.
-    """
+    """Reserve up to ``limit`` due queued rows of running batches; pushing ``due_at`` out is the
+    reservation's lease. Rows stay ``queued`` until ``mark_submitting``, so a worker lost with a
+    reserved row costs only a delay, never a possible duplicate."""
     due = (
         select(r.c.id)
         .join(b, b.c.id == r.c.batch_id)
@@ -83,15 +82,34 @@ def claim_for_submit(
     stmt = (
         update(r)
         .where(r.c.id == due.c.id)
-        .values(
-            status=RequestStatus.SUBMITTING,
-            due_at=now + timedelta(seconds=lease_seconds),
-            lease_token=r.c.lease_token + 1,
-            attempts=r.c.attempts + 1,
-        )
+        .values(due_at=now + timedelta(seconds=lease_seconds), lease_token=r.c.lease_token + 1)
         .returning(r.c.id, r.c.batch_id, r.c.lease_token, r.c.attempts, r.c.body)
     )
     return [SubmitClaim(*row) for row in conn.execute(stmt)]
+
+
+def mark_submitting(
+    conn: Connection, claim: SubmitClaim, *, now: datetime, lease_seconds: float
+) -> int | None:
+    """Commit ``submitting`` (counting the attempt, with a fresh lease) right before the POST.
+
+    Returns the attempt number, or None when the reservation was taken over meanwhile.
+    """
+    result = conn.execute(
+        update(r)
+        .where(
+            r.c.id == claim.id,
+            r.c.status == RequestStatus.QUEUED,
+            r.c.lease_token == claim.lease_token,
+        )
+        .values(
+            status=RequestStatus.SUBMITTING,
+            attempts=r.c.attempts + 1,
+            due_at=now + timedelta(seconds=lease_seconds),
+        )
+        .returning(r.c.attempts)
+    )
+    return result.scalar_one_or_none()
 
 
 def claim_for_poll(

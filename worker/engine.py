@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from chatbatch import queries
 from chatbatch.db import db_now
 from chatbatch.outcomes import Outcome
-from chatbatch.settings import LEASE_MARGIN_SECONDS, Settings
+from chatbatch.settings import Settings
 from chatbatch.states import (
     Policy,
     RequestStatus,
@@ -51,9 +51,6 @@ class DbClock:
     def now(self) -> datetime:
         return self.anchor + timedelta(seconds=time.monotonic() - self.started)
 
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
 
 class Engine:
     """Drives due work for every running batch in the database."""
@@ -74,10 +71,6 @@ class Engine:
             max_workers=settings.concurrency, thread_name_prefix="chatbatch-http"
         )
         self._rng = random.Random()
-        # An HTTP call may start only while it can still finish inside the claim's lease.
-        self._start_window = (
-            settings.lease_seconds - settings.worst_call_seconds - LEASE_MARGIN_SECONDS
-        )
 
     @property
     def chunk_size(self) -> int:
@@ -145,49 +138,45 @@ class Engine:
                 log.error("request handling failed: %r", error)
 
     def _submit_one(self, claim: queries.SubmitClaim, clock: DbClock) -> None:
-        view = RowView(status=RequestStatus.SUBMITTING, attempts=claim.attempts)
-        if clock.elapsed() > self._start_window:
-            # Too late to start inside our lease: hand the row back untouched, not ambiguous.
-            transition = Transition(
-                RequestStatus.QUEUED, clock.now(), {"attempts": max(0, claim.attempts - 1)}
+        def mark(conn: Connection) -> int | None:
+            return queries.mark_submitting(
+                conn, claim, now=clock.now(), lease_seconds=self._settings.lease_seconds
             )
-        else:
-            outcome = self._provider.submit(claim.body)
-            transition = after_submit(
-                view, outcome, now=clock.now(), policy=self.policy, rng=self._rng
-            )
-            self._log_outcome(claim.id, outcome, transition)
-        self._write(
-            claim.id, claim.batch_id, RequestStatus.SUBMITTING, claim.lease_token, transition
-        )
+
+        attempts = self._with_retries(mark)
+        if attempts is None:
+            log.info("request %s: reservation taken over by another worker", claim.id)
+            return
+        outcome = self._provider.submit(claim.body)
+        view = RowView(status=RequestStatus.SUBMITTING, attempts=attempts)
+        transition = after_submit(view, outcome, now=clock.now(), policy=self.policy, rng=self._rng)
+        self._log_outcome(claim.id, outcome, transition)
+        self._write(claim, RequestStatus.SUBMITTING, transition)
 
     def _poll_one(self, claim: queries.PollClaim, clock: DbClock) -> None:
-        if clock.elapsed() > self._start_window:
-            return  # the lease (due_at) runs out and the row simply becomes due again
         outcome = self._provider.poll(claim.remote_id)
         transition = after_poll(
             claim.view(), outcome, now=clock.now(), policy=self.policy, rng=self._rng
         )
         self._log_outcome(claim.id, outcome, transition)
-        self._write(
-            claim.id, claim.batch_id, RequestStatus.SUBMITTED, claim.lease_token, transition
-        )
+        self._write(claim, RequestStatus.SUBMITTED, transition)
 
     def _write(
         self,
-        request_id: int,
-        batch_id: str,
+        claim: queries.SubmitClaim | queries.PollClaim,
         expected: RequestStatus,
-        lease_token: int,
         transition: Transition,
     ) -> None:
+        """Record an outcome as soon as it lands; retried through a database restart."""
+        request_id = claim.id
+
         def apply(conn: Connection) -> bool:
             return queries.apply_transition(
                 conn,
                 request_id,
-                batch_id=batch_id,
+                batch_id=claim.batch_id,
                 expected=expected,
-                lease_token=lease_token,
+                lease_token=claim.lease_token,
                 transition=transition,
             )
 

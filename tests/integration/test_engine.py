@@ -124,16 +124,19 @@ def test_concurrent_claims_never_overlap(pg, tmp_path) -> None:
 def test_lost_submission_is_resubmitted_and_counted(pg, engine, sim, tmp_path) -> None:
     write_requests(tmp_path / "in.jsonl", 10)
     batch_id = load(pg, tmp_path / "in.jsonl")
-    with pg.begin() as conn:  # a worker claims five rows and dies before any POST returns
-        claims = queries.claim_for_submit(conn, now=db_now(conn), limit=5, lease_seconds=30)
+    with pg.begin() as conn:  # a worker reserves six rows, starts three POSTs, and dies
+        now = db_now(conn)
+        claims = queries.claim_for_submit(conn, now=now, limit=6, lease_seconds=30)
+        for claim in claims[:3]:
+            assert queries.mark_submitting(conn, claim, now=now, lease_seconds=30) == 1
         conn.execute(
             update(r)
             .where(r.c.id.in_([c.id for c in claims]))
-            .values(due_at=db_now(conn) - timedelta(seconds=1))
+            .values(due_at=now - timedelta(seconds=1))
         )
     summary = run_to_end(engine, pg, batch_id)
     assert summary["counts"]["succeeded"] == 10
-    assert summary["possible_duplicates"] == 5
+    assert summary["possible_duplicates"] == 3  # only what was in flight
 
 
 def test_stale_worker_changes_nothing(pg, tmp_path) -> None:
@@ -142,6 +145,7 @@ def test_stale_worker_changes_nothing(pg, tmp_path) -> None:
     with pg.begin() as conn:
         now = db_now(conn)
         (claim,) = queries.claim_for_submit(conn, now=now, limit=1, lease_seconds=30)
+        queries.mark_submitting(conn, claim, now=now, lease_seconds=30)
     with pg.begin() as conn:  # the lease runs out and another worker takes the row over
         conn.execute(update(r).values(due_at=now - timedelta(seconds=5)))
         assert queries.recover_expired_leases(conn, now=now, policy=build_policy()) == 1
@@ -242,3 +246,16 @@ def test_results_not_fetched_in_time_expire(pg, sim, tmp_path, monkeypatch) -> N
     summary = run_with_current_settings(pg, batch_id, timeout=20)
     assert summary["counts"]["expired"] == 3
     assert all(row.error_code == "expired" for row in rows(pg, batch_id))
+
+
+def test_a_reservation_taken_over_is_not_submitted(pg, tmp_path) -> None:
+    write_requests(tmp_path / "in.jsonl", 1)
+    load(pg, tmp_path / "in.jsonl")
+    with pg.begin() as conn:
+        now = db_now(conn)
+        (slow,) = queries.claim_for_submit(conn, now=now, limit=1, lease_seconds=30)
+    later = now + timedelta(seconds=31)  # the slow worker's reservation lapses; another claims
+    with pg.begin() as conn:
+        (fast,) = queries.claim_for_submit(conn, now=later, limit=1, lease_seconds=30)
+        assert queries.mark_submitting(conn, slow, now=later, lease_seconds=30) is None
+        assert queries.mark_submitting(conn, fast, now=later, lease_seconds=30) == 1
