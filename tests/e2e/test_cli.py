@@ -146,9 +146,9 @@ def wait_finished(env: dict[str, str], name: str, timeout: float = 180) -> dict:
     raise AssertionError(f"not finished in {timeout}s: {status}")
 
 
-def test_two_workers_process_a_batch_exactly_once(distributed_env, sim, tmp_path) -> None:
+def test_two_workers_process_1000_requests_exactly_once(distributed_env, sim, tmp_path) -> None:
     env = distributed_env
-    n = 300
+    n = 1000
     bodies = write_prompts(tmp_path / "prompts.jsonl", n)
     chatbatch("db", "upgrade", env=env, cwd=tmp_path)
     loaded = orjson.loads(
@@ -258,3 +258,33 @@ def test_embedded_run_needs_nothing_configured(tmp_path) -> None:
         "status", orjson.loads(lines[0])["custom_id"], env=base_env(), cwd=tmp_path, check=False
     )
     assert again.returncode != 0 and "no batch" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "faults", "exit_code", "says"),
+    [
+        ("sk-sim", {}, 0, "succeeded 14"),
+        ("sk-sim", {"fail_rate": 1.0}, 3, "failed 14"),
+        ("sk-wrong", {}, 4, "provider answered 401"),
+    ],
+)
+def test_run_exit_codes_tell_cron_what_happened(sim, tmp_path, key, faults, exit_code, says):
+    sim.reconfigure(**faults)
+    env = base_env() | {
+        "CHATBATCH_API_BASE": sim.base_url,
+        "CHATBATCH_API_KEY": key,
+        "CHATBATCH_POLL_FIRST_SECONDS": "0.05",
+    }
+    proc = chatbatch(
+        "run",
+        str(REPO / "examples" / "prompts.jsonl"),
+        "-o",
+        "out.csv",
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == exit_code, proc.stdout + proc.stderr
+    assert says in proc.stdout
+    assert key not in proc.stdout + proc.stderr
+    assert (tmp_path / "out.csv").read_text().startswith("custom_id,status,content")
