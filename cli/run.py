@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -11,12 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from chatbatch import queries
 from chatbatch.db import get_engine
-from chatbatch.settings import get_settings
+from chatbatch.settings import Settings
 from chatbatch.states import TERMINAL_STATUSES, BatchStatus
 from cli.context import handles_errors, ready_database, settings, setup_logging
 from cli.exporting import export_to
@@ -29,29 +29,22 @@ EXIT_ALL_SUCCEEDED = 0
 EXIT_SOME_FAILED = 3
 EXIT_PAUSED = 4
 PROGRESS_EVERY_SECONDS = 0.3
+SIMULATOR_KEY = "sk-sim"  # the simulator's default key; not a secret
 
 
 @contextlib.contextmanager
-def _provider_override(simulate: bool) -> Iterator[None]:
-    """With ``--simulate``, point the engine at a simulator running in this process."""
+def _engine_settings(simulate: bool) -> Iterator[Settings]:
+    """The settings to process with; with ``--simulate``, aimed at a simulator in this process."""
+    config = settings()
     if not simulate:
-        yield
+        yield config
         return
     from simulator.testing import running_simulator
 
     with running_simulator() as sim:
-        saved = {k: os.environ.get(k) for k in ("CHATBATCH_API_BASE", "CHATBATCH_API_KEY")}
-        os.environ.update(CHATBATCH_API_BASE=sim.base_url, CHATBATCH_API_KEY="sk-sim")
-        get_settings.cache_clear()
-        try:
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            get_settings.cache_clear()
+        yield config.model_copy(
+            update={"api_base": sim.base_url, "api_key": SecretStr(SIMULATOR_KEY)}
+        )
 
 
 class _ProgressView:
@@ -105,8 +98,8 @@ def run_command(
             conn, file, name=name, default_model=model, max_line_bytes=settings().max_line_bytes
         )
     click.echo(f"loaded {batch.total} request(s) as {batch.name} ({batch.id})", err=True)
-    with _provider_override(simulate):
-        runner = build_engine(settings())
+    with _engine_settings(simulate) as config:
+        runner = build_engine(config)
         try:
             final = _run_with_progress(runner, batch.id, batch.total)
         finally:
