@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 EXIT_ALL_SUCCEEDED = 0
 EXIT_SOME_FAILED = 3
 EXIT_PAUSED = 4
+EXIT_INTERRUPTED = 130
 PROGRESS_EVERY_SECONDS = 0.3
 SIMULATOR_KEY = "sk-sim"  # the simulator's default key; not a secret
 
@@ -102,6 +103,13 @@ def run_command(
         runner = build_engine(config)
         try:
             final = _run_with_progress(runner, batch.id, batch.total)
+        except KeyboardInterrupt:
+            click.echo(
+                f"interrupted: batch {batch.name} is kept as it is; `chatbatch status "
+                f"{batch.name}` shows it, `chatbatch export` writes what finished",
+                err=True,
+            )
+            sys.exit(EXIT_INTERRUPTED)
         finally:
             runner.close()
     count = export_to(batch.id, output, fmt)
