@@ -1,9 +1,8 @@
-"""Database engine and units of work. Whoever opens the unit of work commits it."""
+"""The database engine and clock. Whoever opens a transaction (a CLI command, a task) commits
+it; query functions take a connection and never commit."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -58,13 +57,6 @@ def get_engine() -> Engine:
     """The process-wide engine for the configured database."""
     settings = get_settings()
     return make_engine(settings.database_url, pool_size=settings.concurrency + 4)
-
-
-@contextmanager
-def unit_of_work(engine: Engine | None = None) -> Iterator[Connection]:
-    """A transaction that commits on success and rolls back on any error."""
-    with (engine or get_engine()).begin() as conn:
-        yield conn
 
 
 def db_now(conn: Connection) -> datetime:
