@@ -288,3 +288,35 @@ def test_run_exit_codes_tell_cron_what_happened(sim, tmp_path, key, faults, exit
     assert says in proc.stdout
     assert key not in proc.stdout + proc.stderr
     assert (tmp_path / "out.csv").read_text().startswith("custom_id,status,content")
+
+
+def test_a_worker_killed_mid_batch_loses_nothing(distributed_env, sim, tmp_path):
+    """SIGKILL one of two workers while requests are in flight: its reserved and submitting
+    rows come back when their leases run out, and any resubmission is counted."""
+    sim.reconfigure(request_latency=0.05, latency="0.5")
+    env = distributed_env | {
+        "CHATBATCH_LEASE_SECONDS": "12",
+        "CHATBATCH_CONNECT_TIMEOUT": "1",
+        "CHATBATCH_READ_TIMEOUT": "2",
+    }
+    n = 400
+    write_prompts(tmp_path / "prompts.jsonl", n)
+    chatbatch("db", "upgrade", env=env)
+    chatbatch("load", str(tmp_path / "prompts.jsonl"), "--name", "kill", env=env)
+    victim = start_worker(env, tmp_path / "victim.log")
+    survivor = start_worker(env, tmp_path / "survivor.log")
+    try:
+        deadline = time.monotonic() + 60
+        while sim.stats()["accepted"] < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victim.kill()
+        victim.wait()
+        status = wait_finished(env, "kill", timeout=120)
+    finally:
+        stop(survivor)
+    assert status["status"] == "completed"
+    assert status["counts"]["succeeded"] == n
+    stats = sim.stats()
+    resubmitted = stats["accepted"] - n
+    assert len(stats["accepted_by_fingerprint"]) == n
+    assert 0 <= resubmitted <= status["possible_duplicates"] <= 8  # the victim had 8 in flight
