@@ -295,9 +295,9 @@ def test_a_worker_killed_mid_batch_loses_nothing(distributed_env, sim, tmp_path)
     rows come back when their leases run out, and any resubmission is counted."""
     sim.reconfigure(request_latency=0.05, latency="0.5")
     env = distributed_env | {
-        "CHATBATCH_LEASE_SECONDS": "12",
+        "CHATBATCH_LEASE_SECONDS": "15",
         "CHATBATCH_CONNECT_TIMEOUT": "1",
-        "CHATBATCH_READ_TIMEOUT": "2",
+        "CHATBATCH_READ_TIMEOUT": "4",
     }
     n = 400
     write_prompts(tmp_path / "prompts.jsonl", n)
