@@ -82,6 +82,12 @@ class Simulator:
 
     # --- checks shared by the provider endpoints -----------------------------------------------
 
+    async def _admit(self, request: web.Request) -> tuple[str, web.Response | None]:
+        """Every provider endpoint's start: the configured latency, then the key check."""
+        if self.config.request_latency > 0:
+            await asyncio.sleep(self.config.request_latency)
+        return self._refuse_key(request)
+
     def _refuse_key(self, request: web.Request) -> tuple[str, web.Response | None]:
         """The caller's API key, and the 401/402 answer if it may not proceed."""
         header = request.headers.get("Authorization", "")
@@ -112,9 +118,7 @@ class Simulator:
     async def create(self, request: web.Request) -> web.StreamResponse:
         """Accept a chat completion: a background task, or a synchronous answer."""
         self.state.stats.posts += 1
-        if self.config.request_latency > 0:
-            await asyncio.sleep(self.config.request_latency)
-        key, refusal = self._refuse_key(request)
+        key, refusal = await self._admit(request)
         if refusal is not None:
             return refusal
         try:
@@ -177,9 +181,7 @@ class Simulator:
     async def fetch(self, request: web.Request) -> web.StreamResponse:
         """Report a background task's status, and its result once it is done."""
         self.state.stats.gets += 1
-        if self.config.request_latency > 0:
-            await asyncio.sleep(self.config.request_latency)
-        _, refusal = self._refuse_key(request)
+        _, refusal = await self._admit(request)
         if refusal is not None:
             return refusal
         fault = await self._injected_fault(request)
@@ -219,9 +221,7 @@ class Simulator:
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         """A small model list carrying the per-model RPM limit, as GeekAI's /models does."""
-        if self.config.request_latency > 0:
-            await asyncio.sleep(self.config.request_latency)
-        _, refusal = self._refuse_key(request)
+        _, refusal = await self._admit(request)
         if refusal is not None:
             return refusal
         limits = {"max_requests_per_min": self.config.rpm} if self.config.rpm else {}
