@@ -137,3 +137,31 @@ def pg(db: Engine, monkeypatch: pytest.MonkeyPatch, sim) -> Engine:
 def fixtures_dir() -> Path:
     assert FIXTURES.is_dir(), f"conformance fixtures missing at {FIXTURES}"
     return FIXTURES
+
+
+@pytest.fixture
+def distributed_env(pg_url: str, redis_url: str, sim) -> Iterator[dict[str, str]]:
+    """Environment for ``chatbatch`` subprocesses: the test database (emptied), Redis with a
+    queue of this test's own, and the simulator as the provider."""
+    import redis
+    from cli_process import base_env
+
+    engine = make_engine(pg_url, pool_size=1)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE requests, batches"))
+    engine.dispose()
+    queue = f"chatbatch-test-{uuid.uuid4().hex[:8]}"
+    env = base_env() | {
+        "CHATBATCH_DATABASE_URL": pg_url,
+        "CHATBATCH_BROKER_URL": redis_url,
+        "CHATBATCH_QUEUE": queue,
+        "CHATBATCH_API_BASE": sim.base_url,
+        "GEEKAI_API_KEY": "sk-sim",
+        "CHATBATCH_POLL_FIRST_SECONDS": "0.2",
+        "CHATBATCH_POLL_MAX_SECONDS": "1",
+        "CHATBATCH_TICK_SECONDS": "0.3",
+    }
+    yield env
+    client = redis.Redis.from_url(redis_url)
+    client.delete(queue)
+    client.close()

@@ -4,146 +4,27 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
+from cli_process import (
+    BINARY,
+    REPO,
+    base_env,
+    chatbatch,
+    database_dump,
+    start_worker,
+    stop,
+    wait_finished,
+    write_prompts,
+)
 
 from simulator.answers import expected_content, expected_usage
 
-BINARY = shutil.which(
-    "chatbatch",
-    path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-)
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(
     BINARY is None and not os.environ.get("CI"), reason="chatbatch is not installed"
 )
-
-
-def chatbatch(
-    *args: str,
-    env: dict[str, str],
-    cwd: Path | None = None,
-    check: bool = True,
-    timeout: float = 120,
-) -> subprocess.CompletedProcess[str]:
-    assert BINARY, "the chatbatch binary must be installed (pip install .)"
-    proc = subprocess.run(
-        [BINARY, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"chatbatch {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-        )
-    return proc
-
-
-def base_env() -> dict[str, str]:
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("CHATBATCH_") and k != "GEEKAI_API_KEY"
-    }
-
-
-@pytest.fixture
-def distributed_env(pg_url: str, redis_url: str, sim) -> Iterator[dict[str, str]]:
-    import redis
-    from sqlalchemy import text
-
-    from chatbatch.db import make_engine
-
-    engine = make_engine(pg_url, pool_size=1)
-    with engine.begin() as conn:
-        conn.execute(text("TRUNCATE requests, batches"))
-    engine.dispose()
-    queue = f"chatbatch-test-{uuid.uuid4().hex[:8]}"
-    env = base_env() | {
-        "CHATBATCH_DATABASE_URL": pg_url,
-        "CHATBATCH_BROKER_URL": redis_url,
-        "CHATBATCH_QUEUE": queue,
-        "CHATBATCH_API_BASE": sim.base_url,
-        "GEEKAI_API_KEY": "sk-sim",
-        "CHATBATCH_POLL_FIRST_SECONDS": "0.2",
-        "CHATBATCH_POLL_MAX_SECONDS": "1",
-        "CHATBATCH_TICK_SECONDS": "0.3",
-    }
-    yield env
-    client = redis.Redis.from_url(redis_url)
-    client.delete(queue)
-    client.close()
-
-
-def write_prompts(path: Path, n: int) -> list[dict[str, object]]:
-    bodies = []
-    with path.open("w") as fh:
-        for i in range(n):
-            body = {
-                "model": "gpt-4o-mini",
-                "enable_search": i % 3 == 0,
-                "messages": [
-                    {"role": "system", "content": "Label it."},
-                    {"role": "user", "content": f"prompt {i}: {'x' * (i % 17)}"},
-                ],
-            }
-            bodies.append(body)
-            fh.write(
-                orjson.dumps(
-                    {
-                        "custom_id": f"id-{i}",
-                        "method": "POST",
-                        "url": "/v1/chat/completions",
-                        "body": body,
-                    }
-                ).decode()
-                + "\n"
-            )
-    return bodies
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    assert BINARY
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [BINARY, "worker", "--concurrency", "8", "--loglevel", "WARNING"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def wait_finished(env: dict[str, str], name: str, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = orjson.loads(chatbatch("status", name, "--json", env=env).stdout)
-        if status["status"] != "running":
-            return status
-        time.sleep(0.5)
-    raise AssertionError(f"not finished in {timeout}s: {status}")
 
 
 def test_two_workers_process_1000_requests_exactly_once(distributed_env, sim, tmp_path) -> None:
@@ -206,24 +87,6 @@ def test_two_workers_process_1000_requests_exactly_once(distributed_env, sim, tm
     assert secret not in (tmp_path / "out.jsonl").read_text()
     assert secret not in (tmp_path / "out.csv").read_text()
     assert secret not in database_dump(env["CHATBATCH_DATABASE_URL"])
-
-
-def database_dump(url: str) -> str:
-    """Every row of every table as text, to look for what must never be stored."""
-    from sqlalchemy import text
-
-    from chatbatch.db import make_engine
-
-    engine = make_engine(url, pool_size=1)
-    with engine.connect() as conn:
-        dumped = [
-            conn.execute(
-                text(f"SELECT coalesce(string_agg(t::text, ' '), '') FROM {table} t")
-            ).scalar_one()
-            for table in ("batches", "requests", "alembic_version")
-        ]
-    engine.dispose()
-    return " ".join(dumped)
 
 
 def test_bad_file_is_refused_with_file_and_line(distributed_env, tmp_path) -> None:

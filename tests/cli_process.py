@@ -1,0 +1,127 @@
+"""Drive the installed ``chatbatch`` binary as a user or other tooling would: commands, workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+BINARY = shutil.which(
+    "chatbatch",
+    path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def chatbatch(
+    *args: str,
+    env: dict[str, str],
+    cwd: Path | None = None,
+    check: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    assert BINARY, "the chatbatch binary must be installed (pip install .)"
+    proc = subprocess.run(
+        [BINARY, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"chatbatch {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def base_env() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CHATBATCH_") and k != "GEEKAI_API_KEY"
+    }
+
+
+def write_prompts(path: Path, n: int) -> list[dict[str, object]]:
+    bodies = []
+    with path.open("w") as fh:
+        for i in range(n):
+            body = {
+                "model": "gpt-4o-mini",
+                "enable_search": i % 3 == 0,
+                "messages": [
+                    {"role": "system", "content": "Label it."},
+                    {"role": "user", "content": f"prompt {i}: {'x' * (i % 17)}"},
+                ],
+            }
+            bodies.append(body)
+            fh.write(
+                orjson.dumps(
+                    {
+                        "custom_id": f"id-{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": body,
+                    }
+                ).decode()
+                + "\n"
+            )
+    return bodies
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    assert BINARY
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [BINARY, "worker", "--concurrency", "8", "--loglevel", "WARNING"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_finished(env: dict[str, str], name: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = orjson.loads(chatbatch("status", name, "--json", env=env).stdout)
+        if status["status"] != "running":
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"not finished in {timeout}s: {status}")
+
+
+def database_dump(url: str) -> str:
+    """Every row of every table as text, to look for what must never be stored."""
+    from sqlalchemy import text
+
+    from chatbatch.db import make_engine
+
+    engine = make_engine(url, pool_size=1)
+    with engine.connect() as conn:
+        dumped = [
+            conn.execute(
+                text(f"SELECT coalesce(string_agg(t::text, ' '), '') FROM {table} t")
+            ).scalar_one()
+            for table in ("batches", "requests", "alembic_version")
+        ]
+    engine.dispose()
+    return " ".join(dumped)
