@@ -122,6 +122,12 @@ def _retry_after(_ctx: click.Context, _param: click.Parameter, value: str) -> fl
     multiple=True,
     help="Key answered 402 insufficient balance (repeatable).",
 )
+@click.option(
+    "--forbidden-key",
+    "forbidden_keys",
+    multiple=True,
+    help="Key answered 403 forbidden (repeatable).",
+)
 def simulate(
     host: str, port: int, api_keys: tuple[str, ...], no_auth: bool, **settings: Any
 ) -> None:

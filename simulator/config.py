@@ -23,7 +23,7 @@ RATE_FIELDS = (
     "nul_rate",
 )
 SECONDS_FIELDS = ("request_latency", "slow_seconds", "not_found_seconds", "retention_seconds")
-KEY_FIELDS = ("api_keys", "payment_required_keys")
+KEY_FIELDS = ("api_keys", "payment_required_keys", "forbidden_keys")
 
 
 @dataclass
@@ -32,6 +32,7 @@ class SimConfig:
 
     api_keys: tuple[str, ...] = ("sk-sim",)
     payment_required_keys: tuple[str, ...] = ()
+    forbidden_keys: tuple[str, ...] = ()
     latency: str = "0.05"
     request_latency: float = 0.0
     fail_rate: float = 0.0

@@ -89,12 +89,14 @@ class Simulator:
         return self._refuse_key(request)
 
     def _refuse_key(self, request: web.Request) -> tuple[str, web.Response | None]:
-        """The caller's API key, and the 401/402 answer if it may not proceed."""
+        """The caller's API key, and the 401/402/403 answer if it may not proceed."""
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
         key = key.strip() if scheme.lower() == "bearer" else ""
         if key and key in self.config.payment_required_keys:
             return key, self._reject(402, "Insufficient balance", "insufficient_balance")
+        if key and key in self.config.forbidden_keys:
+            return key, self._reject(403, "This key may not use this model", "forbidden")
         if self.config.api_keys and key not in self.config.api_keys:
             message = "Invalid API key" if key else "Missing Authorization: Bearer <key>"
             return key, self._reject(401, message, "invalid_api_key")

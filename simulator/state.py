@@ -6,7 +6,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-REJECTION_KEYS = ("400", "401", "402", "404", "413", "429", "500", "503")
+REJECTION_KEYS = ("400", "401", "402", "403", "404", "413", "429", "500", "503")
 DROP_KEYS = ("dropped", "lost_response")
 STATUS_KEYS = ("pending", "running", "succeed", "failed")
 RATE_WINDOW_SECONDS = 60.0
