@@ -30,6 +30,7 @@ CSV_COLUMNS = (
     "submitted_at",
     "completed_at",
     "attempts",
+    "retries",
     "possible_duplicates",
 )
 _SELECTED = (
@@ -49,6 +50,7 @@ _SELECTED = (
     r.c.submitted_at,
     r.c.completed_at,
     r.c.attempts,
+    r.c.retries,
     r.c.ambiguous_submits,
 )
 
@@ -134,6 +136,7 @@ def csv_cells(row: Row[Any]) -> list[Any]:
         _iso(row.submitted_at),
         _iso(row.completed_at),
         row.attempts,
+        row.retries,
         row.ambiguous_submits,
     ]
 

@@ -95,6 +95,7 @@ class Request(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     ambiguous_submits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     poll_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     remote_id: Mapped[str | None] = mapped_column(Text)
     remote_status: Mapped[str | None] = mapped_column(String(64))
@@ -124,5 +125,39 @@ class Request(Base):
     )
 
 
+class PastResult(Base):
+    """What a request ended with before ``chatbatch retry`` requeued it. Kept so usage totals
+    stay exact (the provider billed those attempts too) and the history can be audited."""
+
+    __tablename__ = "past_results"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    remote_id: Mapped[str | None] = mapped_column(Text)
+    submitted_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    total_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    billed_units: Mapped[int | None] = mapped_column(BigInteger)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    archived_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("ix_past_results_batch_id", "batch_id"),
+        Index("ix_past_results_request_id", "request_id"),
+    )
+
+
 requests_table = cast(Table, Request.__table__)
+past_results_table = cast(Table, PastResult.__table__)
 batches_table = cast(Table, Batch.__table__)

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, select, update
+from sqlalchemy import Connection, Row, case, func, select, update
 
 from chatbatch.completions import USAGE_COLUMNS
 from chatbatch.errors import NotFoundError
 from chatbatch.models import batches_table as b
+from chatbatch.models import past_results_table as past_results
 from chatbatch.models import requests_table as r
 from chatbatch.states import (
     ACTIVE_STATUSES,
@@ -27,7 +28,9 @@ from chatbatch.states import (
     expired_transition,
 )
 
-POLLABLE_BATCHES = (BatchStatus.RUNNING, BatchStatus.PAUSED)
+POLLABLE_BATCHES = (BatchStatus.RUNNING, BatchStatus.PAUSED, BatchStatus.CANCELLING)
+CANCELLED_BEFORE_SUBMISSION = "cancelled before it was submitted"
+CANCELLED_UNFETCHED = "cancelled with --discard; the result was not fetched (remote_id kept)"
 
 
 @dataclass(frozen=True)
@@ -224,15 +227,46 @@ def expire_overdue(conn: Connection, *, now: datetime) -> int:
 
 
 def finish_batches(conn: Connection, *, now: datetime) -> list[str]:
-    """Mark running batches with no active request left as completed; returns their ids."""
+    """Close batches with no active request left: running ones become completed, cancelling ones
+    cancelled; returns their ids."""
     active = select(r.c.id).where(r.c.batch_id == b.c.id, r.c.status.in_(ACTIVE_STATUSES)).exists()
+    closing = case(
+        (b.c.status == BatchStatus.CANCELLING, BatchStatus.CANCELLED.value),
+        else_=BatchStatus.COMPLETED.value,
+    )
     result = conn.execute(
         update(b)
-        .where(b.c.status == BatchStatus.RUNNING, ~active)
-        .values(status=BatchStatus.COMPLETED, finished_at=now)
+        .where(b.c.status.in_([BatchStatus.RUNNING, BatchStatus.CANCELLING]), ~active)
+        .values(status=closing, finished_at=now)
         .returning(b.c.id)
     )
     return list(result.scalars())
+
+
+def cancel_leftovers(conn: Connection, *, now: datetime) -> int:
+    """Mark cancelled what a cancel left behind or what came back to the queue since: queued rows
+    of cancelling or cancelled batches, and submitted rows of batches cancelled with --discard."""
+    stopping = select(b.c.id).where(b.c.status.in_([BatchStatus.CANCELLING, BatchStatus.CANCELLED]))
+    discarded = select(b.c.id).where(b.c.status == BatchStatus.CANCELLED)
+    total = 0
+    for status, batches, message in (
+        (RequestStatus.QUEUED, stopping, CANCELLED_BEFORE_SUBMISSION),
+        (RequestStatus.SUBMITTED, discarded, CANCELLED_UNFETCHED),
+    ):
+        result = conn.execute(
+            update(r)
+            .where(r.c.status == status, r.c.batch_id.in_(batches.scalar_subquery()))
+            .values(
+                status=RequestStatus.CANCELLED,
+                due_at=now,
+                completed_at=now,
+                lease_token=r.c.lease_token + 1,
+                error_code="cancelled",
+                error_message=message,
+            )
+        )
+        total += result.rowcount
+    return total
 
 
 def count_due(conn: Connection, *, now: datetime, cap: int) -> int:
@@ -286,22 +320,31 @@ def status_counts(conn: Connection, batch_id: str) -> dict[str, int]:
 
 
 def usage_totals(conn: Connection, batch_id: str) -> dict[str, int]:
-    """Summed usage columns plus possible duplicates, as exact integers."""
-    columns = [func.coalesce(func.sum(r.c[name]), 0) for name in USAGE_COLUMNS]
-    columns.append(func.coalesce(func.sum(r.c.ambiguous_submits), 0))
-    row = conn.execute(select(*columns).where(r.c.batch_id == batch_id)).one()
-    totals = {name: int(value) for name, value in zip(USAGE_COLUMNS, row, strict=False)}
-    totals["possible_duplicates"] = int(row[-1])
+    """Summed usage of every provider answer the batch got, including outcomes that a retry
+    replaced, plus possible duplicates; exact integers."""
+    totals = dict.fromkeys(USAGE_COLUMNS, 0)
+    for table in (r, past_results):
+        sums = [func.coalesce(func.sum(table.c[name]), 0) for name in USAGE_COLUMNS]
+        row = conn.execute(select(*sums).where(table.c.batch_id == batch_id)).one()
+        for name, value in zip(USAGE_COLUMNS, row, strict=True):
+            totals[name] += int(value)
+    duplicates = select(func.coalesce(func.sum(r.c.ambiguous_submits), 0))
+    totals["possible_duplicates"] = int(
+        conn.execute(duplicates.where(r.c.batch_id == batch_id)).scalar_one()
+    )
     return totals
 
 
-def set_batch_status(
-    conn: Connection, batch_id: str, status: BatchStatus, *, from_statuses: Sequence[BatchStatus]
-) -> bool:
-    """Move a batch between statuses (e.g. resume a paused one); True if it changed."""
-    result = conn.execute(
-        update(b)
-        .where(b.c.id == batch_id, b.c.status.in_(from_statuses))
-        .values(status=status, pause_reason=None)
-    )
-    return result.rowcount == 1
+def expiry_risk(
+    conn: Connection, batch_id: str, *, before: datetime
+) -> tuple[int, datetime | None]:
+    """How many submitted requests must be fetched before ``before`` or be lost, and the earliest
+    such deadline."""
+    count, earliest = conn.execute(
+        select(func.count(), func.min(r.c.expires_at)).where(
+            r.c.batch_id == batch_id,
+            r.c.status.in_([RequestStatus.SUBMITTING, RequestStatus.SUBMITTED]),
+            r.c.expires_at <= before,
+        )
+    ).one()
+    return int(count), earliest

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         return self.connect_timeout + 2 * self.read_timeout
 
     @property
+    def expiry_warning_seconds(self) -> float:
+        """``status`` warns about submitted requests this close to their provider deadline: the
+        last 2/7 of the retention window (2 of 7 days), so a stopped fleet is noticed in time."""
+        return self.result_retention_seconds * 2 / 7
+
+    @property
     def is_embedded(self) -> bool:
         """True when running on the default SQLite file with no broker."""
         return self.database_url.startswith("sqlite")

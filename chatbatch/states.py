@@ -40,10 +40,15 @@ class RequestStatus(StrEnum):
 
 
 class BatchStatus(StrEnum):
-    """Whether a batch's requests may be worked on."""
+    """Whether a batch's requests may be worked on.
+
+    ``cancelling``: nothing more is submitted, but results already paid for are still fetched;
+    it becomes ``cancelled`` when none is left in flight.
+    """
 
     RUNNING = "running"
     PAUSED = "paused"
+    CANCELLING = "cancelling"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
 

@@ -6,10 +6,11 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import OperationalError
 
 from chatbatch.db import get_engine
@@ -38,6 +39,14 @@ def ready_database() -> Engine:
     else:
         check_current(engine)
     return engine
+
+
+def summarise(conn: Connection, batch: Row[Any]) -> dict[str, Any]:
+    """The status object of ``batch``, warning about results near the configured deadline."""
+    from chatbatch.summary import batch_summary
+
+    warning = timedelta(seconds=settings().expiry_warning_seconds)
+    return batch_summary(conn, batch, expiry_warning=warning)
 
 
 def handles_errors(fn: F) -> F:

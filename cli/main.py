@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
 
-from cli.context import handles_errors, ready_database, settings, setup_logging
+from chatbatch.states import TERMINAL_STATUSES, RequestStatus
+from cli.context import handles_errors, ready_database, settings, setup_logging, summarise
 from cli.render import print_summary
 from cli.run import run_command
 from cli.worker_cmd import worker_command
 from simulator.cli import simulate
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from chatbatch.controls import CommandResult
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,11 +76,10 @@ def load(file: Path, name: str | None, model: str | None, as_json: bool) -> None
 def status(batch: str, as_json: bool) -> None:
     """Progress, usage and problems of a batch (by id or name)."""
     from chatbatch import queries
-    from chatbatch.summary import batch_summary
 
     setup_logging()
     with ready_database().connect() as conn:
-        summary = batch_summary(conn, queries.resolve_batch(conn, batch))
+        summary = summarise(conn, queries.resolve_batch(conn, batch))
     if as_json:
         click.echo(orjson.dumps(summary))
     else:
@@ -83,16 +92,15 @@ def status(batch: str, as_json: bool) -> None:
 def list_(as_json: bool) -> None:
     """All batches, newest first."""
     from chatbatch import queries
-    from chatbatch.summary import batch_summary
 
     setup_logging()
     with ready_database().connect() as conn:
-        summaries = [batch_summary(conn, row) for row in queries.list_batches(conn)]
+        summaries = [summarise(conn, row) for row in queries.list_batches(conn)]
     if as_json:
         click.echo(orjson.dumps(summaries))
         return
     for s in summaries:
-        done = s["counts"]["succeeded"] + s["counts"]["failed"] + s["counts"]["expired"]
+        done = sum(s["counts"][k] for k in ("succeeded", "failed", "expired", "cancelled"))
         click.echo(f"{s['id']}  {s['name']:<32}  {s['status']:<10} {done}/{s['total']}")
 
 
@@ -120,19 +128,75 @@ def export(batch: str, output: Path, fmt: str | None) -> None:
 
 @cli.command()
 @click.argument("batch")
+@click.option("--json", "as_json", is_flag=True, help="Print {name, status, changed, message}.")
 @handles_errors
-def resume(batch: str) -> None:
-    """Continue a batch that was paused (e.g. after the provider refused the API key)."""
-    from chatbatch import queries
-    from chatbatch.states import BatchStatus
+def resume(batch: str, as_json: bool) -> None:
+    """Continue a paused batch (e.g. once the provider accepts the API key again)."""
+    from chatbatch import controls
+
+    _control(lambda conn, _now: controls.resume(conn, batch), as_json)
+
+
+@cli.command()
+@click.argument("batch")
+@click.option(
+    "--discard",
+    is_flag=True,
+    help="Also stop fetching requests already submitted (their results are paid for but lost).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print {name, status, changed, message}.")
+@handles_errors
+def cancel(batch: str, discard: bool, as_json: bool) -> None:
+    """Stop submitting a batch's requests. Requests already submitted are still fetched (you pay
+    for them) unless --discard; the rest become cancelled. Safe to run twice."""
+    from chatbatch import controls
+
+    _control(lambda conn, now: controls.cancel(conn, batch, now=now, discard=discard), as_json)
+
+
+@cli.command()
+@click.argument("batch")
+@click.option(
+    "--status",
+    "statuses",
+    default="failed,expired",
+    show_default=True,
+    help="Comma-separated states to requeue: failed, expired, cancelled, succeeded.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print {name, status, changed, message}.")
+@handles_errors
+def retry(batch: str, statuses: str, as_json: bool) -> None:
+    """Requeue a batch's failed or expired requests for a new attempt (same custom_id). Exports
+    then show each request's latest outcome; usage keeps counting the earlier ones."""
+    from chatbatch import controls
+
+    chosen = _parse_statuses(statuses)
+    _control(lambda conn, now: controls.retry(conn, batch, now=now, statuses=chosen), as_json)
+
+
+def _parse_statuses(text: str) -> list[RequestStatus]:
+    allowed = {s.value: s for s in TERMINAL_STATUSES}
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    bad = [name for name in names if name not in allowed]
+    if bad or not names:
+        raise click.BadParameter(
+            f"{', '.join(bad) or 'nothing given'}; choose from {', '.join(allowed)}",
+            param_hint="--status",
+        )
+    return [allowed[name] for name in names]
+
+
+def _control(command: Callable[[Connection, datetime], CommandResult], as_json: bool) -> None:
+    """Run one operator command in a transaction and report what it did."""
+    from chatbatch.db import db_now
 
     setup_logging()
     with ready_database().begin() as conn:
-        row = queries.resolve_batch(conn, batch)
-        changed = queries.set_batch_status(
-            conn, row.id, BatchStatus.RUNNING, from_statuses=[BatchStatus.PAUSED]
-        )
-    click.echo(f"{row.name}: {'resumed' if changed else f'not paused ({row.status})'}")
+        result = command(conn, db_now(conn))
+    if as_json:
+        click.echo(orjson.dumps(dataclasses.asdict(result)))
+    else:
+        click.echo(f"{result.name}: {result.message}")
 
 
 cli.add_command(run_command)

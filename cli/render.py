@@ -29,6 +29,14 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"  warning     {summary['possible_duplicates']} submission(s) may have been sent "
             "twice (the provider's answer was lost in flight)"
         )
+    expiring = summary["expiring"]
+    if expiring["count"]:
+        click.echo(
+            f"  DEADLINE    {expiring['count']} submitted request(s) must be fetched before "
+            f"{expiring['earliest_deadline']} or their results are lost: are workers running?"
+        )
+    if summary["status"] == "cancelling":
+        click.echo("  cancelling  fetching the results of requests already submitted")
     click.echo(f"  created     {summary['created_at']}")
     if summary["finished_at"]:
         click.echo(f"  finished    {summary['finished_at']}")

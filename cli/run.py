@@ -18,7 +18,7 @@ from chatbatch import queries
 from chatbatch.db import get_engine
 from chatbatch.settings import Settings
 from chatbatch.states import TERMINAL_STATUSES, BatchStatus
-from cli.context import handles_errors, ready_database, settings, setup_logging
+from cli.context import handles_errors, ready_database, settings, setup_logging, summarise
 from cli.exporting import export_to
 from cli.render import print_summary
 
@@ -89,7 +89,6 @@ def run_command(
     configuration, 1 any other error.
     """
     from chatbatch.loading import load_jsonl
-    from chatbatch.summary import batch_summary
     from worker.runtime import build_engine
 
     setup_logging()
@@ -114,7 +113,7 @@ def run_command(
             runner.close()
     count = export_to(batch.id, output, fmt)
     with engine.connect() as conn:
-        summary = batch_summary(conn, queries.resolve_batch(conn, batch.id))
+        summary = summarise(conn, queries.resolve_batch(conn, batch.id))
     print_summary(summary)
     click.echo(f"wrote {count} result(s) to {output}")
     if final == BatchStatus.PAUSED:

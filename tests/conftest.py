@@ -55,6 +55,12 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def admin_url(pg_url: str) -> str:
+    """A superuser connection to the server behind ``pg_url``, for creating databases."""
+    return ADMIN_URL
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     import redis
 
@@ -117,7 +123,7 @@ def db(monkeypatch: pytest.MonkeyPatch, pg_url: str) -> Iterator[Engine]:
     apply_env(monkeypatch, {"CHATBATCH_DATABASE_URL": pg_url, **FAST_POLICY})
     engine = get_engine()
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE requests, batches"))
+        conn.execute(text("TRUNCATE batches CASCADE"))
     yield engine
     engine.dispose()
     get_engine.cache_clear()
@@ -148,7 +154,7 @@ def distributed_env(pg_url: str, redis_url: str, sim) -> Iterator[dict[str, str]
 
     engine = make_engine(pg_url, pool_size=1)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE requests, batches"))
+        conn.execute(text("TRUNCATE batches CASCADE"))
     engine.dispose()
     queue = f"chatbatch-test-{uuid.uuid4().hex[:8]}"
     env = base_env() | {

@@ -77,16 +77,20 @@ class Engine:
         return self._settings.chunk_size
 
     def housekeeping(self) -> list[str]:
-        """Requeue lost submissions, expire overdue results, close finished batches."""
+        """Requeue lost submissions, expire overdue results, settle cancellations, close finished
+        batches."""
         with self._db.begin() as conn:
             now = db_now(conn)
             recovered = queries.recover_expired_leases(conn, now=now, policy=self.policy)
             expired = queries.expire_overdue(conn, now=now)
+            cancelled = queries.cancel_leftovers(conn, now=now)
             finished = queries.finish_batches(conn, now=now)
         if recovered:
             log.warning("requeued %d request(s) whose worker was lost while submitting", recovered)
         if expired:
             log.warning("%d request(s) expired before their result was fetched", expired)
+        if cancelled:
+            log.info("%d request(s) of cancelled batches marked cancelled", cancelled)
         for batch_id in finished:
             log.info("batch %s finished", batch_id)
         return finished

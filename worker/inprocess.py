@@ -18,7 +18,8 @@ IDLE_SLEEP_MIN = 0.02
 def run_batch(
     engine: Engine, batch_id: str, *, on_progress: Callable[[], None] | None = None
 ) -> str:
-    """Drive the batch until it is completed, paused or cancelled; returns that status."""
+    """Drive the batch until it is completed, paused or cancelled (a cancelling batch still
+    fetches what it paid for); returns that status."""
     while True:
         engine.housekeeping()
         handled = engine.drain(budget_seconds=1.0)
@@ -26,7 +27,7 @@ def run_batch(
             on_progress()
         with get_engine().begin() as conn:
             status = queries.resolve_batch(conn, batch_id).status
-            if status != BatchStatus.RUNNING:
+            if status not in (BatchStatus.RUNNING, BatchStatus.CANCELLING):
                 return str(status)
             wake = queries.next_due_at(conn, batch_id)
             now = db_now(conn)

@@ -5,75 +5,19 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import Engine, select, update
+from engine_helpers import load, rows, run_to_end, run_with_current_settings, write_requests
+from sqlalchemy import select, update
 
-from chatbatch import queries
+from chatbatch import controls, queries
 from chatbatch.db import db_now
-from chatbatch.loading import load_jsonl
 from chatbatch.models import requests_table as r
 from chatbatch.settings import get_settings
 from chatbatch.states import RequestStatus, Transition
-from chatbatch.summary import batch_summary
 from simulator.answers import expected_content, expected_usage
-from worker.engine import Engine as BatchEngine
 from worker.runtime import build_engine
-
-
-def write_requests(path: Path, n: int, **extra: object) -> list[dict[str, object]]:
-    bodies = []
-    with path.open("w") as fh:
-        for i in range(n):
-            body = {
-                "model": "gpt-4o-mini",
-                "messages": [{"role": "user", "content": f"request number {i}"}],
-                **extra,
-            }
-            bodies.append(body)
-            fh.write(orjson.dumps({"custom_id": f"c{i}", "body": body}).decode() + "\n")
-    return bodies
-
-
-def load(db: Engine, path: Path) -> str:
-    with db.begin() as conn:
-        return load_jsonl(conn, path, name=None, default_model=None, max_line_bytes=1 << 20).id
-
-
-def run_to_end(engine: BatchEngine, db: Engine, batch_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        engine.housekeeping()
-        if not engine.drain(budget_seconds=1.0):
-            time.sleep(0.05)
-        with db.connect() as conn:
-            summary = batch_summary(conn, queries.resolve_batch(conn, batch_id))
-        if summary["status"] != "running":
-            return summary
-    raise AssertionError(f"batch did not finish: {summary}")
-
-
-def rows(db: Engine, batch_id: str) -> list:
-    with db.connect() as conn:
-        return conn.execute(select(r).where(r.c.batch_id == batch_id).order_by(r.c.line_no)).all()
-
-
-def run_with_current_settings(db: Engine, batch_id: str, timeout: float = 60) -> dict:
-    """Run the batch with an engine built from the settings as the test left them."""
-    built = build_engine(get_settings())
-    try:
-        return run_to_end(built, db, batch_id, timeout)
-    finally:
-        built.close()
-
-
-@pytest.fixture
-def engine(pg: Engine):
-    built = build_engine(get_settings())
-    yield built
-    built.close()
 
 
 def test_every_result_lands_on_its_own_request(pg, engine, sim, tmp_path) -> None:
@@ -170,27 +114,43 @@ def build_policy():
     return Policy.from_settings(get_settings())
 
 
-@pytest.mark.parametrize("status", [401, 402])
-def test_account_errors_pause_the_batch_until_resumed(
+REFUSALS = {
+    401: {"api_keys": ("sk-rotated",)},
+    402: {"payment_required_keys": ("sk-sim",)},
+    403: {"forbidden_keys": ("sk-sim",)},
+}
+
+
+@pytest.mark.parametrize("status", sorted(REFUSALS))
+def test_account_errors_mid_batch_pause_it_until_resumed(
     pg, sim, tmp_path, monkeypatch, status
 ) -> None:
-    write_requests(tmp_path / "in.jsonl", 20)
+    """The provider starts refusing the key after ten submissions: the batch pauses with the
+    reason instead of failing every request, and ``resume`` continues once the account is fixed."""
+    write_requests(tmp_path / "in.jsonl", 40)
     batch_id = load(pg, tmp_path / "in.jsonl")
-    sim.reconfigure(payment_required_keys=("sk-broke",))
-    monkeypatch.setenv("CHATBATCH_API_KEY", "sk-broke" if status == 402 else "sk-wrong")
+    monkeypatch.setenv("CHATBATCH_CHUNK_SIZE", "10")
     get_settings.cache_clear()
+    first = build_engine(get_settings())
+    try:
+        assert first.submit_due() == 10
+    finally:
+        first.close()
+    sim.reconfigure(**REFUSALS[status])
     summary = run_with_current_settings(pg, batch_id)
     assert summary["status"] == "paused"
     assert str(status) in summary["pause_reason"]
-    assert summary["counts"]["queued"] == 20
-    assert sim.stats()["accepted"] == 0
-    monkeypatch.setenv("CHATBATCH_API_KEY", "sk-sim")
-    get_settings.cache_clear()
+    assert summary["counts"]["queued"] + summary["counts"]["submitted"] == 40
+    assert sim.stats()["accepted"] == 10
+    assert sim.stats()["rejected"][str(status)] >= 1
+
+    sim.reconfigure(api_keys=("sk-sim",), payment_required_keys=(), forbidden_keys=())
     with pg.begin() as conn:
-        queries.set_batch_status(conn, batch_id, "running", from_statuses=["paused"])
+        assert controls.resume(conn, batch_id).status == "running"
     summary = run_with_current_settings(pg, batch_id)
-    assert summary["counts"]["succeeded"] == 20
+    assert summary["counts"]["succeeded"] == 40
     assert max(row.attempts for row in rows(pg, batch_id)) == 1
+    assert sim.stats()["accepted"] == 40
 
 
 def test_provider_failures_are_terminal_with_reason(pg, engine, sim, tmp_path) -> None:

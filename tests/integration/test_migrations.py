@@ -43,3 +43,51 @@ def test_unmigrated_database_is_refused(tmp_path) -> None:
     with pytest.raises(ConfigError, match="chatbatch db upgrade"):
         check_current(engine)
     engine.dispose()
+
+
+def migrate(engine, revision: str, *, down: bool = False) -> None:
+    from alembic import command
+
+    from chatbatch.migrate import alembic_config
+
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+
+
+def test_a_database_with_batches_upgrades_from_0001_and_back(pg_url: str, admin_url: str) -> None:
+    """A user's existing data survives the upgrade to head (PostgreSQL, a database of its own)."""
+    import psycopg
+    from sqlalchemy import text
+
+    name = pg_url.rsplit("/", 1)[1] + "_upgrade"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    engine = make_engine(pg_url.rsplit("/", 1)[0] + "/" + name, pool_size=1)
+    try:
+        migrate(engine, "0001")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO batches (id, name, status, total, created_at) "
+                    "VALUES ('b1', 'old', 'completed', 1, now())"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO requests (batch_id, line_no, custom_id, model, body, status, "
+                    "due_at) VALUES ('b1', 1, 'c1', 'm', '{}', 'failed', now())"
+                )
+            )
+        upgrade(engine)
+        check_current(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT custom_id, retries FROM requests")).one() == ("c1", 0)
+        migrate(engine, "0001", down=True)
+        with engine.connect() as conn:
+            assert "past_results" not in inspect(conn).get_table_names()
+    finally:
+        engine.dispose()
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

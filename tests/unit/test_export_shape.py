@@ -43,6 +43,7 @@ def row(**kw: Any) -> SimpleNamespace:
         "submitted_at": datetime(2026, 1, 1, tzinfo=UTC),
         "completed_at": datetime(2026, 1, 1, 0, 1, tzinfo=UTC),
         "attempts": 1,
+        "retries": 0,
         "ambiguous_submits": 0,
     }
     values.update(kw)

@@ -1,0 +1,172 @@
+"""Operator commands on a batch: cancel, retry, resume. Each is one transaction that first locks
+the batch row, so two operators (or one run twice) never interleave, and each is idempotent."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, func, insert, literal, select, update
+
+from chatbatch import queries
+from chatbatch.completions import USAGE_COLUMNS
+from chatbatch.models import batches_table as b
+from chatbatch.models import past_results_table as p
+from chatbatch.models import requests_table as r
+from chatbatch.states import TERMINAL_STATUSES, BatchStatus, RequestStatus
+
+RETRYABLE_DEFAULT = (RequestStatus.FAILED, RequestStatus.EXPIRED)
+_ARCHIVED = (
+    "status",
+    "attempts",
+    "remote_id",
+    "submitted_at",
+    "completed_at",
+    "http_status",
+    "response",
+    *USAGE_COLUMNS,
+    "error_code",
+    "error_message",
+)
+_CLEARED = {
+    name: None
+    for name in (
+        "remote_id",
+        "remote_status",
+        "submitted_at",
+        "expires_at",
+        "completed_at",
+        "http_status",
+        "response",
+        "content",
+        "finish_reason",
+        "response_model",
+        *USAGE_COLUMNS,
+        "error_code",
+        "error_message",
+    )
+}
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command did, for the CLI to say: the batch, its status now, and a sentence."""
+
+    name: str
+    status: str
+    changed: int
+    message: str
+
+
+def lock_batch(conn: Connection, ref: str) -> Row[Any]:
+    """The batch by id or name, locked for the rest of the transaction (PostgreSQL)."""
+    batch_id = queries.resolve_batch(conn, ref).id
+    return conn.execute(select(b).where(b.c.id == batch_id).with_for_update()).one()
+
+
+def cancel(conn: Connection, ref: str, *, now: datetime, discard: bool) -> CommandResult:
+    """Stop submitting. Queued requests become cancelled at once; submitted ones are still fetched
+    (they are paid for) unless ``discard``. In-flight submissions land and are then settled by the
+    workers' housekeeping (``queries.cancel_leftovers``)."""
+    batch = lock_batch(conn, ref)
+    current = BatchStatus(batch.status)
+    if current in (BatchStatus.COMPLETED, BatchStatus.CANCELLED):
+        return CommandResult(batch.name, current, 0, f"nothing to cancel: the batch is {current}")
+    if current == BatchStatus.CANCELLING and not discard:
+        in_flight = _count(conn, batch.id, (RequestStatus.SUBMITTING, RequestStatus.SUBMITTED))
+        return CommandResult(
+            batch.name,
+            current,
+            0,
+            f"already cancelling: {in_flight} submitted request(s) are still being fetched "
+            "(add --discard to stop fetching them)",
+        )
+    target = BatchStatus.CANCELLED if discard else BatchStatus.CANCELLING
+    conn.execute(update(b).where(b.c.id == batch.id).values(status=target, pause_reason=None))
+    changed = queries.cancel_leftovers(conn, now=now)
+    queries.finish_batches(conn, now=now)
+    status = queries.resolve_batch(conn, batch.id).status
+    in_flight = _count(conn, batch.id, (RequestStatus.SUBMITTING, RequestStatus.SUBMITTED))
+    message = f"cancelled {changed} request(s)"
+    if in_flight:
+        message += (
+            f"; {in_flight} already submitted request(s) will be fetched when their results are "
+            "ready (workers must be running)"
+            if not discard
+            else f"; {in_flight} request(s) in flight right now will be marked cancelled"
+        )
+    return CommandResult(batch.name, status, changed, message)
+
+
+def retry(
+    conn: Connection, ref: str, *, now: datetime, statuses: Collection[RequestStatus]
+) -> CommandResult:
+    """Requeue the batch's requests in ``statuses`` for a fresh round (same custom_id, attempts
+    reset). Each one's previous outcome moves to ``past_results``; exports show the latest."""
+    unknown = set(statuses) - set(TERMINAL_STATUSES)
+    if unknown:
+        raise ValueError(f"only finished requests can be retried, not {sorted(unknown)}")
+    batch = lock_batch(conn, ref)
+    chosen = r.c.batch_id == batch.id, r.c.status.in_(list(statuses))
+    archived = select(
+        r.c.id,
+        r.c.batch_id,
+        r.c.retries + 1,
+        *(r.c[name] for name in _ARCHIVED),
+        literal(now, p.c.archived_at.type),
+    ).where(*chosen)
+    conn.execute(
+        insert(p).from_select(
+            ["request_id", "batch_id", "round", *_ARCHIVED, "archived_at"], archived
+        )
+    )
+    result = conn.execute(
+        update(r)
+        .where(*chosen)
+        .values(
+            status=RequestStatus.QUEUED,
+            due_at=now,
+            lease_token=r.c.lease_token + 1,
+            attempts=0,
+            poll_count=0,
+            retries=r.c.retries + 1,
+            **_CLEARED,
+        )
+    )
+    changed = result.rowcount
+    names = ",".join(sorted(statuses))
+    if not changed:
+        return CommandResult(
+            batch.name, batch.status, 0, f"nothing to retry: no request is {names}"
+        )
+    current = BatchStatus(batch.status)
+    if current == BatchStatus.PAUSED:
+        message = f"requeued {changed} request(s); the batch is paused, resume it to continue"
+        return CommandResult(batch.name, current, changed, message)
+    conn.execute(
+        update(b)
+        .where(b.c.id == batch.id)
+        .values(status=BatchStatus.RUNNING, finished_at=None, pause_reason=None)
+    )
+    return CommandResult(batch.name, BatchStatus.RUNNING, changed, f"requeued {changed} request(s)")
+
+
+def resume(conn: Connection, ref: str) -> CommandResult:
+    """Let a paused batch run again."""
+    batch = lock_batch(conn, ref)
+    if batch.status != BatchStatus.PAUSED:
+        return CommandResult(
+            batch.name, batch.status, 0, f"not paused (the batch is {batch.status})"
+        )
+    conn.execute(
+        update(b).where(b.c.id == batch.id).values(status=BatchStatus.RUNNING, pause_reason=None)
+    )
+    return CommandResult(batch.name, BatchStatus.RUNNING, 1, "resumed")
+
+
+def _count(conn: Connection, batch_id: str, statuses: Collection[RequestStatus]) -> int:
+    return conn.execute(
+        select(func.count()).where(r.c.batch_id == batch_id, r.c.status.in_(list(statuses)))
+    ).scalar_one()
