@@ -183,3 +183,31 @@ def test_a_worker_killed_mid_batch_loses_nothing(distributed_env, sim, tmp_path)
     resubmitted = stats["accepted"] - n
     assert len(stats["accepted_by_fingerprint"]) == n
     assert 0 <= resubmitted <= status["possible_duplicates"] <= 8  # the victim had 8 in flight
+
+
+def test_operator_commands_are_safe_to_run_twice(distributed_env, tmp_path) -> None:
+    env = distributed_env
+    write_prompts(tmp_path / "prompts.jsonl", 5)
+    chatbatch("db", "upgrade", env=env)
+    chatbatch("load", str(tmp_path / "prompts.jsonl"), "--name", "ops", env=env)
+
+    def control(*args: str) -> dict:
+        return orjson.loads(chatbatch(*args, "ops", "--json", env=env).stdout)
+
+    assert control("resume")["message"] == "not paused (the batch is running)"
+    first = control("cancel")
+    assert (first["status"], first["changed"]) == ("cancelled", 5)
+    assert control("cancel")["message"] == "nothing to cancel: the batch is cancelled"
+    assert "cancelled 5" in chatbatch("status", "ops", env=env).stdout
+
+    assert control("retry")["message"] == "nothing to retry: no request is expired,failed"
+    requeued = chatbatch("retry", "ops", "--status", "cancelled", env=env).stdout
+    assert requeued.strip() == "ops: requeued 5 request(s)"
+    assert control("retry", "--status", "cancelled")["changed"] == 0
+    status = orjson.loads(chatbatch("status", "ops", "--json", env=env).stdout)
+    assert status["status"] == "running" and status["counts"]["queued"] == 5
+
+    bad = chatbatch("retry", "ops", "--status", "queued", env=env, check=False)
+    assert bad.returncode == 2 and "choose from succeeded, failed, expired, cancelled" in bad.stderr
+    missing = chatbatch("cancel", "nope", env=env, check=False)
+    assert missing.returncode != 0 and "no batch with id or name 'nope'" in missing.stderr
