@@ -211,3 +211,48 @@ def test_operator_commands_are_safe_to_run_twice(distributed_env, tmp_path) -> N
     assert bad.returncode == 2 and "choose from succeeded, failed, expired, cancelled" in bad.stderr
     missing = chatbatch("cancel", "nope", env=env, check=False)
     assert missing.returncode != 0 and "no batch with id or name 'nope'" in missing.stderr
+
+
+GOOD_LINE = b'{"custom_id": "a", "model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+BAD_INPUTS = {
+    "malformed JSON": (GOOD_LINE + b"\n{oops\n", ":2: invalid JSON"),
+    "wrong types": (b'{"model": 5, "messages": "hi"}\n', ":1: "),
+    "empty file": (b"", "no requests"),
+    "whitespace only": (b"\n   \n\t\n", "no requests"),
+    "invalid UTF-8": (GOOD_LINE + b"\n" + GOOD_LINE.replace(b"hi", b"h\xff") + b"\n", ":2: "),
+    "duplicate custom_id": (GOOD_LINE + b"\n" + GOOD_LINE + b"\n", ":2: duplicate custom_id 'a'"),
+    "line over the limit": (
+        GOOD_LINE + b"\n" + GOOD_LINE.replace(b"hi", b"x" * 2000) + b"\n",
+        ":2: line is longer than",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_refused_naming_file_and_line(distributed_env, tmp_path, case) -> None:
+    content, says = BAD_INPUTS[case]
+    env = distributed_env | {"CHATBATCH_MAX_LINE_BYTES": "1024"}
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(content)
+    chatbatch("db", "upgrade", env=env)
+    proc = chatbatch("load", str(path), env=env, check=False)
+    assert proc.returncode != 0
+    assert str(path) in proc.stderr and says in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert orjson.loads(chatbatch("list", "--json", env=env).stdout) == []
+
+
+def test_bom_and_crlf_are_accepted_and_missing_file_or_taken_name_refused(
+    distributed_env, tmp_path
+) -> None:
+    env = distributed_env
+    path = tmp_path / "windows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD_LINE + b"\r\n" + GOOD_LINE.replace(b'"a"', b'"b"'))
+    chatbatch("db", "upgrade", env=env)
+    chatbatch("load", str(path), "--name", "taken", env=env)
+    again = chatbatch("load", str(path), "--name", "taken", env=env, check=False)
+    assert again.returncode != 0 and "'taken' already exists" in again.stderr
+    missing = chatbatch("load", str(tmp_path / "nope.jsonl"), env=env, check=False)
+    assert missing.returncode != 0 and f"{tmp_path / 'nope.jsonl'}" in missing.stderr
+    listed = orjson.loads(chatbatch("list", "--json", env=env).stdout)
+    assert [(b["name"], b["total"]) for b in listed] == [("taken", 2)]
