@@ -16,6 +16,7 @@ from chatbatch.db import db_now
 from chatbatch.models import requests_table as r
 from chatbatch.settings import get_settings
 from chatbatch.states import RequestStatus, Transition
+from chatbatch.summary import batch_summary
 from simulator.answers import expected_content, expected_usage
 from worker.runtime import build_engine
 
@@ -219,3 +220,34 @@ def test_a_reservation_taken_over_is_not_submitted(pg, tmp_path) -> None:
         (fast,) = queries.claim_for_submit(conn, now=later, limit=1, lease_seconds=30)
         assert queries.mark_submitting(conn, slow, now=later, lease_seconds=30) is None
         assert queries.mark_submitting(conn, fast, now=later, lease_seconds=30) == 1
+
+
+def test_a_stopped_fleet_is_warned_about_then_its_results_expire(pg, sim, tmp_path, monkeypatch):
+    """Workers submit and vanish. ``status`` warns once the deadline is near; when a worker
+    comes back after the provider deleted the results, the requests end expired, saying why."""
+    monkeypatch.setenv("CHATBATCH_RESULT_RETENTION_SECONDS", "3")
+    monkeypatch.setenv("CHATBATCH_EXPIRY_MARGIN_SECONDS", "0")
+    get_settings.cache_clear()
+    sim.reconfigure(latency="0.2", retention_seconds=3.0)
+    write_requests(tmp_path / "in.jsonl", 5)
+    batch_id = load(pg, tmp_path / "in.jsonl")
+    fleet = build_engine(get_settings())
+    try:
+        assert fleet.submit_due() == 5
+    finally:
+        fleet.close()
+    warning = timedelta(seconds=get_settings().expiry_warning_seconds)
+    with pg.connect() as conn:
+        early = batch_summary(conn, queries.resolve_batch(conn, batch_id), expiry_warning=warning)
+    assert early["expiring"]["count"] == 0
+    time.sleep(2.3)  # inside the last 2/7 of the 3 s window
+    with pg.connect() as conn:
+        late = batch_summary(conn, queries.resolve_batch(conn, batch_id), expiry_warning=warning)
+    assert late["expiring"]["count"] == 5
+    time.sleep(1.0)
+    summary = run_with_current_settings(pg, batch_id, timeout=20)
+    assert summary["counts"]["expired"] == 5 and summary["status"] == "completed"
+    assert {row.error_message for row in rows(pg, batch_id)} == {
+        "result was not fetched before the provider's retention window closed"
+    }
+    assert sim.stats()["completed_results_served"] == 0
