@@ -57,6 +57,17 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar = {datetime: UTCDateTime()}
 
 
+class UsageColumns:
+    """Token usage as the provider reported it (``chatbatch.completions.USAGE_COLUMNS``)."""
+
+    prompt_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    total_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    billed_units: Mapped[int | None] = mapped_column(BigInteger)
+
+
 class Batch(Base):
     """A loaded file: its name, whether it may run, and why it was paused."""
 
@@ -72,7 +83,7 @@ class Batch(Base):
     finished_at: Mapped[datetime | None]
 
 
-class Request(Base):
+class Request(UsageColumns, Base):
     """One chat-completion request and everything the provider said about it.
 
     ``due_at`` is the row's single timer: when a queued row may be submitted, when a submitted
@@ -108,12 +119,6 @@ class Request(Base):
     content: Mapped[str | None] = mapped_column(Text)
     finish_reason: Mapped[str | None] = mapped_column(String(64))
     response_model: Mapped[str | None] = mapped_column(Text)
-    prompt_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    completion_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    total_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    reasoning_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    cached_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    billed_units: Mapped[int | None] = mapped_column(BigInteger)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
 
@@ -125,7 +130,7 @@ class Request(Base):
     )
 
 
-class PastResult(Base):
+class PastResult(UsageColumns, Base):
     """What a request ended with before ``chatbatch retry`` requeued it. Kept so usage totals
     stay exact (the provider billed those attempts too) and the history can be audited."""
 
@@ -142,12 +147,6 @@ class PastResult(Base):
     completed_at: Mapped[datetime | None]
     http_status: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[str | None] = mapped_column(Text)
-    prompt_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    completion_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    total_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    reasoning_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    cached_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    billed_units: Mapped[int | None] = mapped_column(BigInteger)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     archived_at: Mapped[datetime]
