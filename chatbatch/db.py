@@ -9,9 +9,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from chatbatch.errors import ConfigError
 from chatbatch.settings import get_settings
+
+
+IDLE_IN_TRANSACTION_TIMEOUT = "25P03"  # PostgreSQL's SQLSTATE for idle_in_transaction_session_timeout
 
 
 def normalise_url(url: str) -> str:
@@ -23,8 +27,15 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 8) -> Engine:
-    """An engine tuned for its backend: WAL and a busy timeout on SQLite, pre-ping on PostgreSQL."""
+def make_engine(
+    url: str, *, pool_size: int = 8, idle_in_transaction_seconds: float | None = None
+) -> Engine:
+    """An engine tuned for its backend: WAL and a busy timeout on SQLite, pre-ping on PostgreSQL.
+
+    ``idle_in_transaction_seconds`` makes PostgreSQL end a session that sits in an open
+    transaction that long: a frozen process (SIGSTOP, a stalled VM) must not keep row locks that
+    other workers need once its leases have run out.
+    """
     url = normalise_url(url)
     try:
         parsed = make_url(url)
@@ -38,9 +49,28 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         return engine
     if parsed.get_backend_name() != "postgresql":
         raise ConfigError("CHATBATCH_DATABASE_URL must be a PostgreSQL or SQLite URL")
+    connect_args = {}
+    if idle_in_transaction_seconds:
+        millis = max(1, round(idle_in_transaction_seconds * 1000))
+        given = parsed.query.get("options", "")  # keep options the URL itself sets
+        given = " ".join(given) if isinstance(given, tuple) else given
+        connect_args["options"] = f"{given} -c idle_in_transaction_session_timeout={millis}".strip()
     return create_engine(
-        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_recycle=1800,
+        connect_args=connect_args,
     )
+
+
+def is_transient(exc: DBAPIError) -> bool:
+    """True when the database connection was lost (a restart, a network cut, or a session ended
+    for idling in a transaction): the transaction did not commit, and running it again is safe."""
+    if isinstance(exc, OperationalError) or exc.connection_invalidated:
+        return True
+    return getattr(exc.orig, "sqlstate", None) == IDLE_IN_TRANSACTION_TIMEOUT
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -56,7 +86,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def get_engine() -> Engine:
     """The process-wide engine for the configured database."""
     settings = get_settings()
-    return make_engine(settings.database_url, pool_size=settings.concurrency + 4)
+    return make_engine(
+        settings.database_url,
+        pool_size=settings.concurrency + 4,
+        idle_in_transaction_seconds=settings.lease_seconds,
+    )
 
 
 def db_now(conn: Connection) -> datetime:

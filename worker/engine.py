@@ -18,10 +18,10 @@ from typing import TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy import Engine as DbEngine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from chatbatch import queries
-from chatbatch.db import db_now
+from chatbatch.db import db_now, is_transient
 from chatbatch.outcomes import Outcome
 from chatbatch.settings import Settings
 from chatbatch.states import (
@@ -199,14 +199,14 @@ class Engine:
             log.info("request %s: stale write ignored (another worker owns it now)", request_id)
 
     def _with_retries(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in a transaction, retrying on a dropped connection (e.g. a DB restart)."""
+        """Run ``fn`` in a transaction, retrying when the connection was lost (a DB restart)."""
         delay = 0.2
         for attempt in range(WRITE_RETRIES):
             try:
                 with self._db.begin() as conn:
                     return fn(conn)
-            except OperationalError:
-                if attempt == WRITE_RETRIES - 1:
+            except DBAPIError as exc:
+                if not is_transient(exc) or attempt == WRITE_RETRIES - 1:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
