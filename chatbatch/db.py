@@ -14,8 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from chatbatch.errors import ConfigError
 from chatbatch.settings import get_settings
 
-
-IDLE_IN_TRANSACTION_TIMEOUT = "25P03"  # PostgreSQL's SQLSTATE for idle_in_transaction_session_timeout
+IDLE_IN_TRANSACTION_TIMEOUT = "25P03"  # SQLSTATE: idle_in_transaction_session_timeout
 
 
 def normalise_url(url: str) -> str:
