@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import OperationalError
 
@@ -25,8 +26,18 @@ def settings() -> Settings:
     """The settings, with a readable error when the environment holds a bad value."""
     try:
         return get_settings()
-    except ValueError as exc:
-        raise ConfigError(f"bad configuration: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(bad_configuration(exc)) from None
+
+
+def bad_configuration(exc: ValidationError) -> str:
+    """One readable line per bad setting, without pydantic's links."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        name = f"CHATBATCH_{where.upper()}" if where else "settings"
+        problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+    return "bad configuration: " + "; ".join(problems)
 
 
 def ready_database() -> Engine:
@@ -59,6 +70,9 @@ def handles_errors(fn: F) -> F:
         except ChatbatchError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except ValidationError as exc:  # settings read outside settings(), e.g. by get_engine()
+            click.echo(f"error: {bad_configuration(exc)}", err=True)
+            sys.exit(ConfigError.exit_code)
         except OperationalError as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             click.echo(f"error: database unavailable: {reason}", err=True)

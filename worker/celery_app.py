@@ -7,6 +7,8 @@ Settings, and why (see README "Celery and Redis settings"):
 - visibility timeout (1 h) far above the longest task (the drain budget, ~20 s): Redis never
   redelivers a message that is still being worked on. No countdowns or ETAs are used at all.
 - results ignored: PostgreSQL is the result store.
+- no cancelling of running tasks on a broker connection loss: the threads pool cannot kill a
+  task, and a drain that carries on is harmless because every write is guarded.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     worker_hijack_root_logger=False,
     worker_send_task_events=False,
-    worker_cancel_long_running_tasks_on_connection_loss=True,
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     broker_connection_retry_on_startup=True,
     broker_transport_options={
         "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
