@@ -15,7 +15,7 @@ import orjson
 from chatbatch.states import TERMINAL_STATUSES, RequestStatus
 from cli.context import handles_errors, ready_database, settings, setup_logging, summarise
 from cli.render import print_summary
-from cli.run import run_command
+from cli.run import process_command, run_command
 from cli.worker_cmd import worker_command
 from simulator.cli import simulate
 
@@ -197,9 +197,15 @@ def _control(command: Callable[[Connection, datetime], CommandResult], as_json: 
         click.echo(orjson.dumps(dataclasses.asdict(result)))
     else:
         click.echo(f"{result.name}: {result.message}")
+    if result.changed and result.status in ("running", "cancelling") and not settings().broker_url:
+        click.echo(
+            f"no broker is configured: `chatbatch process {result.name}` works it in this shell",
+            err=True,
+        )
 
 
 cli.add_command(run_command)
+cli.add_command(process_command)
 cli.add_command(worker_command)
 cli.add_command(simulate)
 

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 from pydantic import SecretStr
@@ -89,7 +89,6 @@ def run_command(
     configuration, 1 any other error.
     """
     from chatbatch.loading import load_jsonl
-    from worker.runtime import build_engine
 
     setup_logging()
     engine = ready_database()
@@ -98,28 +97,69 @@ def run_command(
             conn, file, name=name, default_model=model, max_line_bytes=settings().max_line_bytes
         )
     click.echo(f"loaded {batch.total} request(s) as {batch.name} ({batch.id})", err=True)
+    _process_and_report(batch.id, batch.name, batch.total, output, fmt, simulate)
+
+
+@click.command("process")
+@click.argument("batch")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Export here when done.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="Output format.")
+@click.option(
+    "--simulate",
+    is_flag=True,
+    help="Send requests to the built-in GeekAI simulator instead of the provider (no key needed).",
+)
+@handles_errors
+def process_command(batch: str, output: Path | None, fmt: str | None, simulate: bool) -> None:
+    """Work an existing batch in this process until it is finished: how the embedded default
+    continues after `resume` or `retry`, or an extra hand next to running workers.
+
+    Exit codes as for `run`.
+    """
+    setup_logging()
+    with ready_database().connect() as conn:
+        row = queries.resolve_batch(conn, batch)
+    if row.status == BatchStatus.PAUSED:
+        click.echo(
+            f"error: {row.name} is paused ({row.pause_reason}); fix the cause, then "
+            f"`chatbatch resume {row.name}`",
+            err=True,
+        )
+        sys.exit(EXIT_PAUSED)
+    _process_and_report(row.id, row.name, row.total, output, fmt, simulate)
+
+
+def _process_and_report(
+    batch_id: str, name: str, total: int, output: Path | None, fmt: str | None, simulate: bool
+) -> NoReturn:
+    """Drive the batch to its end here with a progress bar, export, summarise, exit with the
+    code that tells cron what happened."""
+    from worker.runtime import build_engine
+
     with _engine_settings(simulate) as config:
         runner = build_engine(config)
         try:
-            final = _run_with_progress(runner, batch.id, batch.total)
+            final = _run_with_progress(runner, batch_id, total)
         except KeyboardInterrupt:
             click.echo(
-                f"interrupted: batch {batch.name} is kept as it is; `chatbatch status "
-                f"{batch.name}` shows it, `chatbatch export` writes what finished",
+                f"interrupted: batch {name} is kept as it is; `chatbatch status {name}` shows "
+                f"it, `chatbatch process {name}` continues it, `chatbatch export` writes what "
+                "finished",
                 err=True,
             )
             sys.exit(EXIT_INTERRUPTED)
         finally:
             runner.close()
-    count = export_to(batch.id, output, fmt)
-    with engine.connect() as conn:
-        summary = summarise(conn, queries.resolve_batch(conn, batch.id))
+    count = export_to(batch_id, output, fmt) if output else None
+    with ready_database().connect() as conn:
+        summary = summarise(conn, queries.resolve_batch(conn, batch_id))
     print_summary(summary)
-    click.echo(f"wrote {count} result(s) to {output}")
+    if output:
+        click.echo(f"wrote {count} result(s) to {output}")
     if final == BatchStatus.PAUSED:
         sys.exit(EXIT_PAUSED)
     counts = summary["counts"]
-    sys.exit(EXIT_ALL_SUCCEEDED if counts["succeeded"] == batch.total else EXIT_SOME_FAILED)
+    sys.exit(EXIT_ALL_SUCCEEDED if counts["succeeded"] == total else EXIT_SOME_FAILED)
 
 
 def _run_with_progress(runner: Engine, batch_id: str, total: int) -> str:

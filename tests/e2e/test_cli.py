@@ -241,3 +241,41 @@ def test_bad_settings_exit_2_with_one_readable_line(tmp_path, setting, says, com
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: bad configuration: ") and says in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_embedded_batch_paused_then_resumed_and_retried_with_process(sim, tmp_path) -> None:
+    """On the SQLite default there are no workers: ``process`` continues a batch after
+    ``resume`` or ``retry``, and every step's exit code tells cron what happened."""
+    prompts = str(REPO / "examples" / "prompts.jsonl")
+    env = base_env() | {
+        "CHATBATCH_API_BASE": sim.base_url,
+        "CHATBATCH_API_KEY": "sk-expired",
+        "CHATBATCH_POLL_FIRST_SECONDS": "0.05",
+    }
+    paused = chatbatch(
+        "run", prompts, "-o", "out.jsonl", "--name", "nightly", env=env, cwd=tmp_path, check=False
+    )
+    assert paused.returncode == 4, paused.stdout + paused.stderr
+    still = chatbatch("process", "nightly", env=env, cwd=tmp_path, check=False)
+    assert still.returncode == 4 and "chatbatch resume nightly" in still.stderr
+
+    env["CHATBATCH_API_KEY"] = "sk-sim"
+    resumed = chatbatch("resume", "nightly", env=env, cwd=tmp_path)
+    assert "chatbatch process nightly" in resumed.stderr
+    done = chatbatch("process", "nightly", "-o", "out.jsonl", env=env, cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    assert len(lines) == 14 and all(x["error"] is None for x in lines)
+
+    def status() -> dict:
+        return orjson.loads(chatbatch("status", "nightly", "--json", env=env, cwd=tmp_path).stdout)
+
+    first = status()["usage"]
+    assert first["total_tokens"] > 0
+    chatbatch("retry", "nightly", "--status", "succeeded", env=env, cwd=tmp_path)
+    again = chatbatch("process", "nightly", env=env, cwd=tmp_path, check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+    final = status()
+    assert final["counts"]["succeeded"] == 14 and final["status"] == "completed"
+    assert sim.stats()["accepted"] == 28
+    assert final["usage"] == {k: 2 * v for k, v in first.items()}
