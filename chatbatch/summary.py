@@ -16,7 +16,7 @@ def batch_summary(
 ) -> dict[str, Any]:
     """Counts by state, summed usage, results at risk of expiring, and the batch's own fields.
 
-    ``at_risk`` counts submitted requests whose provider deadline is less than
+    ``expiring`` counts submitted requests whose provider deadline is less than
     ``expiry_warning`` away: if nothing fetches them in time their results are lost.
     """
     usage = queries.usage_totals(conn, batch.id)
