@@ -1,0 +1,133 @@
+"""What every benchmark needs: a PostgreSQL database of its own, a Redis queue of its own, the
+simulator, prompt files, and ``chatbatch`` subprocesses. Benchmarks print figures; they assert
+nothing about time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+import psycopg
+
+ADMIN_URL = os.environ.get(
+    "CHATBATCH_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("CHATBATCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+BINARY = shutil.which(
+    "chatbatch",
+    path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+)
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new, migrated PostgreSQL database, dropped afterwards; yields its SQLAlchemy URL."""
+    from chatbatch.db import make_engine
+    from chatbatch.migrate import upgrade
+
+    name = f"chatbatch_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = "postgresql+psycopg://" + ADMIN_URL.split("://", 1)[1].rsplit("/", 1)[0] + "/" + name
+    engine = make_engine(url, pool_size=1)
+    upgrade(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def chat_body(i: int) -> dict[str, object]:
+    """A small chat request, different for every ``i``."""
+    return {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "Label the sentiment."},
+            {"role": "user", "content": f"review {i}: the product was fine"},
+        ],
+    }
+
+
+def write_prompts(path: Path, n: int) -> Path:
+    """``n`` OpenAI-Batch-shaped request lines."""
+    with path.open("wb") as fh:
+        for i in range(n):
+            line = {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions"}
+            fh.write(orjson.dumps({**line, "body": chat_body(i)}) + b"\n")
+    return path
+
+
+def environment(database_url: str, api_base: str, **extra: str) -> dict[str, str]:
+    """The environment of ``chatbatch`` subprocesses: this database, a queue of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBATCH_")}
+    return env | {
+        "CHATBATCH_DATABASE_URL": database_url,
+        "CHATBATCH_BROKER_URL": REDIS_URL,
+        "CHATBATCH_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
+        "CHATBATCH_API_BASE": api_base,
+        "CHATBATCH_API_KEY": "sk-sim",
+        **extra,
+    }
+
+
+def run_cli(*args: str, env: dict[str, str]) -> str:
+    """Run ``chatbatch ARGS`` to completion; its stdout."""
+    assert BINARY, "install chatbatch first (pip install .)"
+    done = subprocess.run([BINARY, *args], env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"chatbatch {' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+@contextmanager
+def workers(env: dict[str, str], count: int, concurrency: int, log_dir: Path) -> Iterator[None]:
+    """``count`` ``chatbatch worker`` processes, stopped on exit."""
+    assert BINARY, "install chatbatch first (pip install .)"
+    procs = []
+    for i in range(count):
+        with (log_dir / f"worker{i}.log").open("wb") as log:
+            procs.append(
+                subprocess.Popen(
+                    [BINARY, "worker", "--concurrency", str(concurrency), "--loglevel", "WARNING"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def wait_all_finished(database_url: str, total: int, timeout: float = 3600) -> float:
+    """Block until every request is terminal; returns the monotonic time it happened."""
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM requests WHERE status IN "
+                "('succeeded', 'failed', 'expired', 'cancelled')"
+            ).fetchone()
+            if row and row[0] >= total:
+                return time.monotonic()
+            time.sleep(0.05)
+    raise SystemExit(f"not finished within {timeout} s")
