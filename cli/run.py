@@ -68,17 +68,23 @@ class _ProgressView:
         self._progress.update(self._task, completed=done, counts=text)
 
 
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="Output format."
+)
+simulate_option = click.option(
+    "--simulate",
+    is_flag=True,
+    help="Send requests to the built-in GeekAI simulator instead of the provider (no key needed).",
+)
+
+
 @click.command("run")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 @click.option("--name", help="A unique name for the batch.")
 @click.option("--model", help="Model for lines that do not name one.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="Output format.")
-@click.option(
-    "--simulate",
-    is_flag=True,
-    help="Send requests to the built-in GeekAI simulator instead of the provider (no key needed).",
-)
+@format_option
+@simulate_option
 @handles_errors
 def run_command(
     file: Path, output: Path, name: str | None, model: str | None, fmt: str | None, simulate: bool
@@ -103,12 +109,8 @@ def run_command(
 @click.command("process")
 @click.argument("batch")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Export here when done.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="Output format.")
-@click.option(
-    "--simulate",
-    is_flag=True,
-    help="Send requests to the built-in GeekAI simulator instead of the provider (no key needed).",
-)
+@format_option
+@simulate_option
 @handles_errors
 def process_command(batch: str, output: Path | None, fmt: str | None, simulate: bool) -> None:
     """Work an existing batch in this process until it is finished: how the embedded default

@@ -24,6 +24,7 @@ import psycopg
 import redis
 from cli_process import BINARY, chatbatch, database_dump, write_prompts
 
+from chatbatch.completions import USAGE_COLUMNS
 from simulator.answers import expected_usage
 from simulator.testing import SimulatorHandle
 
@@ -489,17 +490,7 @@ class FaultRun:
 
 def _expected_usage_totals(bodies: Iterable[dict[str, Any]]) -> dict[str, int]:
     """The simulator's usage for ``bodies``, summed the way ``status`` reports it."""
-    totals = dict.fromkeys(
-        (
-            "prompt_tokens",
-            "completion_tokens",
-            "total_tokens",
-            "reasoning_tokens",
-            "cached_tokens",
-            "billed_units",
-        ),
-        0,
-    )
+    totals = dict.fromkeys(USAGE_COLUMNS, 0)
     for body in bodies:
         usage = expected_usage(body)
         totals["prompt_tokens"] += usage["prompt_tokens"]
