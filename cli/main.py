@@ -100,7 +100,7 @@ def list_(as_json: bool) -> None:
         click.echo(orjson.dumps(summaries))
         return
     for s in summaries:
-        done = sum(s["counts"][k] for k in ("succeeded", "failed", "expired", "cancelled"))
+        done = sum(s["counts"][k] for k in TERMINAL_STATUSES)
         click.echo(f"{s['id']}  {s['name']:<32}  {s['status']:<10} {done}/{s['total']}")
 
 

@@ -6,12 +6,14 @@ from typing import Any
 
 import click
 
+from chatbatch.states import TERMINAL_STATUSES
+
 
 def print_summary(summary: dict[str, Any]) -> None:
     """A few readable lines about one batch."""
     counts = summary["counts"]
     usage = summary["usage"]
-    done = sum(counts[k] for k in ("succeeded", "failed", "expired", "cancelled"))
+    done = sum(counts[k] for k in TERMINAL_STATUSES)
     click.echo(f"{summary['name']}  ({summary['id']})")
     click.echo(f"  status      {summary['status']}  —  {done}/{summary['total']} finished")
     if summary.get("pause_reason"):
