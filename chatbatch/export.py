@@ -95,13 +95,22 @@ def _response_body(row: Row[Any], succeeded: bool) -> bytes | None:
     if row.response is None:
         return None
     if succeeded:
-        return row.response.encode()
+        return _one_line(row.response.encode())
     if not row.http_status or row.http_status < 400:
         return None
     try:
         return orjson.dumps(orjson.loads(row.response))
     except orjson.JSONDecodeError:
         return orjson.dumps(row.response)
+
+
+def _one_line(body: bytes) -> bytes:
+    """The body on one line, otherwise byte for byte. Valid JSON can hold CR or LF only as
+    whitespace between tokens (inside strings they must be escaped), so turning them into
+    spaces changes no value."""
+    if b"\n" in body or b"\r" in body:
+        return body.replace(b"\r", b" ").replace(b"\n", b" ").strip()
+    return body
 
 
 def _error_message(row: Row[Any]) -> str:

@@ -119,3 +119,16 @@ def test_csv_neutralises_formulas_and_keeps_numbers() -> None:
     assert cells["custom_id"] == "'@x"
     assert cells["total_tokens"] == 4
     assert cells["submitted_at"] == "2026-01-01T00:00:00+00:00"
+
+
+def test_a_pretty_printed_body_still_makes_exactly_one_line() -> None:
+    """JSON allows newlines only as whitespace between tokens, so the export may drop them; a
+    provider answering pretty-printed JSON (or with a trailing newline) must not split a line."""
+    pretty = (
+        '{\r\n  "id": "chatcmpl-1",\n  "choices": [\n'
+        '    {"message": {"content": "a\\nb"}}\n  ]\n}\n'
+    )
+    line = jsonl_line(row(response=pretty))
+    assert line.count(b"\n") == 1 and line.endswith(b"}\n")
+    assert orjson.loads(line)["response"]["body"] == orjson.loads(pretty)
+    assert b'"a\\nb"' in line  # escapes inside strings are untouched
