@@ -208,6 +208,7 @@ class Simulator:
                 status = "running"
             served[status] += 1
             return task_summary(task, status)
+        self.state.stats.record_fetch(task, now)
         if task.fails:
             served["failed"] += 1
             return task_failed(task)

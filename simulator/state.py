@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ class Task:
     ready_at: float  # monotonic seconds
     fails: bool
     nul: bool
+    fetched: bool = False  # its outcome has been served to a poll at least once
 
     @property
     def model(self) -> str:
@@ -65,6 +67,10 @@ class TaskStore:
         self._by_age.clear()
 
 
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
 class RateWindow:
     """Accepted POST times per API key over a sliding 60-second window."""
 
@@ -101,6 +107,10 @@ class Stats:
     completed_results_served: int = 0
     expired: int = 0
     accepted_by_fingerprint: Counter[str] = field(default_factory=Counter)
+    # Per finished task, seconds from creation to ready, and from ready to the first poll that
+    # saw the outcome: what polling efficiency is measured by.
+    completion_times: list[float] = field(default_factory=list)
+    fetch_delays: list[float] = field(default_factory=list)
     rejected: Counter[str] = field(default_factory=Counter)
     statuses_served: Counter[str] = field(default_factory=Counter)
 
@@ -119,7 +129,17 @@ class Stats:
             "completed_results_served": self.completed_results_served,
             "tasks": live_tasks,
             "expired": self.expired,
+            "fetched": len(self.fetch_delays),
+            "median_completion_seconds": _median(self.completion_times),
+            "median_fetch_delay_seconds": _median(self.fetch_delays),
         }
+
+    def record_fetch(self, task: Task, now: float) -> None:
+        """Note the first time a poll sees ``task``'s outcome."""
+        if not task.fetched:
+            task.fetched = True
+            self.completion_times.append(task.ready_at - task.created)
+            self.fetch_delays.append(now - task.ready_at)
 
 
 @dataclass

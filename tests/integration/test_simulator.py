@@ -45,6 +45,9 @@ STATS_KEYS = {
     "completed_results_served",
     "tasks",
     "expired",
+    "fetched",
+    "median_completion_seconds",
+    "median_fetch_delay_seconds",
 }
 
 
@@ -342,6 +345,20 @@ def test_stats_shape_and_duplicates(sim, client) -> None:
     assert set(stats["statuses_served"]) >= {"pending", "running", "succeed", "failed"}
     assert stats["duplicate_fingerprints"] == [request_fingerprint(BODY)]
     assert stats["accepted_by_fingerprint"] == {request_fingerprint(BODY): 3}
+
+
+def test_stats_time_how_late_each_outcome_was_first_fetched(sim, client) -> None:
+    sim.reconfigure(latency="0.3")
+    task_id = submit(client).json()["id"]
+    assert poll(client, task_id)["status"] != "succeed"
+    assert sim.stats()["fetched"] == 0
+    time.sleep(0.6)
+    assert poll(client, task_id)["status"] == "succeed"
+    assert poll(client, task_id)["status"] == "succeed"  # only the first sighting counts
+    stats = sim.stats()
+    assert stats["fetched"] == 1
+    assert stats["median_completion_seconds"] == pytest.approx(0.3, abs=0.01)
+    assert 0.25 <= stats["median_fetch_delay_seconds"] < 2.0
 
 
 def test_control_plane_over_http(sim) -> None:
