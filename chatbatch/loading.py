@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import psycopg
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from chatbatch.db import db_now
 from chatbatch.errors import ChatbatchError, InputError
@@ -19,6 +20,7 @@ from chatbatch.models import batches_table, requests_table
 from chatbatch.states import BatchStatus, RequestStatus
 
 MAX_PROBLEMS_SHOWN = 50
+DUPLICATE_ID_CONSTRAINT = "uq_requests_batch_id_custom_id"
 SQLITE_INSERT_CHUNK = 2000
 COPY_COLUMNS = (
     "batch_id",
@@ -89,10 +91,23 @@ def load_jsonl(
         )
     )
     problems = _Problems()
-    prepared = _validated(path, default_model, max_line_bytes, problems)
-    total = _insert_requests(conn, batch_id, prepared, now)
-    if problems.count:
-        raise InputError(str(path), problems.shown, problems.count)
+    # On PostgreSQL the unique index finds duplicate custom_ids, so a good file of any size
+    # loads in constant memory; only a refused file is read again to list every problem.
+    postgres = conn.dialect.name == "postgresql"
+    prepared = _validated(path, default_model, max_line_bytes, problems, track_ids=not postgres)
+    try:
+        with conn.begin_nested():
+            total = _insert_requests(conn, batch_id, prepared, now)
+            if problems.count:
+                raise _Refused
+    except (_Refused, IntegrityError, psycopg.errors.UniqueViolation) as exc:
+        if not isinstance(exc, _Refused) and not _is_duplicate_id(exc):
+            raise
+        if postgres:
+            problems = _Problems()
+            for _ in _validated(path, default_model, max_line_bytes, problems, track_ids=True):
+                pass
+        raise InputError(str(path), problems.shown, problems.count) from None
     if total == 0:
         raise InputError(str(path), [(None, "the file has no requests")], 1)
     conn.execute(update(batches_table).where(batches_table.c.id == batch_id).values(total=total))
@@ -109,10 +124,25 @@ def _check_name_free(conn: Connection, name: str) -> None:
         )
 
 
+class _Refused(Exception):
+    """Some line was refused: undo the insert, then report."""
+
+
+def _is_duplicate_id(exc: IntegrityError | psycopg.errors.UniqueViolation) -> bool:
+    """The insert hit the (batch, custom_id) unique index (COPY raises psycopg's own error)."""
+    return DUPLICATE_ID_CONSTRAINT in str(exc.orig if isinstance(exc, IntegrityError) else exc)
+
+
 def _validated(
-    path: Path, default_model: str | None, max_line_bytes: int, problems: _Problems
+    path: Path,
+    default_model: str | None,
+    max_line_bytes: int,
+    problems: _Problems,
+    *,
+    track_ids: bool,
 ) -> Iterator[PreparedRequest]:
-    """Good lines, in order; bad ones go to ``problems`` (loading continues to report them all)."""
+    """Good lines, in order; bad ones go to ``problems`` (loading continues to report them all).
+    With ``track_ids`` duplicate custom_ids are found here, at the cost of memory per line."""
     seen: dict[str, int] = {}
     for line_no, text, problem in iter_lines(path, max_line_bytes=max_line_bytes):
         if text is None:
@@ -123,7 +153,7 @@ def _validated(
         except LineError as exc:
             problems.add(line_no, str(exc))
             continue
-        first = seen.setdefault(request.custom_id, line_no)
+        first = seen.setdefault(request.custom_id, line_no) if track_ids else line_no
         if first != line_no:
             problems.add(
                 line_no, f"duplicate custom_id {request.custom_id!r} (first on line {first})"

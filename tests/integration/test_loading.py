@@ -93,3 +93,20 @@ def test_default_model_and_default_ids(db: Engine, tmp_path: Path) -> None:
             .order_by(requests_table.c.line_no)
         ).all()
     assert [tuple(r) for r in rows] == [(str(i), "gpt-4o-mini") for i in (1, 2, 3)]
+
+
+def test_duplicates_alone_are_found_by_the_database_and_reported_by_line(
+    db: Engine, tmp_path: Path
+) -> None:
+    """On PostgreSQL no id set is kept while loading; the unique index catches the duplicate and
+    the file is read again to name every problem."""
+    lines = [orjson.dumps({"custom_id": c, "model": "m", "messages": MESSAGES}) for c in "abcab"]
+    path = tmp_path / "dups.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(InputError) as info:
+        load(db, path)
+    message = str(info.value)
+    assert f"{path}:4: duplicate custom_id 'a' (first on line 1)" in message
+    assert f"{path}:5: duplicate custom_id 'b' (first on line 2)" in message
+    assert info.value.total_problems == 2
+    assert counts(db) == (0, 0)
