@@ -1,0 +1,59 @@
+"""Each benchmark's quick run, as a smoke test: it must run to the end and print its figures.
+No timing is asserted (the machines are shared); what the figures must never show is asserted."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def quick(module: str, redis_url: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``python -m bench.MODULE --quick``; its figures go to the terminal even under -q."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATBATCH_")}
+    env["CHATBATCH_BENCH_REDIS_URL"] = redis_url
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", "--quick"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with capsys.disabled():
+        print("\n" + proc.stdout, end="")
+    return proc.stdout
+
+
+@pytest.mark.usefixtures("pg_url")
+def test_engine_overhead(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = quick("engine_overhead", redis_url, capsys)
+    assert re.search(r"ratio chatbatch / baseline\s+\d+\.\d+", out)
+    assert out.count("1.00 GETs/result") == 2  # zero latency: one poll per result, both ways
+
+
+@pytest.mark.usefixtures("pg_url")
+def test_polling(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = quick("polling", redis_url, capsys)
+    assert re.search(r"GETs per result\s+\d+\.\d+", out)
+    assert "median fetch delay" in out
+
+
+@pytest.mark.usefixtures("pg_url")
+def test_load_export(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = quick("load_export", redis_url, capsys)
+    assert out.count("export jsonl") == 2 and out.count("load   chatbatch") == 2
+
+
+@pytest.mark.usefixtures("pg_url")
+def test_scale_out(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = quick("scale_out", redis_url, capsys)
+    assert out.count("accepted 300 for 300 requests, 0 submitted twice") == 2
