@@ -95,19 +95,20 @@ def load_jsonl(
     # loads in constant memory; only a refused file is read again to list every problem.
     postgres = conn.dialect.name == "postgresql"
     prepared = _validated(path, default_model, max_line_bytes, problems, track_ids=not postgres)
+    total = 0
+    duplicate_found = False
     try:
-        with conn.begin_nested():
-            total = _insert_requests(conn, batch_id, prepared, now)
-            if problems.count:
-                raise _Refused
-    except (_Refused, IntegrityError, psycopg.errors.UniqueViolation) as exc:
-        if not isinstance(exc, _Refused) and not _is_duplicate_id(exc):
+        total = _insert_requests(conn, batch_id, prepared, now)
+    except (IntegrityError, psycopg.errors.UniqueViolation) as exc:
+        if not _is_duplicate_id(exc):
             raise
+        duplicate_found = True  # the caller's rollback undoes the partial insert
+    if duplicate_found or problems.count:
         if postgres:
             problems = _Problems()
             for _ in _validated(path, default_model, max_line_bytes, problems, track_ids=True):
                 pass
-        raise InputError(str(path), problems.shown, problems.count) from None
+        raise InputError(str(path), problems.shown, problems.count)
     if total == 0:
         raise InputError(str(path), [(None, "the file has no requests")], 1)
     conn.execute(update(batches_table).where(batches_table.c.id == batch_id).values(total=total))
@@ -122,10 +123,6 @@ def _check_name_free(conn: Connection, name: str) -> None:
         raise ChatbatchError(
             f"a batch named {name!r} already exists ({existing}); pick another --name"
         )
-
-
-class _Refused(Exception):
-    """Some line was refused: undo the insert, then report."""
 
 
 def _is_duplicate_id(exc: IntegrityError | psycopg.errors.UniqueViolation) -> bool:
