@@ -8,14 +8,18 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
+
+from simulator.testing import SimulatorHandle
 
 ADMIN_URL = os.environ.get(
     "CHATBATCH_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -131,3 +135,23 @@ def wait_all_finished(database_url: str, total: int, timeout: float = 3600) -> f
                 return time.monotonic()
             time.sleep(0.05)
     raise SystemExit(f"not finished within {timeout} s")
+
+
+def time_warm_batch(
+    sim: SimulatorHandle, n: int, *, worker_count: int, concurrency: int
+) -> tuple[float, dict[str, Any]]:
+    """Seconds from ``load`` returning to all ``n`` requests finished, with ``worker_count``
+    workers already running (warmed up on a one-request batch) as in a deployment, and the
+    simulator's counters for the batch."""
+    with fresh_database() as url, tempfile.TemporaryDirectory() as tmp:
+        env = environment(url, sim.base_url, CHATBATCH_CONCURRENCY=str(concurrency))
+        warmup = write_prompts(Path(tmp) / "warmup.jsonl", 1)
+        prompts = write_prompts(Path(tmp) / "prompts.jsonl", n)
+        with workers(env, count=worker_count, concurrency=concurrency, log_dir=Path(tmp)):
+            run_cli("load", str(warmup), "--name", "warmup", env=env)
+            wait_all_finished(url, 1)
+            sim.reset()
+            run_cli("load", str(prompts), "--name", "bench", env=env)
+            started = time.monotonic()
+            finished = wait_all_finished(url, n + 1)
+    return finished - started, sim.stats()

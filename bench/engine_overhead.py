@@ -13,20 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 
 from bench.common import (
     chat_body,
-    environment,
-    fresh_database,
-    run_cli,
-    wait_all_finished,
-    workers,
-    write_prompts,
+    time_warm_batch,
 )
 from simulator.config import SimConfig
 from simulator.testing import SimulatorHandle, running_simulator
@@ -70,20 +63,9 @@ def measure_baseline(sim: SimulatorHandle, n: int, concurrency: int) -> tuple[fl
 
 
 def measure_chatbatch(sim: SimulatorHandle, n: int, concurrency: int) -> tuple[float, int]:
-    """From the moment ``load`` returns until every request succeeded, with the worker already
-    running (warmed up on a one-request batch), as in a deployment."""
-    with fresh_database() as url, tempfile.TemporaryDirectory() as tmp:
-        env = environment(url, sim.base_url, CHATBATCH_CONCURRENCY=str(concurrency))
-        warmup = write_prompts(Path(tmp) / "warmup.jsonl", 1)
-        prompts = write_prompts(Path(tmp) / "prompts.jsonl", n)
-        with workers(env, count=1, concurrency=concurrency, log_dir=Path(tmp)):
-            run_cli("load", str(warmup), "--name", "warmup", env=env)
-            wait_all_finished(url, 1)
-            sim.reset()
-            run_cli("load", str(prompts), "--name", "bench", env=env)
-            started = time.monotonic()
-            finished = wait_all_finished(url, n + 1)
-    return finished - started, sim.stats()["gets"]
+    """One warm worker: seconds from ``load`` to every request succeeded, and GETs made."""
+    seconds, stats = time_warm_batch(sim, n, worker_count=1, concurrency=concurrency)
+    return seconds, stats["gets"]
 
 
 def main() -> None:

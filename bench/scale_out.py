@@ -11,38 +11,12 @@ simulator must have accepted exactly one submission per request.
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
-from pathlib import Path
 
 from bench.common import (
-    environment,
-    fresh_database,
-    run_cli,
-    wait_all_finished,
-    workers,
-    write_prompts,
+    time_warm_batch,
 )
 from simulator.config import SimConfig
-from simulator.testing import SimulatorHandle, running_simulator
-
-
-def measure(sim: SimulatorHandle, n: int, count: int) -> tuple[float, dict]:
-    """Seconds from ``load`` to every request finished with ``count`` workers, and the
-    simulator's counters."""
-    sim.reset()
-    with fresh_database() as url, tempfile.TemporaryDirectory() as tmp:
-        env = environment(url, sim.base_url)
-        warmup = write_prompts(Path(tmp) / "warmup.jsonl", 1)
-        prompts = write_prompts(Path(tmp) / "prompts.jsonl", n)
-        with workers(env, count=count, concurrency=16, log_dir=Path(tmp)):
-            run_cli("load", str(warmup), "--name", "warmup", env=env)
-            wait_all_finished(url, 1)
-            sim.reset()
-            run_cli("load", str(prompts), "--name", "bench", env=env)
-            started = time.monotonic()
-            finished = wait_all_finished(url, n + 1)
-    return finished - started, sim.stats()
+from simulator.testing import running_simulator
 
 
 def main() -> None:
@@ -52,8 +26,8 @@ def main() -> None:
     args = parser.parse_args()
     n = 300 if args.quick else args.n
     with running_simulator(SimConfig(latency="0")) as sim:
-        one_s, one_stats = measure(sim, n, 1)
-        two_s, two_stats = measure(sim, n, 2)
+        one_s, one_stats = time_warm_batch(sim, n, worker_count=1, concurrency=16)
+        two_s, two_stats = time_warm_batch(sim, n, worker_count=2, concurrency=16)
     print(f"scale-out: N={n}, simulator latency 0, 16 in flight per worker")
     for label, seconds, stats in (("1 worker ", one_s, one_stats), ("2 workers", two_s, two_stats)):
         twice = len(stats["duplicate_fingerprints"])
