@@ -5,12 +5,13 @@ Functions take a connection and never commit; the caller owns the unit of work.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, case, func, select, update
+from sqlalchemy import Connection, Row, bindparam, case, func, select, update
 
 from chatbatch.completions import USAGE_COLUMNS
 from chatbatch.errors import NotFoundError
@@ -35,12 +36,13 @@ CANCELLED_UNFETCHED = "cancelled with --discard; the result was not fetched (rem
 
 @dataclass(frozen=True)
 class SubmitClaim:
-    """A queued row reserved for this worker; it turns ``submitting`` just before its POST."""
+    """A queued row claimed for one POST: already ``submitting``, its attempt counted."""
 
     id: int
     batch_id: str
     lease_token: int
     attempts: int
+    model: str
     body: str
 
 
@@ -69,9 +71,10 @@ class PollClaim:
 def claim_for_submit(
     conn: Connection, *, now: datetime, limit: int, lease_seconds: float
 ) -> list[SubmitClaim]:
-    """Reserve up to ``limit`` due queued rows of running batches; pushing ``due_at`` out is the
-    reservation's lease. Rows stay ``queued`` until ``mark_submitting``, so a worker lost with a
-    reserved row costs only a delay, never a possible duplicate."""
+    """Claim up to ``limit`` due queued rows of running batches and mark them ``submitting``,
+    counting the attempt, in one statement; the caller POSTs them at once. A worker lost after
+    this commit leaves rows that lease recovery resubmits as possible duplicates, so callers keep
+    ``limit`` to what they can have in flight."""
     due = (
         select(r.c.id)
         .join(b, b.c.id == r.c.batch_id)
@@ -85,34 +88,15 @@ def claim_for_submit(
     stmt = (
         update(r)
         .where(r.c.id == due.c.id)
-        .values(due_at=now + timedelta(seconds=lease_seconds), lease_token=r.c.lease_token + 1)
-        .returning(r.c.id, r.c.batch_id, r.c.lease_token, r.c.attempts, r.c.body)
-    )
-    return [SubmitClaim(*row) for row in conn.execute(stmt)]
-
-
-def mark_submitting(
-    conn: Connection, claim: SubmitClaim, *, now: datetime, lease_seconds: float
-) -> int | None:
-    """Commit ``submitting`` (counting the attempt, with a fresh lease) right before the POST.
-
-    Returns the attempt number, or None when the reservation was taken over meanwhile.
-    """
-    result = conn.execute(
-        update(r)
-        .where(
-            r.c.id == claim.id,
-            r.c.status == RequestStatus.QUEUED,
-            r.c.lease_token == claim.lease_token,
-        )
         .values(
             status=RequestStatus.SUBMITTING,
             attempts=r.c.attempts + 1,
             due_at=now + timedelta(seconds=lease_seconds),
+            lease_token=r.c.lease_token + 1,
         )
-        .returning(r.c.attempts)
+        .returning(r.c.id, r.c.batch_id, r.c.lease_token, r.c.attempts, r.c.model, r.c.body)
     )
-    return result.scalar_one_or_none()
+    return [SubmitClaim(*row) for row in conn.execute(stmt)]
 
 
 def claim_for_poll(
@@ -146,6 +130,61 @@ def claim_for_poll(
     return [PollClaim(*row) for row in conn.execute(stmt)]
 
 
+@dataclass(frozen=True)
+class Write:
+    """A transition to apply to one claimed row, guarded by the status and lease we hold."""
+
+    request_id: int
+    batch_id: str
+    expected: RequestStatus
+    lease_token: int
+    transition: Transition
+
+
+def apply_transitions(conn: Connection, writes: Sequence[Write]) -> int:
+    """Apply each write only where its row is still as claimed (else it is a stale write and
+    changes nothing); returns how many applied. Writes of the same shape go out as one
+    ``executemany`` (pipelined by psycopg), so a chunk costs one round trip, not one per row.
+    Batches are paused as the transitions ask, whether or not their row write applied: an
+    account error is true of the whole batch."""
+    shapes: dict[tuple[tuple[str, ...], bool], list[dict[str, Any]]] = defaultdict(list)
+    for write in writes:
+        changes = write.transition.changes
+        params = {f"v_{name}": value for name, value in changes.items()}
+        params.update(
+            w_id=write.request_id,
+            w_expected=write.expected.value,
+            w_token=write.lease_token,
+            v_status=write.transition.status.value,
+            v_due_at=write.transition.due_at,
+        )
+        shapes[(tuple(sorted(changes)), write.transition.increment_ambiguous)].append(params)
+    applied = 0
+    for (names, ambiguous), rows in shapes.items():
+        values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in names}
+        values.update(
+            status=bindparam("v_status"),
+            due_at=bindparam("v_due_at"),
+            lease_token=r.c.lease_token + 1,
+        )
+        if ambiguous:
+            values["ambiguous_submits"] = r.c.ambiguous_submits + 1
+        stmt = (
+            update(r)
+            .where(
+                r.c.id == bindparam("w_id"),
+                r.c.status == bindparam("w_expected"),
+                r.c.lease_token == bindparam("w_token"),
+            )
+            .values(values)
+        )
+        applied += conn.execute(stmt, rows).rowcount
+    pauses = {w.batch_id: w.transition.pause_batch for w in writes if w.transition.pause_batch}
+    for batch_id, reason in pauses.items():
+        pause_batch(conn, batch_id, reason)
+    return applied
+
+
 def apply_transition(
     conn: Connection,
     request_id: int,
@@ -155,24 +194,9 @@ def apply_transition(
     lease_token: int,
     transition: Transition,
 ) -> bool:
-    """Write ``transition`` only if the row is still as we claimed it; False means a stale write."""
-    values: dict[str, Any] = dict(transition.changes)
-    values.update(
-        status=transition.status,
-        due_at=transition.due_at,
-        lease_token=r.c.lease_token + 1,
-    )
-    if transition.increment_ambiguous:
-        values["ambiguous_submits"] = r.c.ambiguous_submits + 1
-    result = conn.execute(
-        update(r)
-        .where(r.c.id == request_id, r.c.status == expected, r.c.lease_token == lease_token)
-        .values(**values)
-    )
-    applied = result.rowcount == 1
-    if applied and transition.pause_batch:
-        pause_batch(conn, batch_id, transition.pause_batch)
-    return applied
+    """Write one ``transition`` only if the row is still as we claimed it; False: a stale write."""
+    write = Write(request_id, batch_id, expected, lease_token, transition)
+    return apply_transitions(conn, [write]) == 1
 
 
 def pause_batch(conn: Connection, batch_id: str, reason: str) -> bool:
@@ -195,19 +219,21 @@ def recover_expired_leases(
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    recovered = 0
-    for row in rows:
-        view = RowView(status=RequestStatus.SUBMITTING, attempts=row.attempts)
-        transition = after_lease_expired(view, now=now, policy=policy)
-        recovered += apply_transition(
-            conn,
+    writes = [
+        Write(
             row.id,
-            batch_id=row.batch_id,
-            expected=RequestStatus.SUBMITTING,
-            lease_token=row.lease_token,
-            transition=transition,
+            row.batch_id,
+            RequestStatus.SUBMITTING,
+            row.lease_token,
+            after_lease_expired(
+                RowView(status=RequestStatus.SUBMITTING, attempts=row.attempts),
+                now=now,
+                policy=policy,
+            ),
         )
-    return recovered
+        for row in rows
+    ]
+    return apply_transitions(conn, writes)
 
 
 def expire_overdue(conn: Connection, *, now: datetime) -> int:

@@ -1,4 +1,4 @@
-"""The engine: claim due rows in chunks, call the provider concurrently, write each outcome.
+"""The engine: claim due rows in chunks, call the provider concurrently, write the outcomes.
 
 Used both by Celery tasks (distributed) and by ``chatbatch run`` (in-process); only the transport
 of "go look" messages differs.
@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
 from typing import TypeVar
 
 from sqlalchemy import Connection
@@ -36,7 +35,6 @@ from worker.provider import Provider
 
 log = logging.getLogger("chatbatch.engine")
 T = TypeVar("T")
-C = TypeVar("C", queries.SubmitClaim, queries.PollClaim)
 
 WRITE_RETRIES = 8
 
@@ -52,8 +50,33 @@ class DbClock:
         return self.anchor + timedelta(seconds=time.monotonic() - self.started)
 
 
+class SubmitBudget:
+    """How many more rows this process may hold as ``submitting``: at most its HTTP concurrency,
+    across all its task threads, so a worker lost mid-chunk leaves at most that many possible
+    duplicates."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._lock = threading.Lock()
+
+    def take(self, wanted: int) -> int:
+        with self._lock:
+            granted = min(wanted, self._free)
+            self._free -= granted
+            return granted
+
+    def give_back(self, count: int) -> None:
+        with self._lock:
+            self._free += count
+
+
 class Engine:
-    """Drives due work for every running batch in the database."""
+    """Drives due work for every running batch in the database.
+
+    Each step is one transaction claiming a chunk (due polls, and as many submissions as may be
+    in flight), the chunk's HTTP calls all at once on the provider's event loop, and one
+    transaction writing every outcome: two commits per chunk, whatever its size.
+    """
 
     def __init__(
         self,
@@ -61,15 +84,12 @@ class Engine:
         db: DbEngine,
         provider: Provider,
         settings: Settings,
-        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self._db = db
         self._provider = provider
         self._settings = settings
         self.policy = Policy.from_settings(settings)
-        self._executor = executor or ThreadPoolExecutor(
-            max_workers=settings.concurrency, thread_name_prefix="chatbatch-http"
-        )
+        self._submit_budget = SubmitBudget(settings.concurrency)
         self._rng = random.Random()
 
     @property
@@ -96,107 +116,94 @@ class Engine:
         return finished
 
     def drain(self, budget_seconds: float) -> int:
-        """Work due chunks (polls first: results are already paid for) until none is due or the
-        budget is spent; returns how many requests were handled."""
+        """Work due chunks until none is due or the budget is spent; returns how many requests
+        were handled."""
         started = time.monotonic()
         handled = 0
         while time.monotonic() - started < budget_seconds:
-            step = self.poll_due() + self.submit_due()
+            step = self.step()
             handled += step
             if step == 0:
                 break
         return handled
 
-    def submit_due(self) -> int:
-        """Claim one chunk of queued requests and submit them concurrently."""
-        return self._claim_and_run(queries.claim_for_submit, self._submit_one)
-
-    def poll_due(self) -> int:
-        """Claim one chunk of submitted requests whose poll is due and poll them concurrently."""
-        return self._claim_and_run(queries.claim_for_poll, self._poll_one)
-
-    def _claim_and_run(
-        self, claim: Callable[..., list[C]], handle: Callable[[C, DbClock], None]
-    ) -> int:
-        """Commit a claim of one chunk, then handle its rows concurrently, outside the claim."""
-        with self._db.begin() as conn:
-            clock = DbClock(db_now(conn))
-            claims = claim(
-                conn,
-                now=clock.anchor,
-                limit=self.chunk_size,
-                lease_seconds=self._settings.lease_seconds,
-            )
-        self._run_all([partial(handle, c, clock) for c in claims])
-        return len(claims)
+    def step(self) -> int:
+        """Claim, call and record one chunk; returns how many requests it held."""
+        submit_slots = self._submit_budget.take(min(self.chunk_size, self._settings.concurrency))
+        try:
+            with self._db.begin() as conn:
+                clock = DbClock(db_now(conn))
+                lease = self._settings.lease_seconds
+                polls = queries.claim_for_poll(
+                    conn, now=clock.anchor, limit=self.chunk_size, lease_seconds=lease
+                )
+                submits = (
+                    queries.claim_for_submit(
+                        conn, now=clock.anchor, limit=submit_slots, lease_seconds=lease
+                    )
+                    if submit_slots
+                    else []
+                )
+            if polls or submits:
+                self._call_and_record(submits, polls, clock)
+        finally:
+            self._submit_budget.give_back(submit_slots)
+        return len(polls) + len(submits)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
         self._provider.close()
 
-    def _run_all(self, jobs: list[Callable[[], None]]) -> None:
-        futures = [self._executor.submit(job) for job in jobs]
-        for future in wait(futures).done:
-            error = future.exception()
-            if error is not None:
-                log.error("request handling failed: %r", error)
-
-    def _submit_one(self, claim: queries.SubmitClaim, clock: DbClock) -> None:
-        def mark(conn: Connection) -> int | None:
-            return queries.mark_submitting(
-                conn, claim, now=clock.now(), lease_seconds=self._settings.lease_seconds
-            )
-
-        attempts = self._with_retries(mark)
-        if attempts is None:
-            log.info("request %s: reservation taken over by another worker", claim.id)
-            return
-        outcome = self._provider.submit(claim.body)
-        view = RowView(status=RequestStatus.SUBMITTING, attempts=attempts)
-        transition = after_submit(view, outcome, now=clock.now(), policy=self.policy, rng=self._rng)
-        self._log_outcome(claim.id, outcome, transition)
-        self._write(claim, RequestStatus.SUBMITTING, transition)
-
-    def _poll_one(self, claim: queries.PollClaim, clock: DbClock) -> None:
-        outcome = self._provider.poll(claim.remote_id)
-        transition = after_poll(
-            claim.view(), outcome, now=clock.now(), policy=self.policy, rng=self._rng
-        )
-        self._log_outcome(claim.id, outcome, transition)
-        self._write(claim, RequestStatus.SUBMITTED, transition)
-
-    def _write(
-        self,
-        claim: queries.SubmitClaim | queries.PollClaim,
-        expected: RequestStatus,
-        transition: Transition,
+    def _call_and_record(
+        self, submits: list[queries.SubmitClaim], polls: list[queries.PollClaim], clock: DbClock
     ) -> None:
-        """Record an outcome as soon as it lands; retried through a database restart."""
-        request_id = claim.id
-
-        def apply(conn: Connection) -> bool:
-            return queries.apply_transition(
-                conn,
-                request_id,
-                batch_id=claim.batch_id,
-                expected=expected,
-                lease_token=claim.lease_token,
-                transition=transition,
+        submitted, polled = self._provider.exchange(
+            [claim.body for claim in submits], [claim.remote_id for claim in polls]
+        )
+        now = clock.now()
+        writes = []
+        for sub, outcome in zip(submits, submitted, strict=True):
+            view = RowView(status=RequestStatus.SUBMITTING, attempts=sub.attempts)
+            transition = after_submit(view, outcome, now=now, policy=self.policy, rng=self._rng)
+            self._log_outcome(sub.id, outcome, transition)
+            writes.append(
+                queries.Write(
+                    sub.id, sub.batch_id, RequestStatus.SUBMITTING, sub.lease_token, transition
+                )
             )
+        for poll, outcome in zip(polls, polled, strict=True):
+            transition = after_poll(
+                poll.view(), outcome, now=now, policy=self.policy, rng=self._rng
+            )
+            self._log_outcome(poll.id, outcome, transition)
+            writes.append(
+                queries.Write(
+                    poll.id, poll.batch_id, RequestStatus.SUBMITTED, poll.lease_token, transition
+                )
+            )
+        self._write(writes)
 
+    def _write(self, writes: list[queries.Write]) -> None:
+        """Record a chunk's outcomes as soon as they land; retried through a database restart."""
         try:
-            applied = self._with_retries(apply)
+            applied = self._with_retries(lambda conn: queries.apply_transitions(conn, writes))
         except DBAPIError:
-            remote_id = transition.changes.get("remote_id")
+            lost = [
+                (w.request_id, w.transition.changes["remote_id"])
+                for w in writes
+                if "remote_id" in w.transition.changes
+            ]
             log.error(
-                "could not record request %s -> %s (remote id %s): database unavailable",
-                request_id,
-                transition.status,
-                remote_id,
+                "could not record %d outcome(s): database unavailable; accepted tasks "
+                "(request, remote id): %s",
+                len(writes),
+                lost,
             )
             raise
-        if not applied:
-            log.info("request %s: stale write ignored (another worker owns it now)", request_id)
+        if applied < len(writes):
+            log.info(
+                "%d stale write(s) ignored (another worker owns those rows now)",
+                len(writes) - applied,
+            )
 
     def _with_retries(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in a transaction, retrying when the connection was lost (a DB restart)."""

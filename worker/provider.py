@@ -1,20 +1,35 @@
-"""The only module that speaks HTTP to the provider: one long-lived httpx client per process."""
+"""The only module that speaks HTTP to the provider.
+
+One long-lived ``httpx.AsyncClient`` per process on one event loop (``BackgroundLoop``), over
+an aiohttp-backed transport: measured here, httpx's own async pool cost 3.1 ms of CPU per
+request pair and its sync pool 1.1 ms (16 threads on one lock), against 0.77 ms through aiohttp
+(README, "Performance"). The httpx API, timeouts and exception types stay the same.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+from collections.abc import Sequence
 from urllib.parse import quote
 
+import aiohttp
 import httpx
 import orjson
+from httpx_aiohttp import AiohttpTransport
 
-from chatbatch.outcomes import Outcome
+from chatbatch.outcomes import Outcome, Retryable
 from chatbatch.settings import Settings
 from worker.classify import classify_exception, classify_poll, classify_submit
+from worker.http_loop import BackgroundLoop
 
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+KEEPALIVE_SECONDS = 30
+# aiohttp errors that mean the connection was never made, so a POST cannot have been sent.
+_CONNECT_FAILURES = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 class Provider:
@@ -33,17 +48,23 @@ class Provider:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self._api_key = api_key
-        self._client = httpx.Client(
+        self._max_connections = max_connections
+        self._loop = BackgroundLoop()
+
+        def session() -> aiohttp.ClientSession:
+            connector = aiohttp.TCPConnector(
+                limit=max_connections, keepalive_timeout=KEEPALIVE_SECONDS
+            )
+            return aiohttp.ClientSession(connector=connector)
+
+        self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
             headers=headers,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=read_timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=30,
-            ),
+            transport=AiohttpTransport(client=session),
             follow_redirects=False,
         )
+        self._slots: asyncio.Semaphore | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Provider:
@@ -55,28 +76,58 @@ class Provider:
             max_connections=settings.concurrency,
         )
 
+    def exchange(
+        self, bodies: Sequence[str], remote_ids: Sequence[str]
+    ) -> tuple[list[Outcome], list[Outcome]]:
+        """POST every body in background mode and GET every task, all concurrently (at most
+        ``max_connections`` in flight across the process); the outcomes in the same order."""
+
+        async def everything() -> list[Outcome]:
+            posts = [self._submit(body) for body in bodies]
+            gets = [self._poll(remote_id) for remote_id in remote_ids]
+            return await asyncio.gather(*posts, *gets)
+
+        outcomes = self._loop.run(everything())
+        return outcomes[: len(bodies)], outcomes[len(bodies) :]
+
     def submit(self, body: str) -> Outcome:
         """POST one request in background mode."""
+        return self.exchange([body], [])[0][0]
+
+    def poll(self, remote_id: str) -> Outcome:
+        """GET the status (and, when done, the result) of one background task."""
+        return self.exchange([], [remote_id])[1][0]
+
+    def close(self) -> None:
+        self._loop.run(self._client.aclose())
+        self._loop.close()
+
+    async def _submit(self, body: str) -> Outcome:
         payload = orjson.loads(body)
         payload["background"] = True
-        try:
-            response = self._client.post("chat/completions", content=orjson.dumps(payload))
-        except httpx.HTTPError as exc:
-            return self._redacted(classify_exception(exc, is_post=True))
+        async with self._in_flight():
+            try:
+                response = await self._client.post(
+                    "chat/completions", content=orjson.dumps(payload)
+                )
+            except Exception as exc:
+                return self._redacted(_transport_failure(exc, is_post=True))
         return self._redacted(
             classify_submit(response.status_code, response.headers, response.text)
         )
 
-    def poll(self, remote_id: str) -> Outcome:
-        """GET the status (and, when done, the result) of a background task."""
-        try:
-            response = self._client.get(f"chat/{quote(remote_id, safe='')}")
-        except httpx.HTTPError as exc:
-            return self._redacted(classify_exception(exc, is_post=False))
+    async def _poll(self, remote_id: str) -> Outcome:
+        async with self._in_flight():
+            try:
+                response = await self._client.get(f"chat/{quote(remote_id, safe='')}")
+            except Exception as exc:
+                return self._redacted(_transport_failure(exc, is_post=False))
         return self._redacted(classify_poll(response.status_code, response.headers, response.text))
 
-    def close(self) -> None:
-        self._client.close()
+    def _in_flight(self) -> asyncio.Semaphore:
+        if self._slots is None:  # created on the loop's thread, where it is used
+            self._slots = asyncio.Semaphore(self._max_connections)
+        return self._slots
 
     def _redacted(self, outcome: Outcome) -> Outcome:
         """Scrub the API key from any message a provider might echo it in."""
@@ -85,3 +136,14 @@ class Provider:
             scrubbed = message.replace(self._api_key, "[redacted]")
             return dataclasses.replace(outcome, message=scrubbed)  # type: ignore[arg-type]
         return outcome
+
+
+def _transport_failure(exc: Exception, *, is_post: bool) -> Retryable:
+    """Classify a failed call. The aiohttp transport maps *every* broken connection, including a
+    server hanging up after reading our POST, to ``ConnectTimeout`` ("never sent"); only a failed
+    connect really is one, so anything else is treated as possibly sent."""
+    if isinstance(exc, httpx.ConnectTimeout) and not isinstance(exc.__cause__, _CONNECT_FAILURES):
+        exc = httpx.RemoteProtocolError(f"{type(exc.__cause__).__name__}: {exc}")
+    if not isinstance(exc, httpx.HTTPError):
+        exc = httpx.TransportError(f"{type(exc).__name__}: {exc}")
+    return classify_exception(exc, is_post=is_post)

@@ -31,8 +31,7 @@ from simulator.testing import SimulatorHandle
 ACTIVE = ("queued", "submitting", "submitted")
 WORKER_CONCURRENCY = 8  # HTTP requests one worker process has in flight at most
 START_TIMEOUT = 60.0
-STALE_WRITE = "stale write ignored"  # worker/engine.py, _write
-TAKEN_OVER = "reservation taken over"  # worker/engine.py, _submit_one
+STALE_WRITES = re.compile(r"(\d+) stale write\(s\) ignored")  # worker/engine.py, _write
 
 
 class ServiceError(RuntimeError):

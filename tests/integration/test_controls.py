@@ -63,7 +63,7 @@ def submit_one_chunk(db: Engine) -> None:
     """Submit ten requests (one chunk) and stop, as a worker would between two tasks."""
     engine = build_engine(get_settings())
     try:
-        assert engine.submit_due() == 10
+        assert engine.step() == 10
     finally:
         engine.close()
 
@@ -128,8 +128,6 @@ def test_submissions_in_flight_during_a_cancel_are_settled(pg, tmp_path):
     with pg.begin() as conn:  # two POSTs start; one worker dies, the other's answer lands late
         now = db_now(conn)
         landing, lost = queries.claim_for_submit(conn, now=now, limit=2, lease_seconds=30)
-        for claim in (landing, lost):
-            assert queries.mark_submitting(conn, claim, now=now, lease_seconds=30) == 1
     assert cancel(pg, batch_id, discard=True).changed == 2  # the two still queued
 
     accepted = Accepted(remote_id="task-1", remote_status="pending", expires_at=None)

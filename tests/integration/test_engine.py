@@ -9,7 +9,7 @@ from datetime import timedelta
 import orjson
 import pytest
 from engine_helpers import load, rows, run_to_end, run_with_current_settings, write_requests
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from chatbatch import controls, queries
 from chatbatch.db import db_now
@@ -69,11 +69,9 @@ def test_concurrent_claims_never_overlap(pg, tmp_path) -> None:
 def test_lost_submission_is_resubmitted_and_counted(pg, engine, sim, tmp_path) -> None:
     write_requests(tmp_path / "in.jsonl", 10)
     batch_id = load(pg, tmp_path / "in.jsonl")
-    with pg.begin() as conn:  # a worker reserves six rows, starts three POSTs, and dies
+    with pg.begin() as conn:  # a worker claims three rows, starts their POSTs, and dies
         now = db_now(conn)
-        claims = queries.claim_for_submit(conn, now=now, limit=6, lease_seconds=30)
-        for claim in claims[:3]:
-            assert queries.mark_submitting(conn, claim, now=now, lease_seconds=30) == 1
+        claims = queries.claim_for_submit(conn, now=now, limit=3, lease_seconds=30)
         conn.execute(
             update(r)
             .where(r.c.id.in_([c.id for c in claims]))
@@ -90,7 +88,6 @@ def test_stale_worker_changes_nothing(pg, tmp_path) -> None:
     with pg.begin() as conn:
         now = db_now(conn)
         (claim,) = queries.claim_for_submit(conn, now=now, limit=1, lease_seconds=30)
-        queries.mark_submitting(conn, claim, now=now, lease_seconds=30)
     with pg.begin() as conn:  # the lease runs out and another worker takes the row over
         conn.execute(update(r).values(due_at=now - timedelta(seconds=5)))
         assert queries.recover_expired_leases(conn, now=now, policy=build_policy()) == 1
@@ -134,7 +131,7 @@ def test_account_errors_mid_batch_pause_it_until_resumed(
     get_settings.cache_clear()
     first = build_engine(get_settings())
     try:
-        assert first.submit_due() == 10
+        assert first.step() == 10
     finally:
         first.close()
     sim.reconfigure(**REFUSALS[status])
@@ -209,17 +206,33 @@ def test_results_not_fetched_in_time_expire(pg, sim, tmp_path, monkeypatch) -> N
     assert all(row.error_code == "expired" for row in rows(pg, batch_id))
 
 
-def test_a_reservation_taken_over_is_not_submitted(pg, tmp_path) -> None:
-    write_requests(tmp_path / "in.jsonl", 1)
+def test_a_worker_never_holds_more_submissions_than_its_concurrency(
+    pg, sim, tmp_path, monkeypatch
+) -> None:
+    """Two task threads stepping at once, chunks of 64, concurrency 4: while the POSTs hang, at
+    most 4 rows are ``submitting``, which bounds the possible duplicates a crash can leave."""
+    monkeypatch.setenv("CHATBATCH_CONCURRENCY", "4")
+    monkeypatch.setenv("CHATBATCH_CHUNK_SIZE", "64")
+    get_settings.cache_clear()
+    sim.reconfigure(request_latency=1.0)
+    write_requests(tmp_path / "in.jsonl", 50)
     load(pg, tmp_path / "in.jsonl")
-    with pg.begin() as conn:
-        now = db_now(conn)
-        (slow,) = queries.claim_for_submit(conn, now=now, limit=1, lease_seconds=30)
-    later = now + timedelta(seconds=31)  # the slow worker's reservation lapses; another claims
-    with pg.begin() as conn:
-        (fast,) = queries.claim_for_submit(conn, now=later, limit=1, lease_seconds=30)
-        assert queries.mark_submitting(conn, slow, now=later, lease_seconds=30) is None
-        assert queries.mark_submitting(conn, fast, now=later, lease_seconds=30) == 1
+    worker = build_engine(get_settings())
+    threads = [threading.Thread(target=worker.step) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        with pg.connect() as conn:
+            holding = conn.execute(
+                select(func.count()).where(r.c.status == RequestStatus.SUBMITTING)
+            ).scalar_one()
+        for thread in threads:
+            thread.join()
+    finally:
+        worker.close()
+    assert holding == 4
+    assert sim.stats()["accepted"] == 4
 
 
 def test_a_stopped_fleet_is_warned_about_then_its_results_expire(pg, sim, tmp_path, monkeypatch):
@@ -233,7 +246,7 @@ def test_a_stopped_fleet_is_warned_about_then_its_results_expire(pg, sim, tmp_pa
     batch_id = load(pg, tmp_path / "in.jsonl")
     fleet = build_engine(get_settings())
     try:
-        assert fleet.submit_due() == 5
+        assert fleet.step() == 5
     finally:
         fleet.close()
     warning = timedelta(seconds=get_settings().expiry_warning_seconds)
