@@ -1,0 +1,50 @@
+"""The provider client over real HTTP: which transport failures may have let a POST through."""
+
+from __future__ import annotations
+
+import socket
+
+import orjson
+import pytest
+
+from chatbatch.outcomes import Accepted, Retryable
+from simulator.answers import expected_content
+from worker.provider import Provider
+
+BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+
+
+@pytest.fixture
+def provider(sim):
+    client = Provider(base_url=sim.base_url, api_key="sk-sim", read_timeout=2, max_connections=4)
+    yield client
+    client.close()
+
+
+def test_a_connection_dropped_after_the_post_counts_as_possibly_accepted(sim, provider) -> None:
+    sim.reconfigure(lost_response_rate=1.0)  # the task is created, then the socket closes
+    outcome = provider.submit(BODY.decode())
+    assert isinstance(outcome, Retryable) and outcome.maybe_accepted, outcome
+    assert sim.stats()["accepted"] == 1
+
+
+def test_a_refused_connection_was_never_sent() -> None:
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = Provider(base_url=f"http://127.0.0.1:{port}/api/v1", api_key="k", connect_timeout=1)
+    try:
+        outcome = client.submit(BODY.decode())
+    finally:
+        client.close()
+    assert isinstance(outcome, Retryable) and not outcome.maybe_accepted, outcome
+
+
+def test_a_chunk_of_calls_comes_back_in_order(sim, provider) -> None:
+    sim.reconfigure(request_latency=0.1, latency="0")
+    bodies = [{"model": "m", "messages": [{"role": "user", "content": f"n{i}"}]} for i in range(8)]
+    submitted, _ = provider.exchange([orjson.dumps(body).decode() for body in bodies], [])
+    assert all(isinstance(outcome, Accepted) for outcome in submitted)
+    _, polled = provider.exchange([], [outcome.remote_id for outcome in submitted])  # type: ignore[union-attr]
+    contents = [outcome.body["choices"][0]["message"]["content"] for outcome in polled]  # type: ignore[union-attr]
+    assert contents == [expected_content(body) for body in bodies]
