@@ -3,7 +3,8 @@
 Both do the same work against the same zero-latency simulator at the same concurrency: for each
 request one background POST, then GETs until the result is there. The baseline keeps nothing;
 chatbatch also claims, records and stores every step in PostgreSQL. Prints wall times, items/s,
-GETs per result and the ratio chatbatch / baseline (target ≤ 2.0, and ≥ 300 items/s).
+GETs per result and the ratio chatbatch / baseline (target ≤ 2.0, and ≥ 300 items/s), then the
+plans of the two claim queries on a 1,000,000-row table (``bench.claim_plans``).
 
     python -m bench.engine_overhead            # N = 5000
     python -m bench.engine_overhead --quick    # N = 300, a smoke run
@@ -17,6 +18,7 @@ import time
 
 import aiohttp
 
+from bench.claim_plans import print_claim_plans
 from bench.common import (
     chat_body,
     time_warm_batch,
@@ -88,6 +90,7 @@ def main() -> None:
         f"{our_gets / n:.2f} GETs/result"
     )
     print(f"  ratio chatbatch / baseline         {ours_s / base_s:7.2f}   (target <= 2.0)")
+    print_claim_plans(20_000 if args.quick else 1_000_000)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ _CLEARED = {
         "remote_id",
         "remote_status",
         "submitted_at",
+        "polled_at",
         "expires_at",
         "completed_at",
         "http_status",

@@ -111,6 +111,7 @@ class Request(UsageColumns, Base):
     remote_id: Mapped[str | None] = mapped_column(Text)
     remote_status: Mapped[str | None] = mapped_column(String(64))
     submitted_at: Mapped[datetime | None]
+    polled_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
 

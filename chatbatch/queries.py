@@ -56,7 +56,9 @@ class PollClaim:
     remote_id: str
     poll_count: int
     submitted_at: datetime | None
+    polled_at: datetime | None
     expires_at: datetime | None
+    model: str
 
     def view(self) -> RowView:
         return RowView(
@@ -124,7 +126,9 @@ def claim_for_poll(
             r.c.remote_id,
             r.c.poll_count,
             r.c.submitted_at,
+            r.c.polled_at,
             r.c.expires_at,
+            r.c.model,
         )
     )
     return [PollClaim(*row) for row in conn.execute(stmt)]
@@ -295,6 +299,33 @@ def cancel_leftovers(conn: Connection, *, now: datetime) -> int:
     return total
 
 
+def completion_observations(
+    conn: Connection, model: str, *, since: datetime, limit: int = 5000
+) -> list[tuple[float, float | None]]:
+    """What polling has shown of ``model``'s completion times, for requests submitted since
+    ``since`` (the first ``limit`` loaded, so which ones are picked has nothing to do with how
+    long they take): ``(pending_until, ready_by)`` in seconds after submission, ``ready_by``
+    None for one still pending at its last poll."""
+    rows = conn.execute(
+        select(r.c.status, r.c.submitted_at, r.c.polled_at, r.c.completed_at)
+        .where(
+            r.c.model == model,
+            r.c.submitted_at >= since,
+            r.c.status.in_([RequestStatus.SUBMITTED, RequestStatus.SUCCEEDED]),
+        )
+        .order_by(r.c.id)
+        .limit(limit)
+    )
+    observations: list[tuple[float, float | None]] = []
+    for status, submitted_at, polled_at, completed_at in rows:
+        pending_until = (polled_at - submitted_at).total_seconds() if polled_at else 0.0
+        ready_by = None
+        if status == RequestStatus.SUCCEEDED and completed_at is not None:
+            ready_by = (completed_at - submitted_at).total_seconds()
+        observations.append((pending_until, ready_by))
+    return observations
+
+
 def count_due(conn: Connection, *, now: datetime, cap: int) -> int:
     """How many rows are ready for a worker now (up to ``cap``): used to size wake-ups."""
     due = (
@@ -310,6 +341,25 @@ def count_due(conn: Connection, *, now: datetime, cap: int) -> int:
         .subquery()
     )
     return conn.execute(select(func.count()).select_from(due)).scalar_one()
+
+
+def next_claimable_at(conn: Connection) -> datetime | None:
+    """When a worker next has something to claim in any batch (None: nothing is waiting)."""
+    firsts = []
+    for status, batches in (
+        (RequestStatus.QUEUED, (BatchStatus.RUNNING,)),
+        (RequestStatus.SUBMITTED, POLLABLE_BATCHES),
+    ):
+        first = conn.execute(
+            select(r.c.due_at)
+            .join(b, b.c.id == r.c.batch_id)
+            .where(r.c.status == status, b.c.status.in_(batches))
+            .order_by(r.c.due_at)
+            .limit(1)
+        ).scalar_one_or_none()
+        if first is not None:
+            firsts.append(first)
+    return min(firsts, default=None)
 
 
 def next_due_at(conn: Connection, batch_id: str) -> datetime | None:

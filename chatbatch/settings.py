@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chatbatch.ratelimits import SETTING as RATE_LIMITS_SETTING
+from chatbatch.ratelimits import parse_limits
 
 DEFAULT_SQLITE_URL = "sqlite:///chatbatch.db"
 LEASE_MARGIN_SECONDS = 5.0  # slack between the last start of an HTTP call and the lease's end
@@ -31,6 +34,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=300.0, gt=0)
     tick_seconds: float = Field(default=1.0, gt=0)
     task_budget_seconds: float = Field(default=20.0, gt=0)
+    # Per-model limits shared by all workers, e.g. "gpt-4o-mini=500/32, *=1000" (RPM[/in flight]).
+    rate_limits: str = ""
 
     # Retry and polling policy.
     max_attempts: int = Field(default=6, ge=1)
@@ -39,6 +44,8 @@ class Settings(BaseSettings):
     poll_first_seconds: float = Field(default=1.0, ge=0)
     poll_factor: float = Field(default=1.5, ge=1.0)
     poll_max_seconds: float = Field(default=60.0, gt=0)
+    # Average GETs per result the learned poll schedule may spend; None: keep the fixed one.
+    poll_gets_per_result: float | None = Field(default=2.0, ge=1.0)
     expiry_margin_seconds: float = Field(default=60.0, ge=0)
     not_found_grace_seconds: float = Field(default=600.0, ge=0)
 
@@ -48,6 +55,15 @@ class Settings(BaseSettings):
 
     # Input limits.
     max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rate_limits(cls, value: str) -> str:
+        try:
+            parse_limits(value)
+        except ValueError as exc:  # the error line already names the setting
+            raise ValueError(str(exc).removeprefix(f"{RATE_LIMITS_SETTING}: ")) from None
+        return value
 
     @model_validator(mode="after")
     def _check_orderings(self) -> Settings:

@@ -25,6 +25,7 @@ from chatbatch.outcomes import (
     Retryable,
     TaskFailed,
 )
+from chatbatch.polling import GeometricPolls, PollSchedule
 
 
 class RequestStatus(StrEnum):
@@ -127,10 +128,9 @@ def retry_delay(
     return rng.uniform(ceiling / 2, ceiling)
 
 
-def poll_delay(poll_count: int, policy: Policy, rng: random.Random) -> float:
-    """Seconds until the next poll after ``poll_count`` polls: geometric, jittered, capped."""
-    base = min(policy.poll_max_seconds, policy.poll_first_seconds * policy.poll_factor**poll_count)
-    return min(policy.poll_max_seconds, base * rng.uniform(0.85, 1.15))
+def geometric_polls(policy: Policy) -> GeometricPolls:
+    """The configured fixed poll schedule (used until completion times have been learned)."""
+    return GeometricPolls(policy.poll_first_seconds, policy.poll_factor, policy.poll_max_seconds)
 
 
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -138,9 +138,16 @@ def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 
 def after_submit(
-    row: RowView, outcome: Outcome, *, now: datetime, policy: Policy, rng: random.Random
+    row: RowView,
+    outcome: Outcome,
+    *,
+    now: datetime,
+    policy: Policy,
+    rng: random.Random,
+    polls: PollSchedule | None = None,
 ) -> Transition:
-    """What a POST's outcome does to a ``submitting`` row."""
+    """What a POST's outcome does to a ``submitting`` row; ``polls`` times the first poll
+    (default: the policy's geometric schedule)."""
     if isinstance(outcome, Accepted):
         expires_at = now + timedelta(seconds=policy.retention_seconds)
         if outcome.expires_at is not None:
@@ -154,7 +161,8 @@ def after_submit(
             "error_code": None,
             "error_message": None,
         }
-        due = _cap_to_expiry(now + _seconds(poll_delay(0, policy, rng)), expires_at, policy, now)
+        first_poll = (polls or geometric_polls(policy)).next_age(0.0)
+        due = _cap_to_expiry(now + _seconds(first_poll), expires_at, policy, now)
         return Transition(RequestStatus.SUBMITTED, due, changes)
     if isinstance(outcome, Completed):
         return _succeeded(outcome, now)
@@ -198,10 +206,25 @@ def after_submit(
     raise TypeError(f"unexpected outcome {outcome!r}")
 
 
+def held_back(row: RowView, *, now: datetime, wait_seconds: float) -> Transition:
+    """A claimed row the rate limiter did not let through: back to the queue unsent, its
+    attempt given back."""
+    return Transition(
+        RequestStatus.QUEUED, now + _seconds(wait_seconds), {"attempts": max(0, row.attempts - 1)}
+    )
+
+
 def after_poll(
-    row: RowView, outcome: Outcome, *, now: datetime, policy: Policy, rng: random.Random
+    row: RowView,
+    outcome: Outcome,
+    *,
+    now: datetime,
+    policy: Policy,
+    rng: random.Random,
+    polls: PollSchedule | None = None,
 ) -> Transition:
-    """What a GET's outcome does to a ``submitted`` row."""
+    """What a GET's outcome does to a ``submitted`` row; ``polls`` times the next poll by the
+    request's age (default: the policy's geometric schedule)."""
     expires_at = row.expires_at or now + timedelta(seconds=policy.retention_seconds)
     if isinstance(outcome, Completed):
         return _succeeded(outcome, now)
@@ -209,11 +232,18 @@ def after_poll(
         return _failed(outcome, now)
     if now >= expires_at:
         return expired_transition(now)
-    polls = row.poll_count + 1
+    poll_count = row.poll_count + 1
     if isinstance(outcome, Pending):
-        due = now + _seconds(poll_delay(polls, policy, rng))
+        submitted_at = row.submitted_at or now
+        age = (now - submitted_at).total_seconds()
+        next_age = (polls or geometric_polls(policy)).next_age(age)
+        due = max(now, submitted_at + _seconds(next_age))
         log = None if outcome.known else f"unknown task status {outcome.remote_status!r}"
-        changes = {"poll_count": polls, "remote_status": outcome.remote_status}
+        changes = {
+            "poll_count": poll_count,
+            "remote_status": outcome.remote_status,
+            "polled_at": now,
+        }
         return Transition(
             RequestStatus.SUBMITTED, _cap_to_expiry(due, expires_at, policy, now), changes, log=log
         )
@@ -227,9 +257,9 @@ def after_poll(
                 RequestStatus.FAILED, now, _error("not_found", message, completed_at=now)
             )
     retry_after = getattr(outcome, "retry_after", None)
-    due = now + _seconds(retry_delay(min(polls, 30), policy, rng, retry_after))
+    due = now + _seconds(retry_delay(min(poll_count, 30), policy, rng, retry_after))
     message = getattr(outcome, "message", "poll failed")
-    changes = {"poll_count": polls, "error_message": f"last poll: {message}"[:2000]}
+    changes = {"poll_count": poll_count, "error_message": f"last poll: {message}"[:2000]}
     pause = outcome.message if isinstance(outcome, AccountBlocked) else None
     return Transition(
         RequestStatus.SUBMITTED,

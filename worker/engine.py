@@ -10,6 +10,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,7 +22,9 @@ from sqlalchemy.exc import DBAPIError
 
 from chatbatch import queries
 from chatbatch.db import db_now, is_transient
-from chatbatch.outcomes import Outcome
+from chatbatch.outcomes import Accepted, Completed, Outcome, Retryable
+from chatbatch.polling import PollPlanner
+from chatbatch.ratelimits import limits_from_models_listing, parse_limits
 from chatbatch.settings import Settings
 from chatbatch.states import (
     Policy,
@@ -30,13 +33,24 @@ from chatbatch.states import (
     Transition,
     after_poll,
     after_submit,
+    geometric_polls,
+    held_back,
 )
 from worker.provider import Provider
+from worker.ratelimit import LocalRateLimiter, RateLimiter
 
 log = logging.getLogger("chatbatch.engine")
 T = TypeVar("T")
 
 WRITE_RETRIES = 8
+REPLAN_SECONDS = 10.0
+LIMITS_READ_SECONDS = 600.0
+ADMIT_SECONDS = 2.0  # longest a chunk waits for the rate limiter before holding rows back
+MIN_HOLD_SECONDS = 0.2
+HOLD_JITTER_SECONDS = 0.2
+MIN_IDLE_SECONDS = 0.01
+MAX_IDLE_SECONDS = 1.0  # look again at least this often: a batch loaded meanwhile is due now
+LEARN_WINDOW = timedelta(hours=6)
 
 
 @dataclass
@@ -84,12 +98,17 @@ class Engine:
         db: DbEngine,
         provider: Provider,
         settings: Settings,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._db = db
         self._provider = provider
         self._settings = settings
+        self._limiter = limiter or LocalRateLimiter(limits=parse_limits(settings.rate_limits))
+        self._limits_read_at: float | None = None
         self.policy = Policy.from_settings(settings)
         self._submit_budget = SubmitBudget(settings.concurrency)
+        self._polls = PollPlanner(geometric_polls(self.policy), settings.poll_gets_per_result)
+        self._planned_at: dict[str, float] = {}  # model -> monotonic time of its last replan
         self._rng = random.Random()
 
     @property
@@ -105,6 +124,8 @@ class Engine:
             expired = queries.expire_overdue(conn, now=now)
             cancelled = queries.cancel_leftovers(conn, now=now)
             finished = queries.finish_batches(conn, now=now)
+        self._replan_polls()
+        self._read_published_limits()
         if recovered:
             log.warning("requeued %d request(s) whose worker was lost while submitting", recovered)
         if expired:
@@ -115,17 +136,58 @@ class Engine:
             log.info("batch %s finished", batch_id)
         return finished
 
+    def _read_published_limits(self) -> None:
+        """Every ``LIMITS_READ_SECONDS``, tell the limiter the provider's published per-model
+        limits (GeekAI lists them at ``GET /models``); a provider without them changes nothing."""
+        now = time.monotonic()
+        if self._limits_read_at is not None and now - self._limits_read_at < LIMITS_READ_SECONDS:
+            return
+        self._limits_read_at = now
+        listing = self._provider.models()
+        if listing is not None:
+            self._limiter.set_published(limits_from_models_listing(listing))
+
+    def _replan_polls(self) -> None:
+        """Every ``REPLAN_SECONDS``, replan the polls of each model this worker has polled from
+        what the database shows of its completion times in the last ``LEARN_WINDOW``."""
+        if self._polls.gets_per_result is None:
+            return
+        due = [
+            model
+            for model, planned in list(self._planned_at.items())
+            if time.monotonic() - planned >= REPLAN_SECONDS
+        ]
+        for model in due:
+            with self._db.connect() as conn:
+                since = db_now(conn) - LEARN_WINDOW
+                observations = queries.completion_observations(conn, model, since=since)
+            self._planned_at[model] = time.monotonic()
+            if self._polls.replan(model, observations):
+                log.debug("replanned polls of %s: %s", model, self._polls.schedule(model))
+
     def drain(self, budget_seconds: float) -> int:
-        """Work due chunks until none is due or the budget is spent; returns how many requests
-        were handled."""
-        started = time.monotonic()
+        """Work chunks as they fall due until the budget is spent, sleeping in between when the
+        next one is due within it (so a poll is not late by a scheduler tick); returns how
+        many requests were handled."""
+        deadline = time.monotonic() + budget_seconds
         handled = 0
-        while time.monotonic() - started < budget_seconds:
+        while time.monotonic() < deadline:
             step = self.step()
             handled += step
-            if step == 0:
+            if step:
+                continue
+            wait = self._seconds_until_due()
+            if wait is None or time.monotonic() + wait >= deadline:
                 break
+            time.sleep(min(max(wait, MIN_IDLE_SECONDS), MAX_IDLE_SECONDS))
         return handled
+
+    def _seconds_until_due(self) -> float | None:
+        with self._db.connect() as conn:
+            due = queries.next_claimable_at(conn)
+            if due is None:
+                return None
+            return (due - db_now(conn)).total_seconds()
 
     def step(self) -> int:
         """Claim, call and record one chunk; returns how many requests it held."""
@@ -156,14 +218,38 @@ class Engine:
     def _call_and_record(
         self, submits: list[queries.SubmitClaim], polls: list[queries.PollClaim], clock: DbClock
     ) -> None:
+        for poll in polls:
+            self._planned_at.setdefault(poll.model, 0.0)
+        submits, held = self._admit(submits)
         submitted, polled = self._provider.exchange(
             [claim.body for claim in submits], [claim.remote_id for claim in polls]
         )
+        self._tell_limiter(submits, submitted)
         now = clock.now()
-        writes = []
+        writes = [
+            queries.Write(
+                claim.id,
+                claim.batch_id,
+                RequestStatus.SUBMITTING,
+                claim.lease_token,
+                held_back(
+                    RowView(status=RequestStatus.SUBMITTING, attempts=claim.attempts),
+                    now=now,
+                    wait_seconds=wait + self._rng.uniform(0, HOLD_JITTER_SECONDS),
+                ),
+            )
+            for claim, wait in held
+        ]
         for sub, outcome in zip(submits, submitted, strict=True):
             view = RowView(status=RequestStatus.SUBMITTING, attempts=sub.attempts)
-            transition = after_submit(view, outcome, now=now, policy=self.policy, rng=self._rng)
+            transition = after_submit(
+                view,
+                outcome,
+                now=now,
+                policy=self.policy,
+                rng=self._rng,
+                polls=self._polls.schedule(sub.model),
+            )
             self._log_outcome(sub.id, outcome, transition)
             writes.append(
                 queries.Write(
@@ -172,8 +258,14 @@ class Engine:
             )
         for poll, outcome in zip(polls, polled, strict=True):
             transition = after_poll(
-                poll.view(), outcome, now=now, policy=self.policy, rng=self._rng
+                poll.view(),
+                outcome,
+                now=now,
+                policy=self.policy,
+                rng=self._rng,
+                polls=self._polls.schedule(poll.model),
             )
+
             self._log_outcome(poll.id, outcome, transition)
             writes.append(
                 queries.Write(
@@ -181,6 +273,51 @@ class Engine:
                 )
             )
         self._write(writes)
+
+    def _admit(
+        self, claims: list[queries.SubmitClaim]
+    ) -> tuple[list[queries.SubmitClaim], list[tuple[queries.SubmitClaim, float]]]:
+        """What the rate limiter lets through now, per model, waiting up to ``ADMIT_SECONDS``;
+        the rest are held back with how long to wait before trying again."""
+        by_model: dict[str, list[queries.SubmitClaim]] = defaultdict(list)
+        for claim in claims:
+            by_model[claim.model].append(claim)
+        admitted: list[queries.SubmitClaim] = []
+        held: list[tuple[queries.SubmitClaim, float]] = []
+        deadline = time.monotonic() + ADMIT_SECONDS
+        for model, waiting in by_model.items():
+            granted = 0
+            while granted < len(waiting):
+                left = deadline - time.monotonic()
+                more = self._limiter.acquire(model, len(waiting) - granted, max_wait=max(0, left))
+                if more == 0:
+                    break
+                granted += more
+            admitted += waiting[:granted]
+            wait = max(self._limiter.retry_in(model), MIN_HOLD_SECONDS)
+            held += [(claim, wait) for claim in waiting[granted:]]
+        return admitted, held
+
+    def _tell_limiter(self, claims: list[queries.SubmitClaim], outcomes: list[Outcome]) -> None:
+        """Hand back concurrency slots and report acceptances and 429s, per model."""
+        sent: Counter[str] = Counter()
+        accepted: Counter[str] = Counter()
+        refused: dict[str, float | None] = {}
+        for claim, outcome in zip(claims, outcomes, strict=True):
+            sent[claim.model] += 1
+            if isinstance(outcome, Accepted | Completed):
+                accepted[claim.model] += 1
+            elif isinstance(outcome, Retryable) and outcome.rate_limited:
+                retry_after = refused.get(claim.model)
+                if outcome.retry_after is not None:
+                    retry_after = max(retry_after or 0.0, outcome.retry_after)
+                refused[claim.model] = retry_after
+        for model, count in sent.items():
+            self._limiter.release(model, count)
+            if accepted[model]:
+                self._limiter.on_accepted(model, accepted[model])
+        for model, retry_after in refused.items():
+            self._limiter.on_rate_limited(model, retry_after)
 
     def _write(self, writes: list[queries.Write]) -> None:
         """Record a chunk's outcomes as soon as they land; retried through a database restart."""

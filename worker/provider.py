@@ -98,6 +98,20 @@ class Provider:
         """GET the status (and, when done, the result) of one background task."""
         return self.exchange([], [remote_id])[1][0]
 
+    def models(self) -> object | None:
+        """GeekAI's model listing (with each model's published limits); None if unavailable."""
+
+        async def listing() -> object | None:
+            async with self._in_flight():
+                try:
+                    response = await self._client.get("models")
+                    response.raise_for_status()
+                    return orjson.loads(response.content)
+                except Exception:  # optional information: never worth failing for
+                    return None
+
+        return self._loop.run(listing())
+
     def close(self) -> None:
         self._loop.run(self._client.aclose())
         self._loop.close()

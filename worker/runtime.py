@@ -6,9 +6,11 @@ import threading
 
 from chatbatch.db import get_engine
 from chatbatch.errors import ConfigError
+from chatbatch.ratelimits import parse_limits
 from chatbatch.settings import Settings, get_settings
 from worker.engine import Engine
 from worker.provider import Provider
+from worker.ratelimit import build_rate_limiter
 
 _lock = threading.Lock()
 _engine: Engine | None = None
@@ -18,7 +20,17 @@ def build_engine(settings: Settings) -> Engine:
     """A new engine for the configured database and provider; needs an API key."""
     if settings.api_key is None:
         raise ConfigError("no API key: set CHATBATCH_API_KEY (or GEEKAI_API_KEY)")
-    return Engine(db=get_engine(), provider=Provider.from_settings(settings), settings=settings)
+    limiter = build_rate_limiter(
+        parse_limits(settings.rate_limits),
+        redis_url=settings.broker_url,
+        prefix=f"chatbatch:ratelimit:{settings.queue}",
+    )
+    return Engine(
+        db=get_engine(),
+        provider=Provider.from_settings(settings),
+        settings=settings,
+        limiter=limiter,
+    )
 
 
 def process_engine() -> Engine:

@@ -17,6 +17,7 @@ from chatbatch.outcomes import (
     Retryable,
     TaskFailed,
 )
+from chatbatch.polling import PlannedPolls
 from chatbatch.states import (
     Policy,
     RequestStatus,
@@ -24,7 +25,7 @@ from chatbatch.states import (
     after_lease_expired,
     after_poll,
     after_submit,
-    poll_delay,
+    geometric_polls,
     retry_delay,
 )
 
@@ -134,13 +135,24 @@ def test_account_errors_pause_the_batch_and_give_the_attempt_back(status: int) -
     assert t.changes["attempts"] == 0
 
 
-def test_poll_pending_backs_off_geometrically_and_counts_polls() -> None:
-    t = after_poll(submitted(poll_count=3), Pending("running"), now=NOW, policy=POLICY, rng=rng())
+def test_poll_pending_counts_polls_and_is_due_by_the_schedule() -> None:
+    row = submitted(poll_count=3, submitted_at=NOW - timedelta(seconds=5))
+    t = after_poll(row, Pending("running"), now=NOW, policy=POLICY, rng=rng())
     assert t.status is RequestStatus.SUBMITTED
-    assert t.changes["poll_count"] == 4
-    expected = POLICY.poll_first_seconds * POLICY.poll_factor**4
-    assert 0.85 * expected <= (t.due_at - NOW).total_seconds() <= 1.15 * expected
+    assert t.changes["poll_count"] == 4 and t.changes["polled_at"] == NOW
+    age = (t.due_at - row.submitted_at).total_seconds()  # type: ignore[operator]
+    assert age == geometric_polls(POLICY).next_age(5.0) and age > 5.0
     assert t.log is None
+
+
+def test_a_planned_schedule_times_the_first_and_later_polls() -> None:
+    plan = PlannedPolls((3.0, 7.0, 12.0), geometric_polls(POLICY))
+    accepted = Accepted("t1", "pending", None)
+    first = after_submit(SUBMITTING, accepted, now=NOW, policy=POLICY, rng=rng(), polls=plan)
+    assert first.due_at == NOW + timedelta(seconds=3)
+    row = submitted(submitted_at=NOW - timedelta(seconds=3.5))
+    later = after_poll(row, Pending("running"), now=NOW, policy=POLICY, rng=rng(), polls=plan)
+    assert later.due_at == NOW + timedelta(seconds=3.5)  # age 7 s
 
 
 def test_unknown_status_keeps_polling_and_is_logged() -> None:
@@ -226,6 +238,7 @@ def test_retry_delay_grows_and_is_capped() -> None:
     assert delays[4] >= 5
 
 
-def test_poll_delay_is_capped() -> None:
-    policy = Policy(poll_first_seconds=1, poll_factor=2, poll_max_seconds=30)
-    assert poll_delay(20, policy, rng()) <= 30
+def test_polls_of_an_old_request_are_at_most_the_longest_wait_apart() -> None:
+    schedule = geometric_polls(Policy(poll_first_seconds=1, poll_factor=2, poll_max_seconds=30))
+    for age in (100.0, 1000.0, 86400.0):
+        assert 0 < schedule.next_age(age) - age <= 30
