@@ -12,8 +12,6 @@ from chatbatch.errors import ConfigError
 from chatbatch.settings import get_settings
 from cli.context import handles_errors, ready_database, settings, setup_logging
 
-CELERY_SLOTS = 2  # concurrent chunk tasks; HTTP concurrency is the shared pool below them
-
 
 @click.command("worker")
 @click.option(
@@ -38,19 +36,19 @@ def worker_command(concurrency: int | None, loglevel: str) -> None:
     setup_logging(getattr(logging, loglevel.upper(), logging.INFO))
     ready_database()
     from worker.celery_app import configure
-    from worker.runtime import process_engine
+    from worker.runtime import TASK_THREADS, process_engine
     from worker.scheduler import Ticker
 
     process_engine()  # fail now, not in the first task, when the key is missing
     app = configure(config)
-    ticker = Ticker(app, config, slots=CELERY_SLOTS)
+    ticker = Ticker(app, config, slots=TASK_THREADS)
     ticker.start()
     try:
         app.worker_main(
             [
                 "worker",
                 "--pool=threads",
-                f"--concurrency={CELERY_SLOTS}",
+                f"--concurrency={TASK_THREADS}",
                 "--without-gossip",
                 "--without-mingle",
                 f"--loglevel={loglevel}",

@@ -99,6 +99,7 @@ class Engine:
         provider: Provider,
         settings: Settings,
         limiter: RateLimiter | None = None,
+        task_threads: int = 1,
     ) -> None:
         self._db = db
         self._provider = provider
@@ -107,6 +108,9 @@ class Engine:
         self._limits_read_at: float | None = None
         self.policy = Policy.from_settings(settings)
         self._submit_budget = SubmitBudget(settings.concurrency)
+        # Each task thread claims a share, so that while one waits on the database another's
+        # POSTs are in flight.
+        self._submit_share = max(1, min(settings.chunk_size, settings.concurrency // task_threads))
         self._polls = PollPlanner(geometric_polls(self.policy), settings.poll_gets_per_result)
         self._planned_at: dict[str, float] = {}  # model -> monotonic time of its last replan
         self._rng = random.Random()
@@ -191,7 +195,7 @@ class Engine:
 
     def step(self) -> int:
         """Claim, call and record one chunk; returns how many requests it held."""
-        submit_slots = self._submit_budget.take(min(self.chunk_size, self._settings.concurrency))
+        submit_slots = self._submit_budget.take(self._submit_share)
         try:
             with self._db.begin() as conn:
                 clock = DbClock(db_now(conn))

@@ -16,7 +16,10 @@ _lock = threading.Lock()
 _engine: Engine | None = None
 
 
-def build_engine(settings: Settings) -> Engine:
+TASK_THREADS = 2  # chunk tasks one `chatbatch worker` runs at once; HTTP concurrency is shared
+
+
+def build_engine(settings: Settings, *, task_threads: int = 1) -> Engine:
     """A new engine for the configured database and provider; needs an API key."""
     if settings.api_key is None:
         raise ConfigError("no API key: set CHATBATCH_API_KEY (or GEEKAI_API_KEY)")
@@ -30,6 +33,7 @@ def build_engine(settings: Settings) -> Engine:
         provider=Provider.from_settings(settings),
         settings=settings,
         limiter=limiter,
+        task_threads=task_threads,
     )
 
 
@@ -38,7 +42,7 @@ def process_engine() -> Engine:
     global _engine
     with _lock:
         if _engine is None:
-            _engine = build_engine(get_settings())
+            _engine = build_engine(get_settings(), task_threads=TASK_THREADS)
         return _engine
 
 
