@@ -195,6 +195,8 @@ class Engine:
 
     def step(self) -> int:
         """Claim, call and record one chunk; returns how many requests it held."""
+        if self._limits_read_at is None:  # before this process's first POST, not its first tick
+            self._read_published_limits()
         submit_slots = self._submit_budget.take(self._submit_share)
         try:
             with self._db.begin() as conn:
