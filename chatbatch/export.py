@@ -161,7 +161,12 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def export_batch(conn: Connection, batch_id: str, out: IO[bytes], fmt: str) -> int:
-    """Write every request of the batch to ``out`` in ``fmt`` (jsonl or csv); returns the count."""
+    """Write every request of the batch to ``out`` in ``fmt`` (jsonl or csv); returns the count.
+    On PostgreSQL the lines are built by the database (``chatbatch.export_sql``)."""
+    if conn.dialect.name == "postgresql":
+        from chatbatch.export_sql import export_postgres  # it builds on this module
+
+        return export_postgres(conn, batch_id, out, fmt)
     rows = iter_results(conn, batch_id)
     if fmt == "jsonl":
         return write_jsonl(rows, out)

@@ -19,6 +19,32 @@ MAX_CUSTOM_ID_CHARS = 512
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions", "/api/v1/chat/completions")
 ENVELOPE_KEYS = {"custom_id", "method", "url", "body"}
 DROPPED_KEYS = ("background",)  # we set background mode ourselves
+# The types ``chatbatch.schemas.ChatBody`` accepts (strictly) for its typed fields, besides None;
+# the fast path checks these itself and leaves anything else to pydantic.
+_FAST_TYPES: dict[str, tuple[type, ...]] = {
+    "stream": (bool,),
+    "temperature": (float, int),
+    "top_p": (float, int),
+    "presence_penalty": (float, int),
+    "frequency_penalty": (float, int),
+    "max_tokens": (int,),
+    "max_completion_tokens": (int,),
+    "n": (int,),
+    "seed": (int,),
+    "top_logprobs": (int,),
+    "retries": (int,),
+    "logprobs": (bool,),
+    "parallel_tool_calls": (bool,),
+    "json_mode": (bool,),
+    "enable_search": (bool,),
+    "stop": (str,),  # a list of strings is checked item by item
+    "tools": (list,),
+    "tool_choice": (str, dict),
+    "response_format": (dict,),
+    "search_config": (dict,),
+    "thinking": (dict,),
+    "metadata": (dict,),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +69,41 @@ class LineError(ValueError):
     """A line that cannot become a request."""
 
 
+# (custom_id, model, body as compact JSON bytes): what the loader stores for one line.
+RawRequest = tuple[str, str, bytes]
+
+
 def iter_lines(path: Path, *, max_line_bytes: int) -> Iterator[tuple[int, str | None, str | None]]:
     """Yield (line number, text, problem) for every non-blank line, reading in constant memory.
 
     Handles a UTF-8 BOM, CRLF endings and over-long lines (reported, then skipped to the next
     newline without holding them in memory).
     """
+    for line_no, raw, problem in iter_raw_lines(path, max_line_bytes=max_line_bytes):
+        if raw is None:
+            yield line_no, None, problem
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield line_no, None, f"invalid UTF-8 at byte {exc.start}"
+            continue
+        if text.strip():
+            yield line_no, text, None
+
+
+def iter_raw_lines(
+    path: Path, *, max_line_bytes: int
+) -> Iterator[tuple[int, bytes | None, str | None]]:
+    """Yield (line number, bytes, problem) for every line as read (a BOM on line 1 removed),
+    in constant memory; an over-long line comes as (line number, None, reason), skipped to the
+    next newline without holding it in memory. Blank lines are yielded too."""
     with path.open("rb") as fh:
         line_no = 0
+        readline = fh.readline
+        limit = max_line_bytes + 1
         while True:
-            raw = fh.readline(max_line_bytes + 1)
+            raw = readline(limit)
             if not raw:
                 return
             line_no += 1
@@ -62,13 +113,7 @@ def iter_lines(path: Path, *, max_line_bytes: int) -> Iterator[tuple[int, str | 
                 continue
             if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield line_no, None, f"invalid UTF-8 at byte {exc.start}"
-                continue
-            if text.strip():
-                yield line_no, text, None
+            yield line_no, raw, None
 
 
 def _skip_rest_of_line(fh: Any) -> None:
@@ -76,6 +121,91 @@ def _skip_rest_of_line(fh: Any) -> None:
         chunk = fh.readline(1 << 20)
         if not chunk or chunk.endswith(b"\n"):
             return
+
+
+def prepare_raw(raw: bytes, line_no: int, *, default_model: str | None) -> RawRequest | None:
+    """Validate one line as read from the file; None for a blank line, LineError with the reason
+    for a bad one. Ordinary lines take a fast path (orjson and a few explicit type checks); any
+    line it is not sure about goes through ``prepare_line`` (pydantic), which gives the same
+    result or the exact reason."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        fast = _prepare_fast(obj, line_no, default_model)
+        if fast is not None:
+            return fast
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LineError(f"invalid UTF-8 at byte {exc.start}") from None
+    if not text.strip():
+        return None
+    request = prepare_line(text, line_no, default_model=default_model)
+    return request.custom_id, request.model, request.body.encode()
+
+
+def _prepare_fast(obj: Any, line_no: int, default_model: str | None) -> RawRequest | None:
+    """``prepare_line``'s result for a line it accepts, without pydantic; None when unsure."""
+    if type(obj) is not dict:
+        return None
+    custom_id = obj.get("custom_id")
+    if custom_id is None:
+        custom_id = str(line_no)
+    elif (
+        type(custom_id) is not str
+        or len(custom_id) > MAX_CUSTOM_ID_CHARS
+        or not custom_id.strip()
+        or "\x00" in custom_id
+    ):
+        return None
+    if "body" in obj:
+        body = obj["body"]
+        if (
+            type(body) is not dict
+            or not obj.keys() <= ENVELOPE_KEYS
+            or obj.get("method", "POST") != "POST"
+            or obj.get("url", CHAT_URLS[0]) not in CHAT_URLS
+        ):
+            return None
+    else:
+        body = obj
+        body.pop("custom_id", None)
+    model = body.get("model")
+    if model is None:
+        if not default_model:
+            return None
+        model = body["model"] = default_model
+    if type(model) is not str or not model or not _fast_fields_ok(body):
+        return None
+    body.pop("background", None)
+    return custom_id, model, orjson.dumps(body)
+
+
+def _fast_fields_ok(body: dict[str, Any]) -> bool:
+    """Messages and the typed fields are surely valid (and ``stream`` is not true)."""
+    messages = body.get("messages")
+    if type(messages) is not list or not messages:
+        return False
+    for message in messages:
+        if type(message) is not dict:
+            return False
+        role = message.get("role")
+        content = message.get("content")
+        if type(role) is not str or not role:
+            return False
+        if content is not None and type(content) is not str and type(content) is not list:
+            return False
+    for key, value in body.items():
+        types = _FAST_TYPES.get(key)
+        if types is None or value is None:
+            continue
+        if type(value) not in types and not (
+            key == "stop" and type(value) is list and all(type(s) is str for s in value)
+        ):
+            return False
+    return body.get("stream") is not True
 
 
 def prepare_line(text: str, line_no: int, *, default_model: str | None) -> PreparedRequest:

@@ -15,26 +15,17 @@ from sqlalchemy.exc import IntegrityError
 
 from chatbatch.db import db_now
 from chatbatch.errors import ChatbatchError, InputError
-from chatbatch.jsonl_input import LineError, PreparedRequest, iter_lines, prepare_line
+from chatbatch.jsonl_input import LineError, RawRequest, iter_raw_lines, prepare_raw
 from chatbatch.models import batches_table, requests_table
 from chatbatch.states import BatchStatus, RequestStatus
 
 MAX_PROBLEMS_SHOWN = 50
 DUPLICATE_ID_CONSTRAINT = "uq_requests_batch_id_custom_id"
 SQLITE_INSERT_CHUNK = 2000
-COPY_COLUMNS = (
-    "batch_id",
-    "line_no",
-    "custom_id",
-    "model",
-    "body",
-    "status",
-    "due_at",
-    "lease_token",
-    "attempts",
-    "ambiguous_submits",
-    "poll_count",
-)
+COPY_BUFFER_BYTES = 1 << 20
+# The rest (lease_token, attempts, ambiguous_submits, poll_count, retries) take their server
+# default of 0.
+COPY_COLUMNS = ("batch_id", "line_no", "custom_id", "model", "body", "status", "due_at")
 
 
 @dataclass(frozen=True)
@@ -137,74 +128,120 @@ def _validated(
     problems: _Problems,
     *,
     track_ids: bool,
-) -> Iterator[PreparedRequest]:
-    """Good lines, in order; bad ones go to ``problems`` (loading continues to report them all).
-    With ``track_ids`` duplicate custom_ids are found here, at the cost of memory per line."""
+) -> Iterator[tuple[int, RawRequest]]:
+    """Good lines (line number and request), in order; bad ones go to ``problems`` (loading
+    continues to report them all). With ``track_ids`` duplicate custom_ids are found here, at
+    the cost of memory per line."""
     seen: dict[str, int] = {}
-    for line_no, text, problem in iter_lines(path, max_line_bytes=max_line_bytes):
-        if text is None:
+    for line_no, raw, problem in iter_raw_lines(path, max_line_bytes=max_line_bytes):
+        if raw is None:
             problems.add(line_no, problem or "unreadable line")
             continue
         try:
-            request = prepare_line(text, line_no, default_model=default_model)
+            request = prepare_raw(raw, line_no, default_model=default_model)
         except LineError as exc:
             problems.add(line_no, str(exc))
             continue
-        first = seen.setdefault(request.custom_id, line_no) if track_ids else line_no
-        if first != line_no:
-            problems.add(
-                line_no, f"duplicate custom_id {request.custom_id!r} (first on line {first})"
-            )
+        if request is None:
             continue
+        if track_ids:
+            first = seen.setdefault(request[0], line_no)
+            if first != line_no:
+                problems.add(line_no, f"duplicate custom_id {request[0]!r} (first on line {first})")
+                continue
         if not problems.count:
-            yield request
+            yield line_no, request
 
 
 def _insert_requests(
-    conn: Connection, batch_id: str, prepared: Iterable[PreparedRequest], now: datetime
+    conn: Connection,
+    batch_id: str,
+    prepared: Iterable[tuple[int, RawRequest]],
+    now: datetime,
 ) -> int:
     if conn.dialect.name == "postgresql":
         return _copy_requests(conn, batch_id, prepared, now)
     return _insert_requests_in_chunks(conn, batch_id, prepared, now)
 
 
-def _row(batch_id: str, request: PreparedRequest, now: datetime) -> tuple[object, ...]:
-    return (
-        batch_id,
-        request.line_no,
-        request.custom_id,
-        request.model,
-        request.body,
-        RequestStatus.QUEUED.value,
-        now,
-        0,
-        0,
-        0,
-        0,
-    )
-
-
 def _copy_requests(
-    conn: Connection, batch_id: str, prepared: Iterable[PreparedRequest], now: datetime
+    conn: Connection,
+    batch_id: str,
+    prepared: Iterable[tuple[int, RawRequest]],
+    now: datetime,
 ) -> int:
-    """COPY into the requests table over the transaction's own connection."""
+    """COPY into the requests table over the transaction's own connection, in large buffers
+    of text-format rows built here (no per-row adaptation by the driver)."""
     dbapi = cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
     total = 0
     statement = f"COPY requests ({', '.join(COPY_COLUMNS)}) FROM STDIN"
     with dbapi.cursor() as cursor, cursor.copy(statement) as copy:
-        for request in prepared:
-            copy.write_row(_row(batch_id, request, now))
-            total += 1
+        for buffer, rows in _copy_buffers(batch_id, prepared, now):
+            copy.write(buffer)
+            total += rows
     return total
 
 
+def _copy_buffers(
+    batch_id: str,
+    prepared: Iterable[tuple[int, RawRequest]],
+    now: datetime,
+) -> Iterator[tuple[bytes, int]]:
+    """COPY text-format rows (``COPY_COLUMNS``) joined into buffers of about
+    ``COPY_BUFFER_BYTES``; each with its row count."""
+    head = _copy_text(batch_id).encode() + b"\t"
+    tail = f"\t{RequestStatus.QUEUED.value}\t{now.isoformat()}\n".encode()
+    parts: list[bytes] = []
+    size = 0
+    for line_no, (custom_id, model, body) in prepared:
+        row = b"%b%d\t%b\t%b\t%b%b" % (
+            head,
+            line_no,
+            _copy_text(custom_id).encode(),
+            _copy_text(model).encode(),
+            body.replace(b"\\", b"\\\\"),  # compact JSON: no raw tab, CR or LF inside
+            tail,
+        )
+        parts.append(row)
+        size += len(row)
+        if size >= COPY_BUFFER_BYTES:
+            yield b"".join(parts), len(parts)
+            parts = []
+            size = 0
+    if parts:
+        yield b"".join(parts), len(parts)
+
+
+def _copy_text(value: str) -> str:
+    """``value`` as a COPY text-format field."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
 def _insert_requests_in_chunks(
-    conn: Connection, batch_id: str, prepared: Iterable[PreparedRequest], now: datetime
+    conn: Connection,
+    batch_id: str,
+    prepared: Iterable[tuple[int, RawRequest]],
+    now: datetime,
 ) -> int:
     total = 0
     chunk: list[dict[str, object]] = []
-    for request in prepared:
-        chunk.append(dict(zip(COPY_COLUMNS, _row(batch_id, request, now), strict=True)))
+    for line_no, (custom_id, model, body) in prepared:
+        chunk.append(
+            {
+                "batch_id": batch_id,
+                "line_no": line_no,
+                "custom_id": custom_id,
+                "model": model,
+                "body": body.decode(),
+                "status": RequestStatus.QUEUED.value,
+                "due_at": now,
+            }
+        )
         if len(chunk) >= SQLITE_INSERT_CHUNK:
             conn.execute(insert(requests_table), chunk)
             total += len(chunk)

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from chatbatch.errors import ChatbatchError, InputError
+from chatbatch.jsonl_input import prepare_line
 from chatbatch.loading import load_jsonl
 from chatbatch.models import batches_table, requests_table
 
@@ -110,3 +111,113 @@ def test_duplicates_alone_are_found_by_the_database_and_reported_by_line(
     assert f"{path}:5: duplicate custom_id 'b' (first on line 2)" in message
     assert info.value.total_problems == 2
     assert counts(db) == (0, 0)
+
+
+TRICKY_IDS = [
+    "tab\there",
+    "new\nline",
+    "cr\rx",
+    "back\\slash",
+    "\\N",
+    "\\.",
+    "é😀",
+    'a,b"c',
+    "\x01",
+]
+
+
+def stored(engine: Engine, batch_id: str) -> list[tuple[int, str, str, str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                requests_table.c.line_no,
+                requests_table.c.custom_id,
+                requests_table.c.model,
+                requests_table.c.body,
+            )
+            .where(requests_table.c.batch_id == batch_id)
+            .order_by(requests_table.c.line_no)
+        ).all()
+    return [tuple(r) for r in rows]
+
+
+def test_copy_stores_awkward_values_exactly_as_the_validator_prepared_them(
+    db: Engine, tmp_path: Path
+) -> None:
+    """The COPY rows are built by hand (text format): tabs, newlines, backslashes and non-ASCII
+    in ids, models and bodies must arrive unchanged."""
+    objs: list[dict[str, object]] = [
+        {
+            "custom_id": cid,
+            "model": f"m\\{cid}",
+            "messages": [{"role": "user", "content": f"say \\n {cid}\t\u0000 \u2028"}],
+            "background": True,
+        }
+        for cid in TRICKY_IDS
+    ]
+    objs.append({"messages": [{"role": "user", "content": "x"}], "stop": ["\\t"]})  # default id
+    path = tmp_path / "tricky.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(orjson.dumps(o) for o in objs) + b"\r\n\r\n")
+    batch = load(db, path, default_model="dm\t1")
+    expected = []
+    for line_no, raw in enumerate(path.read_bytes()[3:].split(b"\r\n")[: len(objs)], 1):
+        req = prepare_line(raw.decode(), line_no, default_model="dm\t1")
+        expected.append((line_no, req.custom_id, req.model, req.body))
+    assert stored(db, batch.id) == expected
+    assert expected[-1][1:3] == (str(len(objs)), "dm\t1")
+    with db.connect() as conn:
+        row = conn.execute(select(requests_table).where(requests_table.c.line_no == 1)).one()
+    assert (row.lease_token, row.attempts, row.ambiguous_submits, row.poll_count) == (0, 0, 0, 0)
+    assert row.retries == 0 and row.status == "queued" and row.due_at is not None
+    assert "background" not in orjson.loads(row.body)
+
+
+def test_many_buffers_load_in_order_and_a_late_duplicate_undoes_them_all(
+    db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("chatbatch.loading.COPY_BUFFER_BYTES", 500)  # a few rows per buffer
+    lines = [
+        orjson.dumps({"custom_id": f"r{i}", "model": "m", "messages": MESSAGES}) for i in range(300)
+    ]
+    path = tmp_path / "many.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    batch = load(db, path)
+    assert [r[1] for r in stored(db, batch.id)] == [f"r{i}" for i in range(300)]
+    path.write_bytes(b"\n".join([*lines, lines[7]]))
+    with pytest.raises(InputError) as info:
+        load(db, path)
+    assert f"{path}:301: duplicate custom_id 'r7' (first on line 8)" in str(info.value)
+    assert counts(db) == (1, 300)
+
+
+def test_a_bad_line_after_rows_were_sent_loads_nothing(
+    db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("chatbatch.loading.COPY_BUFFER_BYTES", 200)
+    lines = [orjson.dumps({"model": "m", "messages": MESSAGES}) for _ in range(50)]
+    lines.append(b'{"model": "m", "messages": [], "custom_id": "x"}')
+    lines.append(b"\xff\xfe")
+    path = tmp_path / "late.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(InputError) as info:
+        load(db, path)
+    assert f"{path}:51: messages: must not be empty" in str(info.value)
+    assert f"{path}:52: invalid UTF-8 at byte 0" in str(info.value)
+    assert counts(db) == (0, 0)
+
+
+def test_the_embedded_sqlite_path_loads_the_same_rows(db: Engine, tmp_path: Path) -> None:
+    """SQLite takes the chunked INSERT path; it stores what the COPY path stores."""
+    from chatbatch.db import make_engine
+    from chatbatch.migrate import upgrade
+
+    objs = [{"custom_id": cid, "model": "m", "messages": MESSAGES} for cid in TRICKY_IDS]
+    path = tmp_path / "both.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(o) for o in objs))
+    sqlite = make_engine(f"sqlite:///{tmp_path / 'embedded.db'}")
+    upgrade(sqlite)
+    try:
+        on_sqlite = stored(sqlite, load(sqlite, path).id)
+    finally:
+        sqlite.dispose()
+    assert on_sqlite == stored(db, load(db, path).id)

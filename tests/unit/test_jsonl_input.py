@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from chatbatch.jsonl_input import LineError, iter_lines, prepare_line
+from chatbatch.jsonl_input import (
+    _FAST_TYPES,
+    LineError,
+    _prepare_fast,
+    iter_lines,
+    prepare_line,
+    prepare_raw,
+)
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -108,3 +119,134 @@ def test_iter_lines_handles_bom_crlf_blank_lines_bad_utf8_and_long_lines(tmp_pat
     assert rows[1][0] == 4 and "invalid UTF-8" in (rows[1][2] or "")
     assert rows[2][0] == 5 and "longer than the limit" in (rows[2][2] or "")
     assert rows[3] == (6, "{}", None)
+
+
+# --- the fast path (orjson + explicit checks) must agree with the pydantic path ---------------
+
+ODD_VALUES = [
+    *["", " ", "m", "POST", "GET", "/v1/chat/completions", "/chat/completions", "\x00x"],
+    *[[], ["a"], ["a", 1], {}, {"a": 1}, 0, -1, 1.5, 2**70, True, False, None, "x" * 513],
+]
+MESSAGE_VARIANTS = [
+    *[MESSAGES, [], [{}], ["x"], "hi", None, [{"role": 1}], [{"role": ""}]],
+    *[[{"role": "u", "content": c}] for c in (1, [], None, {}, True, "")],
+    [{"role": "u", "content": "a", "name": "n"}, {"role": "assistant"}],
+]
+json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4)
+)
+values = json_leaves | st.sampled_from(ODD_VALUES)
+body_keys = st.sampled_from([*sorted(_FAST_TYPES), "model", "background", "other", "custom_id"])
+
+
+@st.composite
+def near_valid_lines(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid request with a few of its fields changed, in either shape."""
+    body: dict[str, Any] = {"model": "m", "messages": draw(st.sampled_from(MESSAGE_VARIANTS))}
+    if draw(st.booleans()):
+        del body["model"]
+    body.update(draw(st.dictionaries(body_keys, values, max_size=3)))
+    top: dict[str, Any] = {}
+    if draw(st.booleans()):
+        top["custom_id"] = draw(values)
+    if not draw(st.booleans()):
+        return {**top, **body}
+    envelope = st.sampled_from(["method", "url", "extra"])
+    return {**top, "body": body, **draw(st.dictionaries(envelope, values, max_size=2))}
+
+
+def slow(raw: bytes, line_no: int, default_model: str | None) -> tuple[str, str, bytes] | str:
+    """``prepare_line``'s answer: the request or the reason."""
+    try:
+        req = prepare_line(raw.decode(), line_no, default_model=default_model)
+    except LineError as exc:
+        return str(exc)
+    return req.custom_id, req.model, req.body.encode()
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    obj=near_valid_lines(),
+    default_model=st.sampled_from([None, "", "dm"]),
+    crlf=st.booleans(),
+)
+def test_fast_path_agrees_with_pydantic(
+    obj: dict[str, Any], default_model: str | None, crlf: bool
+) -> None:
+    raw = json.dumps(obj, ensure_ascii=False).encode() + (b"\r\n" if crlf else b"\n")
+    expected = slow(raw, 9, default_model)
+    fast = _prepare_fast(orjson.loads(raw), 9, default_model)
+    if fast is not None:
+        assert fast == expected  # the fast path only ever accepts what pydantic accepts, as is
+    try:
+        got: tuple[str, str, bytes] | str | None = prepare_raw(raw, 9, default_model=default_model)
+    except LineError as exc:
+        got = str(exc)
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"   \r\n", b"\xc2\xa0\n", b"\x0c\n"],
+)
+def test_blank_lines_are_skipped_as_before(raw: bytes) -> None:
+    assert prepare_raw(raw, 1, default_model="m") is None
+
+
+def test_bad_utf8_and_bad_json_keep_their_reasons() -> None:
+    with pytest.raises(LineError, match="invalid UTF-8 at byte 13"):
+        prepare_raw(b'{"messages": \xff}', 1, default_model="m")
+    with pytest.raises(LineError, match="invalid JSON"):
+        prepare_raw(b"{not json", 1, default_model="m")
+
+
+def test_real_files_and_common_shapes_take_the_fast_path(fixtures_dir: Path) -> None:
+    lines = (fixtures_dir / "mitre-batchinput.jsonl").read_bytes().splitlines()
+    common = [
+        {"model": "m", "messages": MESSAGES, "temperature": 0, "max_tokens": 5, "stop": ["x"]},
+        {"custom_id": "a", "body": {"model": "m", "messages": MESSAGES, "thinking": {}}},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+    ]
+    for raw in [*lines, *(orjson.dumps(obj) for obj in common)]:
+        fast = _prepare_fast(orjson.loads(raw), 1, "dm")
+        assert fast is not None and fast == slow(raw, 1, "dm")
+
+
+def single_changes() -> list[dict[str, Any]]:
+    """A valid line with one field set to each awkward value, field by field."""
+    base = {"model": "m", "messages": MESSAGES}
+    lines: list[dict[str, Any]] = [{"messages": m, "model": "m"} for m in MESSAGE_VARIANTS]
+    for key in [*_FAST_TYPES, "model", "background", "other"]:
+        lines += [{**base, key: value} for value in ODD_VALUES]
+    lines += [{"custom_id": value, **base} for value in ODD_VALUES]
+    for key in ("method", "url", "extra"):
+        lines += [{"custom_id": "a", "body": base, key: value} for value in ODD_VALUES]
+    lines += [{"custom_id": "a", "body": value} for value in ODD_VALUES]
+    return lines
+
+
+@pytest.mark.parametrize("default_model", [None, "dm"])
+def test_fast_path_agrees_with_pydantic_field_by_field(default_model: str | None) -> None:
+    accepted = 0
+    for obj in single_changes():
+        raw = json.dumps(obj).encode()
+        expected = slow(raw, 3, default_model)
+        fast = _prepare_fast(orjson.loads(raw), 3, default_model)
+        assert fast is None or fast == expected, obj
+        accepted += fast is not None
+    assert accepted > 100  # the fast path is really taken
+
+
+def test_the_fast_path_knows_every_typed_field_of_the_schema() -> None:
+    """If ``ChatBody`` or ``Message`` gains a field or a constraint, the fast path (which checks
+    their types itself) must learn it too."""
+    from chatbatch.schemas import ChatBody, Message
+
+    assert set(ChatBody.model_fields) == {*_FAST_TYPES, "model", "messages"}
+    assert all(not ChatBody.model_fields[name].metadata for name in _FAST_TYPES)
+    assert set(Message.model_fields) == {"role", "content"}
+    assert ChatBody.model_config.get("extra") == Message.model_config.get("extra") == "allow"

@@ -1,0 +1,255 @@
+"""The PostgreSQL export (lines built in SQL) writes byte for byte what the Python writers write
+for the same rows, on rows chosen to be awkward and on random ones."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Connection, Engine, insert
+
+from chatbatch.export import export_batch, iter_results, write_csv, write_jsonl
+from chatbatch.export_sql import export_postgres
+from chatbatch.models import batches_table, requests_table
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "A\u0000\\n\u00e9😀"}}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
+PRETTY = (
+    '{\r\n  "id": "x",\n  "choices": [\n    {"message": {"content": "a\\nb \\\\ \\""}}\n  ]\n}\n'
+)
+
+ROWS: list[dict[str, Any]] = [
+    {"status": "succeeded", "response": orjson.dumps(COMPLETION).decode(), "content": "A\\é😀"},
+    {"status": "succeeded", "response": PRETTY, "content": "a\nb", "http_status": None},
+    {"status": "succeeded", "response": '  {"a": 1}\t', "http_status": 0},
+    {"status": "succeeded", "response": None, "remote_id": None},
+    {"status": "queued", "remote_id": None, "attempts": 0},
+    {"status": "submitted", "response": None, "error_code": "", "error_message": ""},
+    {"status": "failed", "error_code": "task_failed", "error_message": 'boom, "quoted"\r\n'},
+    {"status": "failed", "http_status": 400, "response": '{"error": {"message": "bad"}}'},
+    {"status": "failed", "http_status": 503, "response": "<html>not json</html>"},
+    {"status": "failed", "http_status": 429, "response": '{"b":1,\n"a":[1.50, 1e2]}'},
+    {"status": "failed", "http_status": 200, "response": '{"partial": true}'},
+    {"status": "expired", "error_message": None, "error_code": None},
+    {"status": "cancelled", "response": None, "http_status": 404},
+    {"status": "failed", "custom_id": "\x01", "content": "\x01x\n\x01y", "error_message": "\x01"},
+]
+FORMULAS = ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'already", "a=b", "", " =x"]
+
+
+def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> str:
+    batch_id = "batch_" + uuid.uuid4().hex
+    conn.execute(
+        insert(batches_table).values(
+            id=batch_id, name=batch_id, status="running", total=len(rows), created_at=NOW
+        )
+    )
+    values = []
+    for line_no, row in enumerate(rows, 1):
+        values.append(
+            {
+                "batch_id": batch_id,
+                "line_no": line_no * 3,  # gaps, as blank input lines leave them
+                "custom_id": f"c{line_no}",
+                "model": "gpt-4o-mini",
+                "body": "{}",
+                "status": "succeeded",
+                "due_at": NOW,
+                "remote_id": f"task-{line_no}",
+                "http_status": 200,
+                "submitted_at": NOW,
+                "completed_at": datetime(2026, 3, 1, 12, 0, 1, 250, tzinfo=UTC),
+                "attempts": 1,
+                "retries": line_no % 3,
+                "ambiguous_submits": line_no % 2,
+                "prompt_tokens": 3,
+                "total_tokens": None,
+                "response": None,
+                "content": None,
+                "finish_reason": None,
+                "response_model": None,
+                "error_code": None,
+                "error_message": None,
+                **row,
+            }
+        )
+    if values:
+        conn.execute(insert(requests_table), values)
+    return batch_id
+
+
+def python_export(conn: Connection, batch_id: str, fmt: str) -> bytes:
+    """What the Python writers (the SQLite path) make of the same rows."""
+    out = io.BytesIO()
+    if fmt == "jsonl":
+        write_jsonl(iter_results(conn, batch_id), out)
+        return out.getvalue()
+    wrapper = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+    write_csv(iter_results(conn, batch_id), wrapper)
+    wrapper.detach()
+    return out.getvalue()
+
+
+def sql_export(conn: Connection, batch_id: str, fmt: str) -> tuple[bytes, int]:
+    out = io.BytesIO()
+    count = export_postgres(conn, batch_id, out, fmt)
+    return out.getvalue(), count
+
+
+def both(db: Engine, rows: list[dict[str, Any]], fmt: str) -> tuple[bytes, bytes, int]:
+    with db.begin() as conn:
+        batch_id = insert_rows(conn, rows)
+    with db.connect() as conn:
+        ours, count = sql_export(conn, batch_id, fmt)
+    with db.connect() as conn:
+        reference = python_export(conn, batch_id, fmt)
+    return ours, reference, count
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("chunked_rows", [True, False], ids=["stream", "cursor"])
+@pytest.mark.parametrize("fetch_rows", [2000, 3])
+def test_awkward_rows_are_byte_identical(
+    db: Engine, monkeypatch: pytest.MonkeyPatch, fmt: str, chunked_rows: bool, fetch_rows: int
+) -> None:
+    """Through libpq's chunked rows and through the server-side cursor older libpqs use, in
+    one block and in blocks of three rows."""
+    if chunked_rows and psycopg.pq.version() < 170000:
+        pytest.skip("this libpq has no chunked-rows mode")
+    monkeypatch.setattr("chatbatch.export_sql.CHUNKED_ROWS", chunked_rows)
+    monkeypatch.setattr("chatbatch.export_sql.FETCH_ROWS", fetch_rows)
+    ours, reference, count = both(db, ROWS, fmt)
+    assert count == len(ROWS)
+    assert ours == reference
+
+
+def test_jsonl_keeps_nul_escapes_one_line_per_row_and_input_order(db: Engine) -> None:
+    ours, _, _ = both(db, ROWS, "jsonl")
+    lines = ours.split(b"\n")
+    assert lines[-1] == b"" and len(lines) == len(ROWS) + 1
+    objects = [orjson.loads(line) for line in lines[:-1]]
+    assert [o["custom_id"] for o in objects] == [
+        row.get("custom_id", f"c{i}") for i, row in enumerate(ROWS, 1)
+    ]
+    assert objects[0]["response"]["body"] == COMPLETION
+    assert b"\\u0000" in lines[0]  # the provider's NUL survives, escaped as it came
+    assert objects[1]["response"]["body"] == orjson.loads(PRETTY)
+    assert objects[7]["response"]["body"] == {"error": {"message": "bad"}}  # finished in Python
+    assert objects[8]["response"]["body"] == "<html>not json</html>"
+
+
+def test_csv_neutralises_every_formula_prefix(db: Engine) -> None:
+    rows = [
+        {"status": "failed", "custom_id": f"id{i}{v}", "content": v, "error_message": v}
+        for i, v in enumerate(FORMULAS)
+    ]
+    rows += [{"custom_id": v or "blank", "remote_id": v} for v in FORMULAS]
+    rows += [{"response_model": v or None, "model": v or "m", "finish_reason": v} for v in FORMULAS]
+    ours, reference, _ = both(db, rows, "csv")
+    assert ours == reference
+    for cell in (b"'=1+1", b"'+1", b"'-1", b"'@SUM(A1)", b"'\tx", b"'\rx"):
+        assert cell in ours
+    assert b"'a=b" not in ours and b"' =x" not in ours
+
+
+def test_export_batch_takes_the_sql_path_on_postgresql(
+    db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    def recording(conn: Connection, batch_id: str, out: Any, fmt: str) -> int:
+        calls.append(fmt)
+        return export_postgres(conn, batch_id, out, fmt)
+
+    monkeypatch.setattr("chatbatch.export_sql.export_postgres", recording)
+    with db.begin() as conn:
+        batch_id = insert_rows(conn, ROWS[:3])
+    out = io.BytesIO()
+    with db.connect() as conn:
+        assert export_batch(conn, batch_id, out, "csv") == 3
+    assert calls == ["csv"]
+    with db.connect() as conn:
+        assert out.getvalue() == python_export(conn, batch_id, "csv")
+
+
+def test_an_empty_batch_exports_nothing_but_the_csv_header(db: Engine) -> None:
+    for fmt, expected in (("jsonl", b""), ("csv", b"custom_id,status,content")):
+        ours, reference, count = both(db, [], fmt)
+        assert count == 0 and ours == reference and ours.startswith(expected)
+
+
+texts = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
+) | st.sampled_from(["\x01", "\x01x", "a\n\x01", "\\", "\\N", "\\."])
+maybe_texts = st.none() | texts | st.sampled_from(FORMULAS)
+json_bodies = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1) | texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=6,
+).map(lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode())
+random_rows = st.fixed_dictionaries(
+    {
+        "custom_id": texts.filter(bool),
+        "status": st.sampled_from(["succeeded", "failed", "expired", "queued", "submitted"]),
+        "http_status": st.none() | st.sampled_from([0, 200, 400, 404, 500]),
+        "response": st.none() | json_bodies | texts,
+        "content": maybe_texts,
+        "finish_reason": maybe_texts,
+        "response_model": maybe_texts,
+        "model": texts,
+        "error_code": maybe_texts,
+        "error_message": maybe_texts,
+        "remote_id": maybe_texts,
+        "completed_at": st.none()
+        | st.datetimes(
+            min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+        ),
+    }
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(rows=st.lists(random_rows, min_size=1, max_size=6, unique_by=lambda r: r["custom_id"]))
+def test_random_rows_are_byte_identical(db: Engine, rows: list[dict[str, Any]]) -> None:
+    for row in rows:  # a succeeded row's response was parsed on arrival: it is JSON
+        if row["status"] == "succeeded" and row["response"] is not None:
+            row["response"] = orjson.dumps(row["response"]).decode()
+    for fmt in ("jsonl", "csv"):
+        ours, reference, _ = both(db, rows, fmt)
+        assert ours == reference
+
+
+@pytest.mark.parametrize("chunked_rows", [True, False], ids=["stream", "cursor"])
+def test_a_failed_write_leaves_a_usable_connection(
+    db: Engine, monkeypatch: pytest.MonkeyPatch, chunked_rows: bool
+) -> None:
+    monkeypatch.setattr("chatbatch.export_sql.CHUNKED_ROWS", chunked_rows)
+    monkeypatch.setattr("chatbatch.export_sql.FETCH_ROWS", 3)
+
+    class DiskFull(io.BytesIO):
+        def write(self, data: Any) -> int:
+            if self.tell():
+                raise OSError("disk full")
+            return super().write(data)
+
+    with db.begin() as conn:
+        batch_id = insert_rows(conn, ROWS)
+    with db.connect() as conn, pytest.raises(OSError, match="disk full"):
+        export_postgres(conn, batch_id, DiskFull(), "jsonl")
+    with db.connect() as conn:
+        ours, count = sql_export(conn, batch_id, "jsonl")
+        assert count == len(ROWS) and ours == python_export(conn, batch_id, "jsonl")
