@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,9 @@ class Settings(BaseSettings):
 
     # Input limits.
     max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+    # Price table (TOML) that `usage` and `status` turn usage into cost with; `--prices` wins.
+    prices: Path | None = None
 
     @field_validator("rate_limits")
     @classmethod

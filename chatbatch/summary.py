@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Row
 
 from chatbatch import queries
 from chatbatch.db import db_now
+from chatbatch.pricing import PriceTable, format_money
+from chatbatch.states import TERMINAL_STATUSES
+from chatbatch.usage import Grouping, usage_report
+
+PROJECTION_EXPONENT = -6
 
 
 def batch_summary(
@@ -36,6 +42,31 @@ def batch_summary(
         "source": batch.source,
         "created_at": _iso(batch.created_at),
         "finished_at": _iso(batch.finished_at),
+    }
+
+
+def cost_summary(conn: Connection, batch: Row[Any], *, prices: PriceTable) -> dict[str, Any]:
+    """What the batch has cost so far (exact, retried answers included) and a projected total:
+    so far, plus the current round's average cost per finished request for each request still
+    open. Amounts are decimal text, null when some model has no price."""
+    spent = usage_report(conn, by=Grouping.MODEL, batch_id=batch.id, prices=prices).total_cost
+    current = usage_report(
+        conn, by=Grouping.MODEL, batch_id=batch.id, prices=prices, include_past=False
+    ).total_cost
+    counts = queries.status_counts(conn, batch.id)
+    finished = sum(counts[s] for s in TERMINAL_STATUSES)
+    projected = None
+    if spent and spent.amount is not None and current and current.amount is not None and finished:
+        still_open = batch.total - finished
+        projected = spent.amount + current.amount / finished * still_open
+        if still_open:  # as precise as the spend, at least to the millionth
+            places = min(int(spent.amount.as_tuple().exponent), PROJECTION_EXPONENT)
+            projected = projected.quantize(Decimal(1).scaleb(places))
+    return {
+        "currency": prices.currency,
+        "so_far": format_money(spent.amount if spent else None),
+        "projected_total": format_money(projected),
+        "unpriced_models": dict(spent.missing) if spent else {},
     }
 
 

@@ -16,6 +16,7 @@ from chatbatch.states import TERMINAL_STATUSES, RequestStatus
 from cli.context import handles_errors, ready_database, settings, setup_logging, summarise
 from cli.render import print_summary
 from cli.run import process_command, run_command
+from cli.usage_cmd import price_table, prices_option, usage_command
 from cli.worker_cmd import worker_command
 from simulator.cli import simulate
 
@@ -72,14 +73,21 @@ def load(file: Path, name: str | None, model: str | None, as_json: bool) -> None
 @cli.command()
 @click.argument("batch")
 @click.option("--json", "as_json", is_flag=True, help="Print the status object as JSON.")
+@prices_option
 @handles_errors
-def status(batch: str, as_json: bool) -> None:
-    """Progress, usage and problems of a batch (by id or name)."""
+def status(batch: str, as_json: bool, prices_path: Path | None) -> None:
+    """Progress, usage and problems of a batch (by id or name); with a price table, the cost so
+    far and a projected total."""
     from chatbatch import queries
+    from chatbatch.summary import cost_summary
 
     setup_logging()
+    prices = price_table(prices_path)
     with ready_database().connect() as conn:
-        summary = summarise(conn, queries.resolve_batch(conn, batch))
+        row = queries.resolve_batch(conn, batch)
+        summary = summarise(conn, row)
+        if prices is not None:
+            summary["cost"] = cost_summary(conn, row, prices=prices)
     if as_json:
         click.echo(orjson.dumps(summary))
     else:
@@ -208,6 +216,7 @@ cli.add_command(run_command)
 cli.add_command(process_command)
 cli.add_command(worker_command)
 cli.add_command(simulate)
+cli.add_command(usage_command)
 
 
 def main() -> None:

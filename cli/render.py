@@ -26,6 +26,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"total {usage['total_tokens']:,} · reasoning {usage['reasoning_tokens']:,} · "
         f"cached {usage['cached_tokens']:,} · billed units {usage['billed_units']:,}"
     )
+    if "cost" in summary:
+        print_cost(summary["cost"])
     if summary["possible_duplicates"]:
         click.echo(
             f"  warning     {summary['possible_duplicates']} submission(s) may have been sent "
@@ -42,3 +44,21 @@ def print_summary(summary: dict[str, Any]) -> None:
     click.echo(f"  created     {summary['created_at']}")
     if summary["finished_at"]:
         click.echo(f"  finished    {summary['finished_at']}")
+
+
+def print_cost(cost: dict[str, Any]) -> None:
+    """Cost so far and the projected total of a batch (``cost_summary``)."""
+    currency = cost["currency"]
+    if cost["so_far"] is None:
+        click.echo("  cost        unknown: " + unpriced_text(cost["unpriced_models"]))
+        return
+    projected = cost["projected_total"]
+    line = f"  cost        {cost['so_far']} {currency} so far"
+    if projected not in (None, cost["so_far"]):
+        line += f" · projected total {projected} {currency} (at the cost per request so far)"
+    click.echo(line)
+
+
+def unpriced_text(missing: dict[str, str]) -> str:
+    """``model (reason), …`` for the models a price table does not cover."""
+    return ", ".join(f"{model} ({reason})" for model, reason in sorted(missing.items()))

@@ -1,0 +1,125 @@
+"""``chatbatch usage``: tokens and cost by batch, model or day."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from cli.context import handles_errors, ready_database, settings, setup_logging
+from cli.render import unpriced_text
+
+if TYPE_CHECKING:
+    from chatbatch.pricing import PriceTable
+
+WIDE_ENOUGH = 160  # columns when stdout is not a terminal (rich would squeeze to 80)
+TOKEN_COLUMNS = (
+    ("prompt", "prompt_tokens"),
+    ("cached", "cached_tokens"),
+    ("completion", "completion_tokens"),
+    ("reasoning", "reasoning_tokens"),
+    ("total", "total_tokens"),
+    ("units", "billed_units"),
+)
+
+prices_option = click.option(
+    "--prices",
+    "prices_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML price table to compute cost with (default: $CHATBATCH_PRICES).",
+)
+
+
+def price_table(path: Path | None) -> PriceTable | None:
+    """The price table from ``--prices`` or ``CHATBATCH_PRICES``; None when neither is set (an
+    empty setting counts as unset)."""
+    from chatbatch.pricing import load_prices
+
+    chosen = path or settings().prices
+    return load_prices(chosen) if chosen and chosen != Path() else None
+
+
+@click.command("usage")
+@click.argument("batch", required=False)
+@click.option(
+    "--by",
+    type=click.Choice(["batch", "model", "day"]),
+    help="Group by batch, model or UTC day (default: model for one batch, batch for all).",
+)
+@prices_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handles_errors
+def usage_command(
+    batch: str | None, by: str | None, prices_path: Path | None, as_json: bool
+) -> None:
+    """Tokens and cost of one batch (id or name) or of all batches. Retried answers count too:
+    the provider billed them."""
+    from chatbatch import queries
+    from chatbatch.usage import Grouping, usage_report
+
+    setup_logging()
+    prices = price_table(prices_path)
+    grouping = Grouping(by or ("model" if batch else "batch"))
+    with ready_database().connect() as conn:
+        batch_id = queries.resolve_batch(conn, batch).id if batch else None
+        report = usage_report(conn, by=grouping, batch_id=batch_id, prices=prices)
+    result = report.as_dict()
+    if report.unpriced:
+        click.echo(
+            f"warning: cost unknown, the price table does not cover: "
+            f"{unpriced_text(report.unpriced)}",
+            err=True,
+        )
+    if as_json:
+        click.echo(orjson.dumps(result))
+        return
+    if prices is None:
+        click.echo("no price table (--prices FILE or CHATBATCH_PRICES): tokens only", err=True)
+    print_usage(result, priced=prices is not None)
+
+
+def print_usage(result: dict[str, Any], *, priced: bool) -> None:
+    """The report as a table, with a total line."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=WIDE_ENOUGH)
+    table = Table(show_footer=len(result["rows"]) > 1, box=None, pad_edge=False)
+    total = result["total"]
+    table.add_column(result["by"], footer="total")
+    table.add_column("answers", justify="right", footer=f"{total['answers']:,}")
+    for title, key in TOKEN_COLUMNS:
+        table.add_column(title, justify="right", footer=f"{total[key]:,}")
+    places = _places([*result["rows"], total])
+    if priced:
+        cost_total = _money(total, places)
+        table.add_column(f"cost ({result['currency']})", justify="right", footer=cost_total)
+    for row in result["rows"]:
+        cells = [str(row["key"]), f"{row['answers']:,}"]
+        cells += [f"{row[key]:,}" for _, key in TOKEN_COLUMNS]
+        table.add_row(*cells, *([_money(row, places)] if priced else []))
+    if not result["rows"]:
+        console.print("no answers with usage yet")
+        return
+    console.print(table)
+
+
+def _places(rows: list[dict[str, Any]]) -> int:
+    """Decimal places of the most precise amount, so the column lines up (exact, zero-padded)."""
+    amounts = [row.get("cost") or row.get("cost_priced_part") or "" for row in rows]
+    return max((len(a.partition(".")[2]) for a in amounts), default=0)
+
+
+def _money(row: dict[str, Any], places: int) -> str:
+    if row["cost"] is not None:
+        return _padded(row["cost"], places)
+    part = row.get("cost_priced_part")
+    return f"unknown (≥ {_padded(part, places)})" if part not in (None, "0") else "unknown"
+
+
+def _padded(amount: str, places: int) -> str:
+    whole, _, fraction = amount.partition(".")
+    return f"{whole}.{fraction.ljust(places, '0')}" if places else whole
