@@ -18,9 +18,11 @@ The maths, per model:
   was accepted since the last cut, and ``cooldown`` seconds passed: answers to requests already
   in flight say nothing new), to ``admitted_share`` of the rate the provider accepted lately, or
   by ``decrease`` when that would be no cut (the first cut of a model with no known limit starts
-  from the measured rate of grants). Each accepted submission adds a little back: ``increase`` ×
-  the rate before the cut, per minute of traffic, linearly. The learned rate never exceeds the
-  known limit; reaching it, it is dropped.
+  from the measured rate of grants), but never below ``floor_share`` of the best rate seen before
+  a cut: a provider refusing a steady few per cent at random (shared capacity) must slow us
+  down, not spiral the rate to nothing. Each accepted submission adds a little back:
+  ``increase`` × that best rate, per minute of traffic, linearly. The learned rate never exceeds
+  the known limit; reaching it, it is dropped.
 - **Holding back**: a 429 with Retry-After stops every grant for the model until it has passed;
   without one, for ``pause`` seconds, doubling with each 429 to a request sent after the last
   pause (up to ``pause_max``) until something is accepted again: a provider counting a sliding
@@ -186,8 +188,9 @@ class Tuning:
     headroom: float = 0.03  # pace a known limit at 97 %; burst of at most 1.5 % of it
     admitted_share: float = 0.9  # a 429 cuts the rate to this share of the accepted rate ...
     decrease: float = 0.5  # ... or, when that is no cut, multiplies it by this
-    increase: float = 0.1  # per minute of accepted traffic, the rate grows by this share
-    cooldown: float = 2.0  # 429s this soon after a cut do not cut again
+    increase: float = 0.25  # per minute of accepted traffic, the rate grows by this share
+    cooldown: float = 10.0  # 429s this soon after a cut do not cut again
+    floor_share: float = 0.5  # ... and no cut goes below this share of the best rate before cuts
     pause: float = 0.5  # a 429 without Retry-After holds the model back this long, doubling ...
     pause_max: float = 30.0  # ... up to this, until a submission is accepted again
     min_rpm: float = 1.0  # the learned rate never goes below this
@@ -197,7 +200,7 @@ class Tuning:
     state_ttl: float = 3600.0  # idle model state is forgotten after this
 
     def __post_init__(self) -> None:
-        for name in ("headroom", "admitted_share", "decrease"):
+        for name in ("headroom", "admitted_share", "decrease", "floor_share"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a fraction in (0, 1)")
 
@@ -214,7 +217,7 @@ class ModelState:
     tat: float = 0.0  # GCRA theoretical arrival time
     blocked_until: float = 0.0  # Retry-After
     learned: float | None = None  # AIMD rate (rpm) while below the known limit, after a 429
-    before_cut: float = 0.0  # the rate just before the last cut
+    before_cut: float = 0.0  # the highest rate seen just before a cut
     last_cut: float = -math.inf
     accepted_since_cut: bool = True  # the provider took something since the last cut
     strikes: int = 0  # 429s without Retry-After since the last accepted submission
@@ -273,10 +276,9 @@ def rate_limited(
     target = read_rpm(state.admitted, now, tuning) * tuning.admitted_share
     if not 0 < target < current:
         target = current * tuning.decrease
-    learned = max(tuning.min_rpm, target)
-    return replace(
-        state, learned=learned, before_cut=current, last_cut=now, accepted_since_cut=False
-    )
+    peak = max(state.before_cut, current)
+    learned = max(tuning.min_rpm, target, peak * tuning.floor_share)
+    return replace(state, learned=learned, before_cut=peak, last_cut=now, accepted_since_cut=False)
 
 
 def accepted(

@@ -228,7 +228,7 @@ class RedisRateLimiter(_Limiter):
         return [
             *(t.headroom, t.admitted_share, t.decrease, t.increase, t.cooldown, t.pause),
             *(t.pause_max, t.min_rpm, t.average_seconds, t.concurrency_poll, t.slot_ttl),
-            t.state_ttl,
+            *(t.state_ttl, t.floor_share),
         ]
 
     def _try(self, model: str, count: int, limit: ModelLimit) -> tuple[int, float]:
@@ -330,7 +330,7 @@ end
 
 local function tuning(first)
   local names = {'headroom', 'share', 'decrease', 'increase', 'cooldown', 'pause',
-                 'pause_max', 'min_rpm', 'tau', 'poll', 'slot_ttl', 'state_ttl'}
+                 'pause_max', 'min_rpm', 'tau', 'poll', 'slot_ttl', 'state_ttl', 'floor'}
   local t = {}
   for i, name in ipairs(names) do t[name] = tonumber(ARGV[first + i - 1]) end
   return t
@@ -466,8 +466,9 @@ if now - s.lc >= t.cooldown and s.asc == 1 then
   if current == nil then current = math.max(read_rpm(s.sv, s.sat, s.ssn, now, t), t.min_rpm) end
   local target = read_rpm(s.av, s.aat, s.asn, now, t) * t.share
   if not (target > 0 and target < current) then target = current * t.decrease end
-  s.lrn = math.max(t.min_rpm, target)
-  s.bc = current
+  local peak = math.max(s.bc, current)
+  s.lrn = math.max(t.min_rpm, target, peak * t.floor)
+  s.bc = peak
   s.lc = now
   s.asc = 0
 end

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 from dataclasses import replace
 
@@ -230,9 +231,29 @@ def test_the_learned_rate_climbs_back_linearly_and_is_dropped_at_the_limit() -> 
         now += max(wait, 1e-3)
         minutes = now / 60
         assert state.learned is None or state.learned < 970
-    # +10 % of 600 per minute from 300 to 600, then +10 % of the rate itself up to 970
-    assert 8 < minutes < 13
+    # +25 % of 600 per minute from 300 to 600, then +25 % of the rate itself up to 970
+    assert 3 < minutes < 5
     assert grant(state, now + 1, 1000, 1000, T)[1] >= 14  # paced at the limit again
+
+
+def test_random_429s_slow_the_rate_down_but_never_to_nothing() -> None:
+    """A provider refusing 8 % of submissions at random, whatever the rate (shared capacity, as
+    in the chaos test): cuts keep coming, but the rate stays above the floor."""
+    rng = random.Random(5)
+    state = accepted(ModelState(), 0.0, 1, None, T)
+    now, rates = 0.0, []
+    while now < 600:
+        state, granted, wait = grant(state, now, 1, None, T)
+        if granted:
+            if rng.random() < 0.08:
+                state = rate_limited(state, now, None, None, T)
+            else:
+                state = accepted(state, now, granted, None, T)
+        now += max(wait, 0.01)
+        if state.learned is not None:
+            rates.append(state.learned)
+    assert rates and min(rates) >= T.floor_share * state.before_cut - 1e-9
+    assert state.before_cut > 0 and rates[-1] >= T.floor_share * state.before_cut
 
 
 def test_a_learned_rate_is_never_above_the_known_limit() -> None:
