@@ -9,9 +9,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, case, func, select, update
+from sqlalchemy import Connection, Row, TextClause, bindparam, case, func, select, text, update
+from sqlalchemy.dialects import postgresql
 
 from chatbatch.completions import USAGE_COLUMNS
 from chatbatch.errors import NotFoundError
@@ -148,7 +150,8 @@ class Write:
 def apply_transitions(conn: Connection, writes: Sequence[Write]) -> int:
     """Apply each write only where its row is still as claimed (else it is a stale write and
     changes nothing); returns how many applied. Writes of the same shape go out as one
-    ``executemany`` (pipelined by psycopg), so a chunk costs one round trip, not one per row.
+    statement on PostgreSQL (an ``executemany`` elsewhere), so a chunk costs a round trip or
+    two, not one per row.
     Batches are paused as the transitions ask, whether or not their row write applied: an
     account error is true of the whole batch."""
     shapes: dict[tuple[tuple[str, ...], bool], list[dict[str, Any]]] = defaultdict(list)
@@ -165,6 +168,9 @@ def apply_transitions(conn: Connection, writes: Sequence[Write]) -> int:
         shapes[(tuple(sorted(changes)), write.transition.increment_ambiguous)].append(params)
     applied = 0
     for (names, ambiguous), rows in shapes.items():
+        if conn.dialect.name == "postgresql":
+            applied += _update_from_arrays(conn, names, ambiguous, rows)
+            continue
         values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in names}
         values.update(
             status=bindparam("v_status"),
@@ -187,6 +193,41 @@ def apply_transitions(conn: Connection, writes: Sequence[Write]) -> int:
     for batch_id, reason in pauses.items():
         pause_batch(conn, batch_id, reason)
     return applied
+
+
+_ARRAY_WRITE_KEYS = ("w_id", "w_expected", "w_token", "v_status", "v_due_at")
+
+
+@lru_cache(maxsize=64)
+def _update_from_arrays_sql(names: tuple[str, ...], ambiguous: bool) -> TextClause:
+    """``UPDATE requests ... FROM unnest(arrays)`` for writes of one shape: a single statement
+    whose text depends only on the shape, so PostgreSQL prepares it once. Not a pipeline of
+    statements: a worker frozen mid-pipeline keeps its row locks with a session PostgreSQL
+    still counts as active, out of reach of ``idle_in_transaction_session_timeout``."""
+    dialect = postgresql.dialect()
+    targets = ["id", "status", "lease_token", "status", "due_at", *names]
+    keys = [*_ARRAY_WRITE_KEYS, *(f"v_{name}" for name in names)]
+    arrays = ", ".join(
+        f"CAST(:{key} AS {r.c[target].type.compile(dialect=dialect)}[])"
+        for key, target in zip(keys, targets, strict=True)
+    )
+    sets = [f"{name} = w.v_{name}" for name in names]
+    sets += ["status = w.v_status", "due_at = w.v_due_at", "lease_token = r.lease_token + 1"]
+    if ambiguous:
+        sets.append("ambiguous_submits = r.ambiguous_submits + 1")
+    return text(
+        f"UPDATE requests AS r SET {', '.join(sets)} "
+        f"FROM unnest({arrays}) AS w({', '.join(keys)}) "
+        "WHERE r.id = w.w_id AND r.status = w.w_expected AND r.lease_token = w.w_token"
+    )
+
+
+def _update_from_arrays(
+    conn: Connection, names: tuple[str, ...], ambiguous: bool, rows: list[dict[str, Any]]
+) -> int:
+    keys = [*_ARRAY_WRITE_KEYS, *(f"v_{name}" for name in names)]
+    arrays = {key: [row[key] for row in rows] for key in keys}
+    return conn.execute(_update_from_arrays_sql(names, ambiguous), arrays).rowcount
 
 
 def apply_transition(
