@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 GRID_POINTS = 96  # candidate poll ages, at quantiles of the sample; planning costs O(GRID^2)
+BUDGET_MARGIN = 0.9  # plan within 90% of the budget: the estimate is only an estimate
 FILL_POINTS = 48  # more candidates where the quantiles are further apart than the longest wait
 LAMBDA_STEPS = 30  # bisection steps on the price of delay
 
@@ -118,7 +119,7 @@ class PollPlanner:
         times, masses = completion_distribution(observations)
         ages = plan_poll_ages(
             times,
-            self.gets_per_result,
+            max(1.0, self.gets_per_result * BUDGET_MARGIN),
             masses=masses,
             longest_wait=self._fallback.longest_wait,
         )

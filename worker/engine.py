@@ -7,11 +7,13 @@ of "go look" messages differs.
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -48,6 +50,7 @@ LIMITS_READ_SECONDS = 600.0
 ADMIT_SECONDS = 2.0  # longest a chunk waits for the rate limiter before holding rows back
 MIN_HOLD_SECONDS = 0.2
 HOLD_JITTER_SECONDS = 0.2
+FLUSH_SECONDS = 0.05  # outcomes landing this close together are written in one transaction
 MIN_IDLE_SECONDS = 0.01
 MAX_IDLE_SECONDS = 1.0  # look again at least this often: a batch loaded meanwhile is due now
 LEARN_WINDOW = timedelta(hours=6)
@@ -224,61 +227,104 @@ class Engine:
     def _call_and_record(
         self, submits: list[queries.SubmitClaim], polls: list[queries.PollClaim], clock: DbClock
     ) -> None:
+        """Send the chunk's calls and record their outcomes as they land, in micro-batches of at
+        most ``FLUSH_SECONDS``: an accepted task id is committed within that of its POST
+        returning, whatever the chunk's slowest call is doing."""
         for poll in polls:
             self._planned_at.setdefault(poll.model, 0.0)
         submits, held = self._admit(submits)
-        submitted, polled = self._provider.exchange(
-            [claim.body for claim in submits], [claim.remote_id for claim in polls]
+        writes = [self._held_back_write(claim, wait, clock.now()) for claim, wait in held]
+        landed: queue.Queue[tuple[int, Outcome]] = queue.Queue()
+        calls = self._provider.start(
+            [claim.body for claim in submits],
+            [claim.remote_id for claim in polls],
+            lambda index, outcome: landed.put((index, outcome)),
         )
-        self._tell_limiter(submits, submitted)
-        now = clock.now()
-        writes = [
-            queries.Write(
-                claim.id,
-                claim.batch_id,
-                RequestStatus.SUBMITTING,
-                claim.lease_token,
-                held_back(
-                    RowView(status=RequestStatus.SUBMITTING, attempts=claim.attempts),
-                    now=now,
-                    wait_seconds=wait + self._rng.uniform(0, HOLD_JITTER_SECONDS),
-                ),
-            )
-            for claim, wait in held
-        ]
-        for sub, outcome in zip(submits, submitted, strict=True):
-            view = RowView(status=RequestStatus.SUBMITTING, attempts=sub.attempts)
-            transition = after_submit(
-                view,
-                outcome,
-                now=now,
-                policy=self.policy,
-                rng=self._rng,
-                polls=self._polls.schedule(sub.model),
-            )
-            self._log_outcome(sub.id, outcome, transition)
-            writes.append(
-                queries.Write(
-                    sub.id, sub.batch_id, RequestStatus.SUBMITTING, sub.lease_token, transition
-                )
-            )
-        for poll, outcome in zip(polls, polled, strict=True):
-            transition = after_poll(
-                poll.view(),
-                outcome,
-                now=now,
-                policy=self.policy,
-                rng=self._rng,
-                polls=self._polls.schedule(poll.model),
-            )
+        outcomes: dict[int, Outcome] = {}
+        remaining = len(submits) + len(polls)
+        while remaining:
+            batch = self._next_landed(landed, calls, remaining)
+            remaining -= len(batch)
+            now = clock.now()
+            for index, outcome in batch:
+                outcomes[index] = outcome
+                if index < len(submits):
+                    writes.append(self._submit_write(submits[index], outcome, now))
+                else:
+                    writes.append(self._poll_write(polls[index - len(submits)], outcome, now))
+            self._write(writes)
+            writes = []
+        if writes:
+            self._write(writes)
+        self._tell_limiter(submits, [outcomes[i] for i in range(len(submits))])
 
-            self._log_outcome(poll.id, outcome, transition)
-            writes.append(
-                queries.Write(
-                    poll.id, poll.batch_id, RequestStatus.SUBMITTED, poll.lease_token, transition
-                )
-            )
-        self._write(writes)
+    @staticmethod
+    def _next_landed(
+        landed: queue.Queue[tuple[int, Outcome]], calls: Future[None], remaining: int
+    ) -> list[tuple[int, Outcome]]:
+        """The next outcomes: at least one, then whatever lands within ``FLUSH_SECONDS``."""
+        while True:
+            try:
+                batch = [landed.get(timeout=1.0)]
+                break
+            except queue.Empty:
+                if calls.done():
+                    calls.result()  # a bug in the calls: raise it rather than wait forever
+                    raise RuntimeError("HTTP calls ended without every outcome") from None
+        flush_at = time.monotonic() + FLUSH_SECONDS
+        while len(batch) < remaining:
+            wait = flush_at - time.monotonic()
+            if wait <= 0:
+                break
+            try:
+                batch.append(landed.get(timeout=wait))
+            except queue.Empty:
+                break
+        return batch
+
+    def _held_back_write(
+        self, claim: queries.SubmitClaim, wait: float, now: datetime
+    ) -> queries.Write:
+        transition = held_back(
+            RowView(status=RequestStatus.SUBMITTING, attempts=claim.attempts),
+            now=now,
+            wait_seconds=wait + self._rng.uniform(0, HOLD_JITTER_SECONDS),
+        )
+        return queries.Write(
+            claim.id, claim.batch_id, RequestStatus.SUBMITTING, claim.lease_token, transition
+        )
+
+    def _submit_write(
+        self, claim: queries.SubmitClaim, outcome: Outcome, now: datetime
+    ) -> queries.Write:
+        transition = after_submit(
+            RowView(status=RequestStatus.SUBMITTING, attempts=claim.attempts),
+            outcome,
+            now=now,
+            policy=self.policy,
+            rng=self._rng,
+            polls=self._polls.schedule(claim.model),
+        )
+        self._log_outcome(claim.id, outcome, transition)
+        return queries.Write(
+            claim.id, claim.batch_id, RequestStatus.SUBMITTING, claim.lease_token, transition
+        )
+
+    def _poll_write(
+        self, claim: queries.PollClaim, outcome: Outcome, now: datetime
+    ) -> queries.Write:
+        transition = after_poll(
+            claim.view(),
+            outcome,
+            now=now,
+            policy=self.policy,
+            rng=self._rng,
+            polls=self._polls.schedule(claim.model),
+        )
+        self._log_outcome(claim.id, outcome, transition)
+        return queries.Write(
+            claim.id, claim.batch_id, RequestStatus.SUBMITTED, claim.lease_token, transition
+        )
 
     def _admit(
         self, claims: list[queries.SubmitClaim]

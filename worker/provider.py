@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
 from urllib.parse import quote
 
 import aiohttp
@@ -76,19 +77,35 @@ class Provider:
             max_connections=settings.concurrency,
         )
 
+    def start(
+        self,
+        bodies: Sequence[str],
+        remote_ids: Sequence[str],
+        deliver: Callable[[int, Outcome], None],
+    ) -> Future[None]:
+        """POST every body and GET every task, all concurrently (at most ``max_connections``
+        in flight across the process), calling ``deliver(index, outcome)`` on the loop's thread
+        as each one lands: POSTs are indexed first, then GETs. The future is done when all
+        have landed."""
+
+        async def one(index: int, call: Awaitable[Outcome]) -> None:
+            deliver(index, await call)
+
+        async def everything() -> None:
+            calls = [self._submit(body) for body in bodies]
+            calls += [self._poll(remote_id) for remote_id in remote_ids]
+            await asyncio.gather(*(one(i, call) for i, call in enumerate(calls)))
+
+        return self._loop.submit(everything())
+
     def exchange(
         self, bodies: Sequence[str], remote_ids: Sequence[str]
     ) -> tuple[list[Outcome], list[Outcome]]:
-        """POST every body in background mode and GET every task, all concurrently (at most
-        ``max_connections`` in flight across the process); the outcomes in the same order."""
-
-        async def everything() -> list[Outcome]:
-            posts = [self._submit(body) for body in bodies]
-            gets = [self._poll(remote_id) for remote_id in remote_ids]
-            return await asyncio.gather(*posts, *gets)
-
-        outcomes = self._loop.run(everything())
-        return outcomes[: len(bodies)], outcomes[len(bodies) :]
+        """``start`` and wait: the POSTs' outcomes and the GETs', each in call order."""
+        landed: dict[int, Outcome] = {}
+        self.start(bodies, remote_ids, landed.__setitem__).result()
+        ordered = [landed[i] for i in range(len(bodies) + len(remote_ids))]
+        return ordered[: len(bodies)], ordered[len(bodies) :]
 
     def submit(self, body: str) -> Outcome:
         """POST one request in background mode."""

@@ -56,6 +56,8 @@ def test_provider_chaos_keeps_every_promise(distributed_env, sim, tmp_path) -> N
         "CHATBATCH_CONNECT_TIMEOUT": "1",
         "CHATBATCH_READ_TIMEOUT": "2",
         "CHATBATCH_LEASE_SECONDS": "15",
+        # polls sooner than the simulator's 1 s "not found yet" window, so 404s are exercised
+        "CHATBATCH_POLL_FIRST_SECONDS": "0.3",
     }
     n = 300
     bodies = write_prompts(tmp_path / "prompts.jsonl", n)
