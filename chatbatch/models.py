@@ -7,6 +7,7 @@ from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -82,6 +84,16 @@ class Batch(Base):
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
 
+    # JSON list: the header of a CSV or record file, so exports give the columns back in order.
+    record_columns: Mapped[str | None] = mapped_column(Text)
+    # JSON Schema (text) every answer must follow; invalid answers are asked again this often.
+    response_schema: Mapped[str | None] = mapped_column(Text)
+    retry_invalid: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Decimal text: stop submitting before spent + in flight would pass it.
+    max_cost: Mapped[str | None] = mapped_column(String(40))
+    # The price table (JSON) given at load time: cost caps and status use it.
+    prices: Mapped[str | None] = mapped_column(Text)
+
 
 class Request(UsageColumns, Base):
     """One chat-completion request and everything the provider said about it.
@@ -123,11 +135,28 @@ class Request(UsageColumns, Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
 
+    # The source record (JSON object) of a CSV row or record line.
+    record: Mapped[str | None] = mapped_column(Text)
+    # sha256 of the request as sent (``chatbatch.fingerprints``): equal requests, equal answers.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # With a batch schema: whether the answer follows it (None until answered), and why not.
+    schema_valid: Mapped[bool | None] = mapped_column(Boolean)
+    schema_error: Mapped[str | None] = mapped_column(Text)
+    invalid_retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A ``reused`` request's answer came from this earlier request (no new call was paid for).
+    reused_from: Mapped[int | None] = mapped_column(BigInteger)
+
     __table_args__ = (
         UniqueConstraint("batch_id", "custom_id"),
         UniqueConstraint("batch_id", "line_no"),
         Index("ix_requests_status_due_at", "status", "due_at"),
         Index("ix_requests_batch_id_status", "batch_id", "status"),
+        Index(
+            "ix_requests_fingerprint_succeeded",
+            "fingerprint",
+            postgresql_where=text("status = 'succeeded'"),
+            sqlite_where=text("status = 'succeeded'"),
+        ),
     )
 
 

@@ -38,6 +38,8 @@ class RequestStatus(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    # Answered from an identical request's earlier answer (``load --reuse``): nothing was paid.
+    REUSED = "reused"
 
 
 class BatchStatus(StrEnum):
@@ -60,7 +62,10 @@ TERMINAL_STATUSES = (
     RequestStatus.FAILED,
     RequestStatus.EXPIRED,
     RequestStatus.CANCELLED,
+    RequestStatus.REUSED,
 )
+# Finished with an answer the user can use.
+ANSWERED_STATUSES = (RequestStatus.SUCCEEDED, RequestStatus.REUSED)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import orjson
 
 from chatbatch.states import TERMINAL_STATUSES, RequestStatus
 from cli.context import handles_errors, ready_database, settings, setup_logging, summarise
+from cli.export_cmd import export_command
+from cli.load_cmd import load_command
 from cli.render import print_summary
 from cli.run import process_command, run_command
 from cli.usage_cmd import price_table, prices_option, usage_command
@@ -46,28 +48,6 @@ def db_upgrade() -> None:
     setup_logging()
     upgrade(get_engine())
     click.echo("database is up to date")
-
-
-@cli.command()
-@click.argument("file", type=click.Path(path_type=Path))
-@click.option("--name", help="A unique name for the batch (default: file name + short id).")
-@click.option("--model", help="Model for lines that do not name one.")
-@click.option("--json", "as_json", is_flag=True, help="Print {id, name, total} as JSON.")
-@handles_errors
-def load(file: Path, name: str | None, model: str | None, as_json: bool) -> None:
-    """Load a JSONL file of chat requests as a new batch (all lines or none)."""
-    from chatbatch.loading import load_jsonl
-
-    setup_logging()
-    engine = ready_database()
-    with engine.begin() as conn:
-        batch = load_jsonl(
-            conn, file, name=name, default_model=model, max_line_bytes=settings().max_line_bytes
-        )
-    if as_json:
-        click.echo(orjson.dumps({"id": batch.id, "name": batch.name, "total": batch.total}))
-    else:
-        click.echo(batch.id)
 
 
 @cli.command()
@@ -110,28 +90,6 @@ def list_(as_json: bool) -> None:
     for s in summaries:
         done = sum(s["counts"][k] for k in TERMINAL_STATUSES)
         click.echo(f"{s['id']}  {s['name']:<32}  {s['status']:<10} {done}/{s['total']}")
-
-
-@cli.command()
-@click.argument("batch")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["jsonl", "csv"]),
-    help="Output format (default: from the file extension, else jsonl).",
-)
-@handles_errors
-def export(batch: str, output: Path, fmt: str | None) -> None:
-    """Write one line (or CSV row) per request, in input order."""
-    from chatbatch import queries
-    from cli.exporting import export_to
-
-    setup_logging()
-    with ready_database().connect() as conn:
-        batch_id = queries.resolve_batch(conn, batch).id
-    count = export_to(batch_id, output, fmt)
-    click.echo(f"wrote {count} result(s) to {output}", err=True)
 
 
 @cli.command()
@@ -212,6 +170,8 @@ def _control(command: Callable[[Connection, datetime], CommandResult], as_json: 
         )
 
 
+cli.add_command(load_command)
+cli.add_command(export_command)
 cli.add_command(run_command)
 cli.add_command(process_command)
 cli.add_command(worker_command)
