@@ -6,13 +6,24 @@ Functions take a connection and never commit; the caller owns the unit of work.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Row, TextClause, bindparam, case, func, select, text, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    TextClause,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 
 from chatbatch.completions import USAGE_COLUMNS
@@ -22,6 +33,8 @@ from chatbatch.models import past_results_table as past_results
 from chatbatch.models import requests_table as r
 from chatbatch.states import (
     ACTIVE_STATUSES,
+    ANSWERED_STATUSES,
+    AnswerCheck,
     BatchStatus,
     Policy,
     RequestStatus,
@@ -46,6 +59,16 @@ class SubmitClaim:
     attempts: int
     model: str
     body: str
+    retries: int
+    invalid_retries: int
+
+    def view(self) -> RowView:
+        return RowView(
+            status=RequestStatus.SUBMITTING,
+            attempts=self.attempts,
+            retries=self.retries,
+            invalid_retries=self.invalid_retries,
+        )
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,8 @@ class PollClaim:
     polled_at: datetime | None
     expires_at: datetime | None
     model: str
+    retries: int
+    invalid_retries: int
 
     def view(self) -> RowView:
         return RowView(
@@ -69,6 +94,8 @@ class PollClaim:
             submitted_at=self.submitted_at,
             expires_at=self.expires_at,
             remote_id=self.remote_id,
+            retries=self.retries,
+            invalid_retries=self.invalid_retries,
         )
 
 
@@ -98,7 +125,16 @@ def claim_for_submit(
             due_at=now + timedelta(seconds=lease_seconds),
             lease_token=r.c.lease_token + 1,
         )
-        .returning(r.c.id, r.c.batch_id, r.c.lease_token, r.c.attempts, r.c.model, r.c.body)
+        .returning(
+            r.c.id,
+            r.c.batch_id,
+            r.c.lease_token,
+            r.c.attempts,
+            r.c.model,
+            r.c.body,
+            r.c.retries,
+            r.c.invalid_retries,
+        )
     )
     return [SubmitClaim(*row) for row in conn.execute(stmt)]
 
@@ -131,9 +167,23 @@ def claim_for_poll(
             r.c.polled_at,
             r.c.expires_at,
             r.c.model,
+            r.c.retries,
+            r.c.invalid_retries,
         )
     )
     return [PollClaim(*row) for row in conn.execute(stmt)]
+
+
+def answer_checks(conn: Connection, batch_ids: Collection[str]) -> dict[str, AnswerCheck | None]:
+    """Each batch's schema check (None: the batch has no schema), for the engine's cache: a
+    batch's schema is fixed when it is loaded."""
+    rows = conn.execute(
+        select(b.c.id, b.c.response_schema, b.c.retry_invalid).where(b.c.id.in_(list(batch_ids)))
+    )
+    return {
+        batch_id: AnswerCheck(schema, retry_invalid or 0) if schema else None
+        for batch_id, schema, retry_invalid in rows
+    }
 
 
 @dataclass(frozen=True)
@@ -153,46 +203,72 @@ def apply_transitions(conn: Connection, writes: Sequence[Write]) -> int:
     statement on PostgreSQL (an ``executemany`` elsewhere), so a chunk costs a round trip or
     two, not one per row.
     Batches are paused as the transitions ask, whether or not their row write applied: an
-    account error is true of the whole batch."""
-    shapes: dict[tuple[tuple[str, ...], bool], list[dict[str, Any]]] = defaultdict(list)
+    account error is true of the whole batch. A transition with ``archive`` first moves the
+    row's outcome to ``past_results``, under the same guard, in the same transaction."""
+    shapes: dict[_Shape, list[dict[str, Any]]] = defaultdict(list)
     for write in writes:
-        changes = write.transition.changes
-        params = {f"v_{name}": value for name, value in changes.items()}
-        params.update(
-            w_id=write.request_id,
-            w_expected=write.expected.value,
-            w_token=write.lease_token,
-            v_status=write.transition.status.value,
-            v_due_at=write.transition.due_at,
-        )
-        shapes[(tuple(sorted(changes)), write.transition.increment_ambiguous)].append(params)
+        shape, params = _write_params(write)
+        shapes[shape].append(params)
     applied = 0
-    for (names, ambiguous), rows in shapes.items():
+    for (names, ambiguous, archived), rows in shapes.items():
+        if archived:
+            _archive_outcomes(conn, archived, rows)
         if conn.dialect.name == "postgresql":
             applied += _update_from_arrays(conn, names, ambiguous, rows)
-            continue
-        values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in names}
-        values.update(
-            status=bindparam("v_status"),
-            due_at=bindparam("v_due_at"),
-            lease_token=r.c.lease_token + 1,
-        )
-        if ambiguous:
-            values["ambiguous_submits"] = r.c.ambiguous_submits + 1
-        stmt = (
-            update(r)
-            .where(
-                r.c.id == bindparam("w_id"),
-                r.c.status == bindparam("w_expected"),
-                r.c.lease_token == bindparam("w_token"),
-            )
-            .values(values)
-        )
-        applied += conn.execute(stmt, rows).rowcount
+        else:
+            applied += _update_each(conn, names, ambiguous, rows)
     pauses = {w.batch_id: w.transition.pause_batch for w in writes if w.transition.pause_batch}
     for batch_id, reason in pauses.items():
         pause_batch(conn, batch_id, reason)
     return applied
+
+
+# What decides a write's statement: the columns it sets, whether it counts a possible
+# duplicate, and the columns of the outcome it archives first (none: nothing archived).
+_Shape = tuple[tuple[str, ...], bool, tuple[str, ...]]
+
+
+def _write_params(write: Write) -> tuple[_Shape, dict[str, Any]]:
+    """The shape of ``write`` and its bind parameters (``w_`` guard, ``v_`` new values,
+    ``a_`` archived outcome)."""
+    transition = write.transition
+    params = {f"v_{name}": value for name, value in transition.changes.items()}
+    params.update(
+        w_id=write.request_id,
+        w_expected=write.expected.value,
+        w_token=write.lease_token,
+        v_status=transition.status.value,
+        v_due_at=transition.due_at,
+    )
+    archived: tuple[str, ...] = ()
+    if transition.archive:
+        params.update({f"a_{name}": value for name, value in transition.archive.items()})
+        archived = tuple(sorted(transition.archive))
+    return (tuple(sorted(transition.changes)), transition.increment_ambiguous, archived), params
+
+
+def _update_each(
+    conn: Connection, names: tuple[str, ...], ambiguous: bool, rows: list[dict[str, Any]]
+) -> int:
+    """The guarded update of writes of one shape as an ``executemany`` (SQLite)."""
+    values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in names}
+    values.update(
+        status=bindparam("v_status"),
+        due_at=bindparam("v_due_at"),
+        lease_token=r.c.lease_token + 1,
+    )
+    if ambiguous:
+        values["ambiguous_submits"] = r.c.ambiguous_submits + 1
+    stmt = (
+        update(r)
+        .where(
+            r.c.id == bindparam("w_id"),
+            r.c.status == bindparam("w_expected"),
+            r.c.lease_token == bindparam("w_token"),
+        )
+        .values(values)
+    )
+    return conn.execute(stmt, rows).rowcount
 
 
 _ARRAY_WRITE_KEYS = ("w_id", "w_expected", "w_token", "v_status", "v_due_at")
@@ -228,6 +304,60 @@ def _update_from_arrays(
     keys = [*_ARRAY_WRITE_KEYS, *(f"v_{name}" for name in names)]
     arrays = {key: [row[key] for row in rows] for key in keys}
     return conn.execute(_update_from_arrays_sql(names, ambiguous), arrays).rowcount
+
+
+# The archived outcome's columns that its request row holds; the others come with the write.
+_ARCHIVED_FROM_ROW = {
+    "request_id": r.c.id,
+    "batch_id": r.c.batch_id,
+    "attempts": r.c.attempts,
+    "remote_id": r.c.remote_id,
+    "submitted_at": r.c.submitted_at,
+}
+
+
+def _archive_outcomes(conn: Connection, names: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """Copy the outcome of each write's row to ``past_results``, only where the row is still
+    as claimed, locking it so the guarded update that follows applies to exactly these rows."""
+    if conn.dialect.name == "postgresql":
+        keys = [*_ARRAY_WRITE_KEYS[:3], *(f"a_{name}" for name in names)]
+        arrays = {key: [row[key] for row in rows] for key in keys}
+        conn.execute(_archive_from_arrays_sql(names), arrays)
+        return
+    picked = select(
+        *_ARCHIVED_FROM_ROW.values(),
+        *(bindparam(f"a_{name}", type_=past_results.c[name].type) for name in names),
+    ).where(
+        r.c.id == bindparam("w_id"),
+        r.c.status == bindparam("w_expected"),
+        r.c.lease_token == bindparam("w_token"),
+    )
+    conn.execute(insert(past_results).from_select([*_ARCHIVED_FROM_ROW, *names], picked), rows)
+
+
+@lru_cache(maxsize=16)
+def _archive_from_arrays_sql(names: tuple[str, ...]) -> TextClause:
+    """``INSERT INTO past_results ... SELECT ... FROM requests JOIN unnest(arrays)`` for
+    archives of one shape, locking the matched rows (``FOR UPDATE``) until the update."""
+    dialect = postgresql.dialect()
+    columns = [
+        ("w_id", r.c.id),
+        ("w_expected", r.c.status),
+        ("w_token", r.c.lease_token),
+        *((f"a_{name}", past_results.c[name]) for name in names),
+    ]
+    arrays = ", ".join(
+        f"CAST(:{key} AS {column.type.compile(dialect=dialect)}[])" for key, column in columns
+    )
+    targets = [*_ARCHIVED_FROM_ROW, *names]
+    picks = [f"r.{column.name}" for column in _ARCHIVED_FROM_ROW.values()]
+    picks += [f"w.a_{name}" for name in names]
+    return text(
+        f"INSERT INTO past_results ({', '.join(targets)}) SELECT {', '.join(picks)} "
+        f"FROM requests AS r JOIN unnest({arrays}) AS w({', '.join(k for k, _ in columns)}) "
+        "ON r.id = w.w_id AND r.status = w.w_expected AND r.lease_token = w.w_token "
+        "FOR UPDATE OF r"
+    )
 
 
 def apply_transition(
@@ -434,6 +564,20 @@ def status_counts(conn: Connection, batch_id: str) -> dict[str, int]:
     for status, count in rows:
         counts[status] = count
     return counts
+
+
+def schema_counts(conn: Connection, batch_id: str) -> dict[str, int]:
+    """How many answered requests follow the batch's schema and how many do not, and how many
+    invalid answers were asked again."""
+    answered = r.c.status.in_(ANSWERED_STATUSES)
+    valid, invalid, retried = conn.execute(
+        select(
+            func.count().filter(answered, r.c.schema_valid.is_(True)),
+            func.count().filter(answered, r.c.schema_valid.is_(False)),
+            func.coalesce(func.sum(r.c.invalid_retries), 0),
+        ).where(r.c.batch_id == batch_id)
+    ).one()
+    return {"valid": int(valid), "invalid": int(invalid), "retried": int(retried)}
 
 
 def usage_totals(conn: Connection, batch_id: str) -> dict[str, int]:

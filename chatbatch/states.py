@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from chatbatch.completions import extract_fields
+from chatbatch.completions import USAGE_COLUMNS, extract_fields
 from chatbatch.outcomes import (
     Accepted,
     AccountBlocked,
@@ -26,6 +26,7 @@ from chatbatch.outcomes import (
     TaskFailed,
 )
 from chatbatch.polling import GeometricPolls, PollSchedule
+from chatbatch.structured import answer_problem
 
 
 class RequestStatus(StrEnum):
@@ -66,6 +67,8 @@ TERMINAL_STATUSES = (
 )
 # Finished with an answer the user can use.
 ANSWERED_STATUSES = (RequestStatus.SUCCEEDED, RequestStatus.REUSED)
+# The error code of an answer that did not follow the batch's schema and was asked again.
+SCHEMA_INVALID = "schema_invalid"
 
 
 @dataclass(frozen=True)
@@ -108,11 +111,26 @@ class RowView:
     submitted_at: datetime | None = None
     expires_at: datetime | None = None
     remote_id: str | None = None
+    retries: int = 0
+    invalid_retries: int = 0
+
+
+@dataclass(frozen=True)
+class AnswerCheck:
+    """The batch's JSON Schema (compact JSON text) and how often an answer that does not follow
+    it is asked again."""
+
+    schema_json: str
+    retry_invalid: int = 0
 
 
 @dataclass(frozen=True)
 class Transition:
-    """The new state of a row, the columns to write with it, and whether to pause its batch."""
+    """The new state of a row, the columns to write with it, and whether to pause its batch.
+
+    ``archive``: the row's outcome moves to ``past_results`` first (columns the row does not
+    hold yet, such as the answer being replaced), as ``chatbatch retry`` does.
+    """
 
     status: RequestStatus
     due_at: datetime
@@ -120,6 +138,7 @@ class Transition:
     pause_batch: str | None = None
     increment_ambiguous: bool = False
     log: str | None = None
+    archive: Mapping[str, Any] | None = None
 
 
 def retry_delay(
@@ -150,9 +169,10 @@ def after_submit(
     policy: Policy,
     rng: random.Random,
     polls: PollSchedule | None = None,
+    check: AnswerCheck | None = None,
 ) -> Transition:
     """What a POST's outcome does to a ``submitting`` row; ``polls`` times the first poll
-    (default: the policy's geometric schedule)."""
+    (default: the policy's geometric schedule), ``check`` judges an answer given at once."""
     if isinstance(outcome, Accepted):
         expires_at = now + timedelta(seconds=policy.retention_seconds)
         if outcome.expires_at is not None:
@@ -170,7 +190,7 @@ def after_submit(
         due = _cap_to_expiry(now + _seconds(first_poll), expires_at, policy, now)
         return Transition(RequestStatus.SUBMITTED, due, changes)
     if isinstance(outcome, Completed):
-        return _succeeded(outcome, now)
+        return _succeeded(row, outcome, now, check)
     if isinstance(outcome, Retryable) and outcome.rate_limited:
         delay = retry_delay(row.attempts, policy, rng, outcome.retry_after)
         changes = {"attempts": max(0, row.attempts - 1), **_error(outcome.code, outcome.message)}
@@ -227,12 +247,13 @@ def after_poll(
     policy: Policy,
     rng: random.Random,
     polls: PollSchedule | None = None,
+    check: AnswerCheck | None = None,
 ) -> Transition:
     """What a GET's outcome does to a ``submitted`` row; ``polls`` times the next poll by the
-    request's age (default: the policy's geometric schedule)."""
+    request's age (default: the policy's geometric schedule), ``check`` judges the answer."""
     expires_at = row.expires_at or now + timedelta(seconds=policy.retention_seconds)
     if isinstance(outcome, Completed):
-        return _succeeded(outcome, now)
+        return _succeeded(row, outcome, now, check)
     if isinstance(outcome, TaskFailed | Rejected):
         return _failed(outcome, now)
     if now >= expires_at:
@@ -296,7 +317,9 @@ def expired_transition(now: datetime) -> Transition:
     return Transition(RequestStatus.EXPIRED, now, _error("expired", message, completed_at=now))
 
 
-def _succeeded(outcome: Completed, now: datetime) -> Transition:
+def _succeeded(
+    row: RowView, outcome: Completed, now: datetime, check: AnswerCheck | None
+) -> Transition:
     changes = {
         **extract_fields(outcome.body),
         "response": outcome.raw,
@@ -306,7 +329,63 @@ def _succeeded(outcome: Completed, now: datetime) -> Transition:
         "error_code": None,
         "error_message": None,
     }
-    return Transition(RequestStatus.SUCCEEDED, now, changes)
+    if check is None:
+        return Transition(RequestStatus.SUCCEEDED, now, changes)
+    problem = answer_problem(changes["content"], check.schema_json)
+    changes["schema_valid"] = problem is None
+    changes["schema_error"] = problem
+    if problem is None or row.invalid_retries >= check.retry_invalid:
+        return Transition(RequestStatus.SUCCEEDED, now, changes)
+    return _asked_again(row, changes, problem, now)
+
+
+# Cleared when an invalid answer is archived and its request queued for a new round.
+_ROUND_COLUMNS = (
+    "remote_id",
+    "remote_status",
+    "submitted_at",
+    "polled_at",
+    "expires_at",
+    "completed_at",
+    "http_status",
+    "response",
+    "content",
+    "finish_reason",
+    "response_model",
+    *USAGE_COLUMNS,
+    "schema_valid",
+    "schema_error",
+)
+
+
+def _asked_again(
+    row: RowView, answer: Mapping[str, Any], problem: str, now: datetime
+) -> Transition:
+    """An answer that does not follow the schema, with re-asks left: it moves to
+    ``past_results`` (the provider billed it, so usage totals keep it) and the request starts a
+    new round at once, with a fresh attempt budget."""
+    message = problem[:2000]
+    archive = {
+        "round": row.retries + 1,
+        "status": RequestStatus.SUCCEEDED.value,
+        "completed_at": now,
+        "http_status": answer["http_status"],
+        "response": answer["response"],
+        **{name: answer[name] for name in USAGE_COLUMNS},
+        "error_code": SCHEMA_INVALID,
+        "error_message": message,
+        "archived_at": now,
+    }
+    changes = {
+        **dict.fromkeys(_ROUND_COLUMNS),
+        "attempts": 0,
+        "poll_count": 0,
+        "retries": row.retries + 1,
+        "invalid_retries": row.invalid_retries + 1,
+        "error_code": SCHEMA_INVALID,
+        "error_message": message,
+    }
+    return Transition(RequestStatus.QUEUED, now, changes, archive=archive)
 
 
 def _failed(outcome: Rejected | TaskFailed | NotFound, now: datetime) -> Transition:

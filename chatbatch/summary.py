@@ -29,7 +29,7 @@ def batch_summary(
     possible_duplicates = usage.pop("possible_duplicates")
     now = db_now(conn)
     at_risk, earliest = queries.expiry_risk(conn, batch.id, before=now + expiry_warning)
-    return {
+    summary = {
         "id": batch.id,
         "name": batch.name,
         "status": batch.status,
@@ -42,6 +42,22 @@ def batch_summary(
         "source": batch.source,
         "created_at": _iso(batch.created_at),
         "finished_at": _iso(batch.finished_at),
+    }
+    if batch.response_schema:
+        summary["schema"] = schema_summary(conn, batch.id)
+    return summary
+
+
+def schema_summary(conn: Connection, batch_id: str) -> dict[str, Any]:
+    """How many answers follow the batch's schema, the share that do (None before any answer),
+    and how many invalid answers were asked again."""
+    counts = queries.schema_counts(conn, batch_id)
+    judged = counts["valid"] + counts["invalid"]
+    return {
+        "valid": counts["valid"],
+        "invalid": counts["invalid"],
+        "pass_rate": counts["valid"] / judged if judged else None,
+        "retried": counts["retried"],
     }
 
 

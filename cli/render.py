@@ -26,6 +26,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"total {usage['total_tokens']:,} · reasoning {usage['reasoning_tokens']:,} · "
         f"cached {usage['cached_tokens']:,} · billed units {usage['billed_units']:,}"
     )
+    if summary.get("schema"):
+        click.echo("  schema      " + schema_text(summary["schema"]))
     if "cost" in summary:
         print_cost(summary["cost"])
     if summary["possible_duplicates"]:
@@ -44,6 +46,18 @@ def print_summary(summary: dict[str, Any]) -> None:
     click.echo(f"  created     {summary['created_at']}")
     if summary["finished_at"]:
         click.echo(f"  finished    {summary['finished_at']}")
+
+
+def schema_text(schema: dict[str, Any]) -> str:
+    """``97.5% valid (39/40) · 3 asked again`` for a batch's ``schema`` summary."""
+    judged = schema["valid"] + schema["invalid"]
+    if schema["pass_rate"] is None:
+        text = "no answers checked yet"
+    else:
+        text = f"{schema['pass_rate']:.1%} valid ({schema['valid']}/{judged})"
+    if schema["retried"]:
+        text += f" · {schema['retried']} asked again"
+    return text
 
 
 def print_cost(cost: dict[str, Any]) -> None:

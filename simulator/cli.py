@@ -95,6 +95,12 @@ def _retry_after(_ctx: click.Context, _param: click.Parameter, value: str) -> fl
     "--nul-rate", type=RATE, default=0.0, help="Fraction of completions containing U+0000."
 )
 @click.option(
+    "--invalid-json-rate",
+    type=RATE,
+    default=0.0,
+    help="Fraction of JSON answers served broken (cut short, or a field of the wrong type).",
+)
+@click.option(
     "--rpm",
     type=click.IntRange(min=1),
     default=None,

@@ -21,6 +21,7 @@ RATE_FIELDS = (
     "slow_rate",
     "unknown_status_rate",
     "nul_rate",
+    "invalid_json_rate",
 )
 SECONDS_FIELDS = ("request_latency", "slow_seconds", "not_found_seconds", "retention_seconds")
 KEY_FIELDS = ("api_keys", "payment_required_keys", "forbidden_keys")
@@ -48,6 +49,8 @@ class SimConfig:
     unknown_status_rate: float = 0.0
     blank_lines: int = 0
     nul_rate: float = 0.0
+    # Fraction of JSON answers served broken (cut short, or a field of the wrong type).
+    invalid_json_rate: float = 0.0
     rpm: int | None = None
     retention_seconds: float = 7 * 24 * 3600.0
     seed: int | None = None

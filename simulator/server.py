@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from simulator.answers import request_fingerprint
+from simulator.answers import NUL, request_fingerprint, spoiled_content, wants_json
 from simulator.config import SimConfig
 from simulator.faults import Dice
 from simulator.responses import (
@@ -176,7 +176,7 @@ class Simulator:
         if self.dice.roll(self.config.lost_response_rate):
             return self._drop(request, "lost_response")
         self.state.stats.sync_completions += 1
-        return self._json(task_completion(task))
+        return self._json(self._maybe_spoiled(task, task_completion(task)))
 
     # --- GET /chat/{id} ------------------------------------------------------------------------
 
@@ -214,7 +214,19 @@ class Simulator:
             return task_failed(task)
         served["succeed"] += 1
         self.state.stats.completed_results_served += 1
-        return task_succeeded(task)
+        return self._maybe_spoiled(task, task_succeeded(task))
+
+    def _maybe_spoiled(self, task: Task, answer: dict[str, Any]) -> dict[str, Any]:
+        """``answer`` with its content broken if ``invalid_json_rate`` picks the task (JSON
+        answers only; the same for every poll of the task)."""
+        rate = self.config.invalid_json_rate
+        if rate <= 0 or not wants_json(task.body):
+            return answer
+        draw = self.dice.spoil_draw(task.id, rate)
+        if draw is not None:
+            content = spoiled_content(task.body, draw=draw, fingerprint=task.fingerprint)
+            answer["choices"][0]["message"]["content"] = content + (NUL if task.nul else "")
+        return answer
 
     def _expire(self, now: float) -> None:
         """Forget tasks past the retention window, as GeekAI deletes results after 7 days."""

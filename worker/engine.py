@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,6 +29,7 @@ from chatbatch.polling import PollPlanner
 from chatbatch.ratelimits import limits_from_models_listing, parse_limits
 from chatbatch.settings import Settings
 from chatbatch.states import (
+    AnswerCheck,
     Policy,
     RequestStatus,
     RowView,
@@ -54,6 +55,7 @@ FLUSH_SECONDS = 0.05  # outcomes landing this close together are written in one 
 MIN_IDLE_SECONDS = 0.01
 MAX_IDLE_SECONDS = 1.0  # look again at least this often: a batch loaded meanwhile is due now
 LEARN_WINDOW = timedelta(hours=6)
+MAX_CACHED_BATCHES = 10_000  # answer checks remembered; past it the cache starts afresh
 
 
 @dataclass
@@ -116,6 +118,8 @@ class Engine:
         self._submit_share = max(1, min(settings.chunk_size, settings.concurrency // task_threads))
         self._polls = PollPlanner(geometric_polls(self.policy), settings.poll_gets_per_result)
         self._planned_at: dict[str, float] = {}  # model -> monotonic time of its last replan
+        # batch id -> its schema check (None: no schema); fixed at load, so read once per batch.
+        self._checks: dict[str, AnswerCheck | None] = {}
         self._rng = random.Random()
 
     @property
@@ -210,13 +214,17 @@ class Engine:
                 )
                 submits = (
                     queries.claim_for_submit(
-                        conn, now=clock.anchor, limit=submit_slots, lease_seconds=lease
+                        conn,
+                        now=clock.anchor,
+                        limit=submit_slots,
+                        lease_seconds=lease,
                     )
                     if submit_slots
                     else []
                 )
+                checks = self._learn_checks(conn, polls, submits)
             if polls or submits:
-                self._call_and_record(submits, polls, clock)
+                self._call_and_record(submits, polls, clock, checks)
         finally:
             self._submit_budget.give_back(submit_slots)
         return len(polls) + len(submits)
@@ -224,8 +232,34 @@ class Engine:
     def close(self) -> None:
         self._provider.close()
 
+    def _learn_checks(
+        self,
+        conn: Connection,
+        polls: list[queries.PollClaim],
+        submits: list[queries.SubmitClaim],
+    ) -> Mapping[str, AnswerCheck | None]:
+        """The schema checks of the claimed rows' batches, reading those not seen before (one
+        query, only when a new batch turns up). A full cache is replaced, not emptied, so a
+        chunk in flight in another thread keeps the checks it was given."""
+        checks = self._checks
+        unknown = {c.batch_id for c in polls if c.batch_id not in checks}
+        unknown.update(c.batch_id for c in submits if c.batch_id not in checks)
+        if not unknown:
+            return checks
+        if len(checks) + len(unknown) > MAX_CACHED_BATCHES:
+            checks = {}
+            unknown = {c.batch_id for c in polls} | {c.batch_id for c in submits}
+        found = queries.answer_checks(conn, unknown)
+        checks.update({batch_id: found.get(batch_id) for batch_id in unknown})
+        self._checks = checks
+        return checks
+
     def _call_and_record(
-        self, submits: list[queries.SubmitClaim], polls: list[queries.PollClaim], clock: DbClock
+        self,
+        submits: list[queries.SubmitClaim],
+        polls: list[queries.PollClaim],
+        clock: DbClock,
+        checks: Mapping[str, AnswerCheck | None],
     ) -> None:
         """Send the chunk's calls and record their outcomes as they land, in micro-batches of at
         most ``FLUSH_SECONDS``: an accepted task id is committed within that of its POST
@@ -249,9 +283,13 @@ class Engine:
             for index, outcome in batch:
                 outcomes[index] = outcome
                 if index < len(submits):
-                    writes.append(self._submit_write(submits[index], outcome, now))
+                    claim = submits[index]
+                    check = checks.get(claim.batch_id)
+                    writes.append(self._submit_write(claim, outcome, now, check))
                 else:
-                    writes.append(self._poll_write(polls[index - len(submits)], outcome, now))
+                    poll = polls[index - len(submits)]
+                    check = checks.get(poll.batch_id)
+                    writes.append(self._poll_write(poll, outcome, now, check))
             self._write(writes)
             writes = []
         if writes:
@@ -295,15 +333,20 @@ class Engine:
         )
 
     def _submit_write(
-        self, claim: queries.SubmitClaim, outcome: Outcome, now: datetime
+        self,
+        claim: queries.SubmitClaim,
+        outcome: Outcome,
+        now: datetime,
+        check: AnswerCheck | None,
     ) -> queries.Write:
         transition = after_submit(
-            RowView(status=RequestStatus.SUBMITTING, attempts=claim.attempts),
+            claim.view(),
             outcome,
             now=now,
             policy=self.policy,
             rng=self._rng,
             polls=self._polls.schedule(claim.model),
+            check=check,
         )
         self._log_outcome(claim.id, outcome, transition)
         return queries.Write(
@@ -311,7 +354,7 @@ class Engine:
         )
 
     def _poll_write(
-        self, claim: queries.PollClaim, outcome: Outcome, now: datetime
+        self, claim: queries.PollClaim, outcome: Outcome, now: datetime, check: AnswerCheck | None
     ) -> queries.Write:
         transition = after_poll(
             claim.view(),
@@ -320,6 +363,7 @@ class Engine:
             policy=self.policy,
             rng=self._rng,
             polls=self._polls.schedule(claim.model),
+            check=check,
         )
         self._log_outcome(claim.id, outcome, transition)
         return queries.Write(
@@ -379,7 +423,7 @@ class Engine:
             lost = [
                 (w.request_id, w.transition.changes["remote_id"])
                 for w in writes
-                if "remote_id" in w.transition.changes
+                if w.transition.changes.get("remote_id")
             ]
             log.error(
                 "could not record %d outcome(s): database unavailable; accepted tasks "
@@ -411,6 +455,12 @@ class Engine:
     def _log_outcome(self, request_id: int, outcome: Outcome, transition: Transition) -> None:
         if transition.log:
             log.warning("request %s: %s", request_id, transition.log)
+        if transition.archive:
+            log.info(
+                "request %s: answer does not follow the schema, asking again: %s",
+                request_id,
+                transition.changes.get("error_message"),
+            )
         if transition.pause_batch:
             log.error("pausing batch: %s", transition.pause_batch)
         if transition.increment_ambiguous:

@@ -17,11 +17,14 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from chatbatch.structured import answer_problem, schema_text
 from simulator.answers import (
     completion_for,
     expected_content,
     expected_usage,
     request_fingerprint,
+    spoiled_content,
+    value_for,
 )
 from simulator.cli import simulate
 from simulator.config import SimConfig, parse_latency
@@ -159,6 +162,78 @@ def test_json_mode_and_thinking(client) -> None:
     assert 0.5 <= content["confidence"] < 1.0
     assert message["reasoning_content"]
     assert answer["usage"]["completion_tokens_details"]["reasoning_tokens"] >= 8
+
+
+LABEL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string", "enum": ["positive", "negative", "neutral"]},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "topics": {"type": "array", "items": {"type": "string"}},
+        "source": {
+            "type": "object",
+            "properties": {"page": {"type": "integer", "minimum": 1, "maximum": 9}},
+            "required": ["page"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["label", "confidence", "topics", "source"],
+    "additionalProperties": False,
+}
+
+
+def with_schema(body: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    response_format = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    return {**body, "response_format": response_format}
+
+
+def test_json_schema_requests_get_answers_that_follow_the_schema(sim, client) -> None:
+    bodies = [
+        with_schema(
+            {**BODY, "messages": [{"role": "user", "content": f"review {i}"}]}, LABEL_SCHEMA
+        )
+        for i in range(12)
+    ]
+    answers = [wait_done(client, submit(client, body).json()["id"]) for body in bodies]
+    answers.append(client.post("chat/completions", json=bodies[0]).json())  # synchronous
+    for body, answer in zip([*bodies, bodies[0]], answers, strict=True):
+        content = answer["choices"][0]["message"]["content"]
+        assert content == expected_content(body)
+        assert answer_problem(content, schema_text(LABEL_SCHEMA)) is None
+        value = orjson.loads(content)
+        assert set(value) == {"label", "confidence", "topics", "source"}
+        assert len(value["topics"]) == 1 and 1 <= value["source"]["page"] <= 9
+    labels = {orjson.loads(a["choices"][0]["message"]["content"])["label"] for a in answers}
+    assert len(labels) > 1  # picked by the request, not fixed
+
+
+def test_invalid_json_rate_breaks_json_answers_alike_on_every_poll(sim, client) -> None:
+    sim.reconfigure(invalid_json_rate=1.0)
+    body = with_schema(BODY, LABEL_SCHEMA)
+    task_id = submit(client, body).json()["id"]
+    first = wait_done(client, task_id)["choices"][0]["message"]["content"]
+    assert poll(client, task_id)["choices"][0]["message"]["content"] == first
+    assert answer_problem(first, schema_text(LABEL_SCHEMA)) is not None
+    assert first in {spoiled_content(body, draw=0), spoiled_content(body, draw=1)}
+    json_mode = {**BODY, "json_mode": True}
+    broken = wait_done(client, submit(client, json_mode).json()["id"])
+    assert broken["choices"][0]["message"]["content"] != expected_content(json_mode)
+    plain = wait_done(client, submit(client).json()["id"])  # not a JSON request: untouched
+    assert plain["choices"][0]["message"]["content"] == expected_content(BODY)
+
+
+def test_invalid_json_rate_is_drawn_per_task_so_asking_again_can_succeed(sim, client) -> None:
+    sim.reconfigure(invalid_json_rate=0.5)
+    body = with_schema(BODY, LABEL_SCHEMA)
+    contents = [
+        wait_done(client, submit(client, body).json()["id"])["choices"][0]["message"]["content"]
+        for _ in range(30)
+    ]
+    valid = sum(content == expected_content(body) for content in contents)
+    assert 5 <= valid <= 25
+    problems = {answer_problem(c, schema_text(LABEL_SCHEMA)) for c in contents}
+    assert any(p and p.startswith("not JSON") for p in problems)
+    assert any(p and "is not of type" in p for p in problems)
 
 
 def test_models_list_carries_the_rpm_limit(sim, client) -> None:
@@ -412,6 +487,8 @@ def test_cli_validates_its_options() -> None:
     help_text = runner.invoke(simulate, ["--help"]).output
     for option in ("--latency", "--lost-response-rate", "--retry-after", "--no-auth", "--rpm"):
         assert option in help_text
+    assert "--invalid-json-rate" in help_text
+    assert runner.invoke(simulate, ["--invalid-json-rate", "2"]).exit_code == 2
     assert runner.invoke(simulate, ["--latency", "bogus"]).exit_code == 2
     assert runner.invoke(simulate, ["--fail-rate", "1.5"]).exit_code == 2
     assert runner.invoke(simulate, ["--retry-after", "soon"]).exit_code == 2
@@ -465,6 +542,58 @@ def test_answers_handle_every_content_shape() -> None:
     )
     schema = {**body, "response_format": {"type": "json_schema"}}
     assert orjson.loads(expected_content(schema))["fingerprint"] == request_fingerprint(schema)[:16]
+
+
+SCHEMAS: list[dict[str, Any]] = [
+    {"type": "object"},
+    {"type": "object", "properties": {"n": {"type": "integer", "exclusiveMinimum": 0}}},
+    {
+        "type": "object",
+        "properties": {
+            "score": {"type": "number", "minimum": -5, "exclusiveMaximum": -4},
+            "count": {"type": "integer", "maximum": 3},
+            "flag": {"type": "boolean"},
+            "note": {"type": ["string", "null"], "minLength": 30, "maxLength": 40},
+            "when": {"type": "string", "format": "date"},
+            "kind": {"const": "review"},
+            "tags": {"type": "array", "items": {"enum": [1, 2, 3]}, "minItems": 2},
+            "ref": {"$ref": "#/$defs/part"},
+            "either": {
+                "anyOf": [{"type": "integer", "minimum": 5, "maximum": 5}, {"type": "null"}]
+            },
+        },
+        "required": ["score", "count", "flag", "note", "when", "kind", "tags", "ref", "either"],
+        "additionalProperties": False,
+        "$defs": {
+            "part": {
+                "type": "object",
+                "properties": {"deep": {"type": "array", "items": {"type": "object"}}},
+                "required": ["deep"],
+                "additionalProperties": False,
+            }
+        },
+    },
+]
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_generated_values_follow_their_schema(schema: dict[str, Any]) -> None:
+    for i in range(40):
+        fingerprint = request_fingerprint({"model": "m", "n": i})
+        value = value_for(schema, fingerprint)
+        assert answer_problem(orjson.dumps(value).decode(), schema_text(schema)) is None, value
+        assert value_for(schema, fingerprint) == value  # the same request, the same answer
+
+
+def test_spoiled_answers_are_broken_either_way() -> None:
+    body = with_schema(BODY, LABEL_SCHEMA)
+    truncated = answer_problem(spoiled_content(body, draw=4), schema_text(LABEL_SCHEMA))
+    mistyped = answer_problem(spoiled_content(body, draw=7), schema_text(LABEL_SCHEMA))
+    assert truncated is not None and truncated.startswith("not JSON")
+    assert mistyped is not None and "is not of type" in mistyped
+    untyped = with_schema(BODY, {"type": "object", "properties": {"x": {}}})
+    whole = expected_content(untyped)
+    assert spoiled_content(untyped, draw=7) == whole[: len(whole) // 2]
 
 
 def test_config_rejects_impossible_values() -> None:
