@@ -1,16 +1,19 @@
 """Export on PostgreSQL: every JSONL line and CSV row is built by one SQL expression and read
-from a server-side cursor as bytes; Python only joins finished lines into blocks and writes them.
+as bytes in blocks (libpq's chunked rows, or a server-side cursor); Python only joins finished
+lines into blocks and writes them.
 
 The expressions give byte for byte what ``chatbatch.export``'s Python writers give for the same
 row (the tests compare both on tricky rows). The one case SQL cannot reproduce — re-serialising a
 provider's error body, which orjson does — comes back as a marker line that is finished in Python.
+CSV cells from source records and answer fields (JSON that SQL would re-serialise differently)
+are made in Python from the fetched JSON text, between cells the database built.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 from typing import IO, Any, cast
 
@@ -19,7 +22,19 @@ import psycopg
 from sqlalchemy import Connection
 
 from chatbatch.completions import USAGE_COLUMNS
-from chatbatch.export import CSV_COLUMNS, FORMULA_PREFIXES, jsonl_line
+from chatbatch.export import (
+    ANSWERED,
+    FORMULA_PREFIXES,
+    OUTPUT_COLUMNS,
+    CsvLayout,
+    OnRows,
+    answer_values,
+    begin_export,
+    jsonl_line,
+    layout_for,
+    parse_record,
+    value_cell,
+)
 
 FETCH_ROWS = 2000
 # libpq 17 added chunked-rows mode, which ``cursor.stream(size=...)`` needs; older libpqs read
@@ -36,6 +51,12 @@ PYTHON_ROW_FIELDS = (
     "error_code",
     "error_message",
 )
+# A reused answer's task id is its source request's (``chatbatch.export._selected``). Only
+# batches with reused rows get this: the subquery keeps PostgreSQL from a parallel plan.
+_SOURCE_TASK_ID = (
+    "CASE WHEN status = 'reused' THEN COALESCE(remote_id, "
+    "(SELECT s.remote_id FROM requests s WHERE s.id = requests.reused_from)) ELSE remote_id END"
+)
 
 
 def _json(expr: str) -> str:
@@ -51,31 +72,38 @@ def _one_line(expr: str) -> str:
     )
 
 
-_SUCCEEDED = "status = 'succeeded'"
-_RESPONSE = (
-    f"CASE WHEN response IS NOT NULL AND {_SUCCEEDED} THEN "
-    "'{\"status_code\":' || COALESCE(NULLIF(http_status, 0), 200) || ',\"request_id\":' || "
-    f"COALESCE({_json('remote_id')}, 'null') || ',\"body\":' || {_one_line('response')} || '}}' "
-    "ELSE 'null' END"
-)
+_SUCCEEDED = "status IN (" + ", ".join(f"'{s}'" for s in sorted(ANSWERED)) + ")"
 _ERROR_CODE = _json("COALESCE(NULLIF(error_code, ''), status)")
 _ERROR_MESSAGE = _json("COALESCE(NULLIF(error_message, ''), 'request is ' || status)")
 _ERROR = (
     f"CASE WHEN {_SUCCEEDED} THEN 'null' ELSE '{{\"code\":' || {_ERROR_CODE} || "
     f"',\"message\":' || {_ERROR_MESSAGE} || '}}' END"
 )
-JSONL_LINE = (
-    "CASE WHEN response IS NOT NULL AND NOT {succeeded} AND http_status >= 400 "
-    "THEN E'\\x01' || json_build_array({fields})::text "
-    'ELSE \'{{"id":"batch_req_\' || id || \'","custom_id":\' || {custom_id} || '
-    "',\"response\":' || {response} || ',\"error\":' || {error} || '}}' END || E'\\n'"
-).format(
-    succeeded=_SUCCEEDED,
-    fields=", ".join(PYTHON_ROW_FIELDS),
-    custom_id=_json("custom_id"),
-    response=_RESPONSE,
-    error=_ERROR,
-)
+
+
+def _jsonl_line(task_id: str) -> str:
+    """The JSONL line (or a marker line for Python), ``task_id`` giving the request_id."""
+    response = (
+        f"CASE WHEN response IS NOT NULL AND {_SUCCEEDED} THEN "
+        "'{\"status_code\":' || COALESCE(NULLIF(http_status, 0), 200) || ',\"request_id\":' || "
+        f"COALESCE({_json(task_id)}, 'null') || ',\"body\":' || {_one_line('response')} || '}}' "
+        "ELSE 'null' END"
+    )
+    return (
+        "CASE WHEN response IS NOT NULL AND NOT {succeeded} AND http_status >= 400 "
+        "THEN E'\\x01' || json_build_array({fields})::text "
+        'ELSE \'{{"id":"batch_req_\' || id || \'","custom_id":\' || {custom_id} || '
+        "',\"response\":' || {response} || ',\"error\":' || {error} || '}}' END || E'\\n'"
+    ).format(
+        succeeded=_SUCCEEDED,
+        fields=", ".join(task_id if f == "remote_id" else f for f in PYTHON_ROW_FIELDS),
+        custom_id=_json("custom_id"),
+        response=response,
+        error=_ERROR,
+    )
+
+
+JSONL_LINE = _jsonl_line("remote_id")
 
 
 def _python_quotes(char: str) -> bool:
@@ -128,73 +156,175 @@ def _number(expr: str) -> str:
     return f"COALESCE(({expr})::text, '')"
 
 
-CSV_CELLS = {
-    "custom_id": _csv_text("custom_id"),
-    "status": _csv_text("status", safe=False),
-    "content": _csv_text("content"),
-    "finish_reason": _csv_text("finish_reason"),
-    "model": _csv_text("COALESCE(NULLIF(response_model, ''), model)"),
-    **{name: _number(name) for name in USAGE_COLUMNS},
-    "error_code": _csv_text("error_code"),
-    "error_message": _csv_text("error_message"),
-    "remote_id": _csv_text("remote_id"),
-    "submitted_at": _iso("submitted_at"),
-    "completed_at": _iso("completed_at"),
-    "attempts": _number("attempts"),
-    "retries": _number("retries"),
-    "possible_duplicates": _number("ambiguous_submits"),
-}
-assert tuple(CSV_CELLS) == CSV_COLUMNS
-CSV_ROW = " || ',' || ".join(CSV_CELLS.values()) + " || E'\\n'"
+def _csv_cells(task_id: str) -> dict[str, str]:
+    """Each output column's cell, ``task_id`` giving the remote_id."""
+    return {
+        "custom_id": _csv_text("custom_id"),
+        "status": _csv_text("status", safe=False),
+        "content": _csv_text("content"),
+        "finish_reason": _csv_text("finish_reason"),
+        "model": _csv_text("COALESCE(NULLIF(response_model, ''), model)"),
+        **{name: _number(name) for name in USAGE_COLUMNS},
+        "error_code": _csv_text("error_code"),
+        "error_message": _csv_text("error_message"),
+        "remote_id": _csv_text(task_id),
+        "submitted_at": _iso("submitted_at"),
+        "completed_at": _iso("completed_at"),
+        "attempts": _number("attempts"),
+        "retries": _number("retries"),
+        "possible_duplicates": _number("ambiguous_submits"),
+        "reused_from": "COALESCE('batch_req_' || reused_from, '')",
+        "schema_valid": "CASE WHEN schema_valid THEN 'true' WHEN NOT schema_valid THEN 'false' "
+        "ELSE '' END",
+        "schema_error": _csv_text("schema_error"),
+    }
 
 
-def export_postgres(conn: Connection, batch_id: str, out: IO[bytes], fmt: str) -> int:
-    """Write the batch's lines (``fmt`` jsonl or csv) to ``out`` in input order; the count."""
-    if fmt == "csv":
-        header = io.StringIO()
-        csv.writer(header, lineterminator="\n").writerow(CSV_COLUMNS)
-        out.write(header.getvalue().encode())
-    jsonl = fmt != "csv"
+CSV_CELLS = _csv_cells("remote_id")
+assert tuple(CSV_CELLS) == OUTPUT_COLUMNS
+
+
+def csv_row_sql(layout: CsvLayout, cells: dict[str, str] = CSV_CELLS) -> str:
+    """One CSV line (with its newline) built in SQL; every column must be an output column."""
+    row = [cells[column.key] for column in layout.columns]
+    if len(row) == 1:  # csv.writer quotes a lone empty cell, or the line would look blank
+        row = [f"COALESCE(NULLIF({row[0]}, ''), '\"\"')"]
+    return " || ',' || ".join(row) + " || E'\\n'"
+
+
+CSV_ROW = csv_row_sql(layout_for(None, None))
+
+
+def export_postgres(
+    conn: Connection,
+    batch_id: str,
+    out: IO[bytes],
+    fmt: str,
+    *,
+    columns: Sequence[str] | None = None,
+    bom: bool = False,
+    on_rows: OnRows | None = None,
+) -> int:
+    """Write the batch's lines (``fmt`` jsonl or csv) to ``out`` in input order; the count.
+    ``on_rows`` hears how many rows each block wrote."""
+    layout = begin_export(conn, batch_id, out, fmt, columns=columns, bom=bom)
+    task_id = _SOURCE_TASK_ID if _has_reused(conn, batch_id) else "remote_id"
+    cells = _csv_cells(task_id)
+    blocks: Iterator[tuple[bytes, int]]
+    if layout is None:
+        blocks = iter_blocks(conn, batch_id, _jsonl_line(task_id))
+    elif layout.needs_record or layout.needs_answer:
+        blocks = _assembled_blocks(conn, batch_id, layout, cells)
+    else:
+        blocks = iter_blocks(conn, batch_id, csv_row_sql(layout, cells))
     count = 0
-    for block, rows in iter_blocks(conn, batch_id, JSONL_LINE if jsonl else CSV_ROW):
+    for block, rows in blocks:
         # (a CSV cell may hold the marker byte; only JSONL lines are ever marked)
-        out.write(_finish_python_rows(block) if jsonl and PYTHON_ROW in block else block)
+        out.write(_finish_python_rows(block) if layout is None and PYTHON_ROW in block else block)
         count += rows
+        if on_rows:
+            on_rows(rows)
     return count
 
 
+def _has_reused(conn: Connection, batch_id: str) -> bool:
+    """Whether any request of the batch holds a reused answer."""
+    found = conn.exec_driver_sql(
+        "SELECT EXISTS (SELECT 1 FROM requests WHERE batch_id = %(b)s AND status = 'reused')",
+        {"b": batch_id},
+    )
+    return bool(found.scalar())
+
+
+def _assembled_blocks(
+    conn: Connection, batch_id: str, layout: CsvLayout, cells: dict[str, str]
+) -> Iterator[tuple[bytes, int]]:
+    """CSV lines whose record and answer cells are made here: SQL builds each run of output
+    columns as one piece, and sends the record and the answer as they are stored."""
+    pieces: list[str] = []  # SQL for each run of output columns
+    plan: list[tuple[str, Any]] = []  # ("sql", index of the piece) | ("record"/"answer", key)
+    for column in layout.columns:
+        if column.kind != "output":
+            plan.append((column.kind, column.key))
+        elif plan and plan[-1][0] == "sql":
+            pieces[-1] += " || ',' || " + cells[column.key]
+        else:
+            plan.append(("sql", len(pieces)))
+            pieces.append(cells[column.key])
+    needs_record, needs_answer = layout.needs_record, layout.needs_answer
+    record_at, content_at = len(pieces), len(pieces) + 1
+    selected = [
+        *pieces,
+        "record" if needs_record else "NULL",
+        *(("content", "schema_valid") if needs_answer else ("NULL", "NULL")),
+    ]
+    lone = len(layout.columns) == 1
+    for rows in _row_blocks(conn, batch_id, selected):
+        lines = []
+        for row in rows:
+            record = parse_record(row[record_at]) if needs_record else {}
+            answer = answer_values(row[content_at], row[-1]) if needs_answer else {}
+            line = ",".join(
+                [
+                    row[key]
+                    if kind == "sql"
+                    else _quoted(value_cell((record if kind == "record" else answer).get(key)))
+                    for kind, key in plan
+                ]
+            )
+            lines.append(('""' if lone and not line else line) + "\n")
+        yield "".join(lines).encode(), len(rows)
+
+
+def _quoted(cell: str | None) -> str:
+    """A cell as ``csv.writer`` (as ``write_csv`` sets it up) writes it."""
+    if cell is None:
+        return ""
+    if any(char in cell for char in _CSV_QUOTED_CHARS):
+        return '"' + cell.replace('"', '""') + '"'
+    return cell
+
+
 def iter_blocks(conn: Connection, batch_id: str, line_sql: str) -> Iterator[tuple[bytes, int]]:
-    """The batch's lines, as built by ``line_sql``, joined in blocks of up to ``FETCH_ROWS``;
-    one query (one snapshot) in the caller's transaction, in constant memory."""
+    """The batch's lines, as built by ``line_sql``, joined in blocks of up to ``FETCH_ROWS``."""
+    for rows in _row_blocks(conn, batch_id, [f"convert_to({line_sql}, 'UTF8')"]):
+        yield b"".join([row[0] for row in rows]), len(rows)
+
+
+def _row_blocks(
+    conn: Connection, batch_id: str, selected: Sequence[str]
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The batch's rows of ``selected`` expressions in input order, up to ``FETCH_ROWS`` at a
+    time; one query (one snapshot) in the caller's transaction, in constant memory."""
     conn.exec_driver_sql("SELECT 1")  # the query runs in a transaction SQLAlchemy knows of
     dbapi = cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
     query = (
-        f"SELECT convert_to({line_sql.replace('%', '%%')}, 'UTF8') FROM requests "
+        f"SELECT {', '.join(selected).replace('%', '%%')} FROM requests "
         "WHERE batch_id = %s ORDER BY line_no"
     )
     if CHUNKED_ROWS:
-        yield from _streamed_blocks(dbapi, query, batch_id)
+        yield from _streamed_rows(dbapi, query, batch_id)
         return
     with dbapi.cursor("chatbatch_export", binary=True) as cursor:
         cursor.execute(query, (batch_id,))
         while rows := cursor.fetchmany(FETCH_ROWS):
-            yield b"".join([row[0] for row in rows]), len(rows)
+            yield rows
 
 
-def _streamed_blocks(
+def _streamed_rows(
     dbapi: psycopg.Connection[Any], query: str, batch_id: str
-) -> Iterator[tuple[bytes, int]]:
+) -> Iterator[list[tuple[Any, ...]]]:
     """Rows as the server sends them, ``FETCH_ROWS`` per result (libpq's chunked-rows mode): no
     round trip per block, and unlike a cursor (DECLARE) the query may use a parallel plan."""
-    block: list[bytes] = []
+    block: list[tuple[Any, ...]] = []
     with dbapi.cursor(binary=True) as cursor:
-        for (line,) in cursor.stream(query, (batch_id,), size=FETCH_ROWS):
-            block.append(line)
+        for row in cursor.stream(query, (batch_id,), size=FETCH_ROWS):
+            block.append(row)
             if len(block) == FETCH_ROWS:
-                yield b"".join(block), FETCH_ROWS
+                yield block
                 block = []
     if block:
-        yield b"".join(block), len(block)
+        yield block
 
 
 def _finish_python_rows(block: bytes) -> bytes:
@@ -203,5 +333,5 @@ def _finish_python_rows(block: bytes) -> bytes:
     for i, line in enumerate(lines):
         if line.startswith(PYTHON_ROW):
             fields = dict(zip(PYTHON_ROW_FIELDS, orjson.loads(line[1:]), strict=True))
-            lines[i] = jsonl_line(SimpleNamespace(**fields))[:-1]  # type: ignore[arg-type]
+            lines[i] = jsonl_line(SimpleNamespace(**fields))[:-1]
     return b"\n".join(lines)

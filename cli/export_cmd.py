@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import click
@@ -18,14 +19,34 @@ from cli.context import handles_errors, ready_database, setup_logging
     type=click.Choice(["jsonl", "csv"]),
     help="Output format (default: from the file extension, else jsonl).",
 )
+@click.option(
+    "--columns",
+    metavar="A,B,C",
+    help="CSV only: these columns, in this order (record columns, answer fields, output "
+    "columns; a name holding a comma goes in double quotes).",
+)
+@click.option("--bom", is_flag=True, help="CSV only: start with a UTF-8 byte-order mark (Excel).")
 @handles_errors
-def export_command(batch: str, output: Path, fmt: str | None) -> None:
-    """Write one line (or CSV row) per request, in input order."""
+def export_command(
+    batch: str, output: Path, fmt: str | None, columns: str | None, bom: bool
+) -> None:
+    """Write one line (or CSV row) per request, in input order.
+
+    A CSV of a CSV or record file starts with its columns; with a JSON schema, the answer's
+    top-level fields follow (answer.NAME when the name is taken), then schema_valid,
+    schema_error and the output columns."""
     from chatbatch import queries
     from cli.exporting import export_to
 
     setup_logging()
     with ready_database().connect() as conn:
         batch_id = queries.resolve_batch(conn, batch).id
-    count = export_to(batch_id, output, fmt)
+    chosen = parse_columns(columns) if columns is not None else None
+    count = export_to(batch_id, output, fmt, columns=chosen, bom=bom)
     click.echo(f"wrote {count} result(s) to {output}", err=True)
+
+
+def parse_columns(text: str) -> list[str]:
+    """``a, b,"c,d"`` → ``["a", "b", "c,d"]``: CSV syntax, spaces around names ignored."""
+    row = next(csv.reader([text], skipinitialspace=True), [])
+    return [name.strip() for name in row if name.strip()]

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, insert
 
-from chatbatch.export import export_batch, iter_results, write_csv, write_jsonl
+from chatbatch.export import export_batch, export_python
 from chatbatch.export_sql import export_postgres
 from chatbatch.models import batches_table, requests_table
 
@@ -45,15 +45,18 @@ ROWS: list[dict[str, Any]] = [
     {"status": "expired", "error_message": None, "error_code": None},
     {"status": "cancelled", "response": None, "http_status": 404},
     {"status": "failed", "custom_id": "\x01", "content": "\x01x\n\x01y", "error_message": "\x01"},
+    {"status": "reused", "response": PRETTY, "remote_id": None, "reused_from": 2**62},
+    {"status": "reused", "response": '{"a": 1}', "prompt_tokens": None, "schema_valid": False},
 ]
 FORMULAS = ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'already", "a=b", "", " =x"]
 
 
-def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> str:
+def insert_rows(conn: Connection, rows: list[dict[str, Any]], **batch: Any) -> str:
+    """A batch of ``rows`` (request columns over defaults); ``batch`` sets batch columns."""
     batch_id = "batch_" + uuid.uuid4().hex
     conn.execute(
         insert(batches_table).values(
-            id=batch_id, name=batch_id, status="running", total=len(rows), created_at=NOW
+            id=batch_id, name=batch_id, status="running", total=len(rows), created_at=NOW, **batch
         )
     )
     values = []
@@ -82,6 +85,10 @@ def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> str:
                 "response_model": None,
                 "error_code": None,
                 "error_message": None,
+                "record": None,
+                "schema_valid": None,
+                "schema_error": None,
+                "reused_from": None,
                 **row,
             }
         )
@@ -90,31 +97,34 @@ def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> str:
     return batch_id
 
 
-def python_export(conn: Connection, batch_id: str, fmt: str) -> bytes:
+def python_export(conn: Connection, batch_id: str, fmt: str, **options: Any) -> bytes:
     """What the Python writers (the SQLite path) make of the same rows."""
     out = io.BytesIO()
-    if fmt == "jsonl":
-        write_jsonl(iter_results(conn, batch_id), out)
-        return out.getvalue()
-    wrapper = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
-    write_csv(iter_results(conn, batch_id), wrapper)
-    wrapper.detach()
+    export_python(conn, batch_id, out, fmt, **options)
     return out.getvalue()
 
 
-def sql_export(conn: Connection, batch_id: str, fmt: str) -> tuple[bytes, int]:
+def sql_export(conn: Connection, batch_id: str, fmt: str, **options: Any) -> tuple[bytes, int]:
     out = io.BytesIO()
-    count = export_postgres(conn, batch_id, out, fmt)
+    count = export_postgres(conn, batch_id, out, fmt, **options)
     return out.getvalue(), count
 
 
-def both(db: Engine, rows: list[dict[str, Any]], fmt: str) -> tuple[bytes, bytes, int]:
+def both(
+    db: Engine,
+    rows: list[dict[str, Any]],
+    fmt: str,
+    *,
+    batch: dict[str, Any] | None = None,
+    **options: Any,
+) -> tuple[bytes, bytes, int]:
+    """The SQL export and the Python one of a new batch of ``rows``, and the SQL count."""
     with db.begin() as conn:
-        batch_id = insert_rows(conn, rows)
+        batch_id = insert_rows(conn, rows, **(batch or {}))
     with db.connect() as conn:
-        ours, count = sql_export(conn, batch_id, fmt)
+        ours, count = sql_export(conn, batch_id, fmt, **options)
     with db.connect() as conn:
-        reference = python_export(conn, batch_id, fmt)
+        reference = python_export(conn, batch_id, fmt, **options)
     return ours, reference, count
 
 
@@ -169,9 +179,9 @@ def test_export_batch_takes_the_sql_path_on_postgresql(
 ) -> None:
     calls: list[str] = []
 
-    def recording(conn: Connection, batch_id: str, out: Any, fmt: str) -> int:
+    def recording(conn: Connection, batch_id: str, out: Any, fmt: str, **options: Any) -> int:
         calls.append(fmt)
-        return export_postgres(conn, batch_id, out, fmt)
+        return export_postgres(conn, batch_id, out, fmt, **options)
 
     monkeypatch.setattr("chatbatch.export_sql.export_postgres", recording)
     with db.begin() as conn:
@@ -202,7 +212,9 @@ json_bodies = st.recursive(
 random_rows = st.fixed_dictionaries(
     {
         "custom_id": texts.filter(bool),
-        "status": st.sampled_from(["succeeded", "failed", "expired", "queued", "submitted"]),
+        "status": st.sampled_from(
+            ["succeeded", "reused", "failed", "expired", "queued", "submitted"]
+        ),
         "http_status": st.none() | st.sampled_from([0, 200, 400, 404, 500]),
         "response": st.none() | json_bodies | texts,
         "content": maybe_texts,
@@ -226,7 +238,7 @@ random_rows = st.fixed_dictionaries(
 @given(rows=st.lists(random_rows, min_size=1, max_size=6, unique_by=lambda r: r["custom_id"]))
 def test_random_rows_are_byte_identical(db: Engine, rows: list[dict[str, Any]]) -> None:
     for row in rows:  # a succeeded row's response was parsed on arrival: it is JSON
-        if row["status"] == "succeeded" and row["response"] is not None:
+        if row["status"] in ("succeeded", "reused") and row["response"] is not None:
             row["response"] = orjson.dumps(row["response"]).decode()
     for fmt in ("jsonl", "csv"):
         ours, reference, _ = both(db, rows, fmt)

@@ -8,8 +8,19 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from chatbatch.export import CSV_COLUMNS, csv_cells, jsonl_line
+from chatbatch.export import (
+    CSV_COLUMNS,
+    ExportError,
+    csv_cells,
+    jsonl_line,
+    layout_for,
+    value_cell,
+)
+from chatbatch.export_sql import _quoted
 
 COMPLETION = {
     "id": "chatcmpl-1",
@@ -45,6 +56,10 @@ def row(**kw: Any) -> SimpleNamespace:
         "attempts": 1,
         "retries": 0,
         "ambiguous_submits": 0,
+        "reused_from": None,
+        "schema_valid": None,
+        "schema_error": None,
+        "record": None,
     }
     values.update(kw)
     return SimpleNamespace(**values)
@@ -132,3 +147,87 @@ def test_a_pretty_printed_body_still_makes_exactly_one_line() -> None:
     assert line.count(b"\n") == 1 and line.endswith(b"}\n")
     assert orjson.loads(line)["response"]["body"] == orjson.loads(pretty)
     assert b'"a\\nb"' in line  # escapes inside strings are untouched
+
+
+def test_a_reused_answer_is_written_as_the_success_it_copies(fixtures_dir: Path) -> None:
+    real = orjson.loads((fixtures_dir / "kmmlu-batchoutput.jsonl").read_bytes().splitlines()[0])
+    reused = row(status="reused", reused_from=3, prompt_tokens=None, total_tokens=None)
+    ours = orjson.loads(jsonl_line(reused))
+    assert shape(ours) == shape(real)
+    assert ours["error"] is None and ours["response"]["body"] == COMPLETION
+    assert jsonl_line(reused) == jsonl_line(row())
+    cells = dict(zip(CSV_COLUMNS, csv_cells(reused), strict=True))
+    assert cells["status"] == "reused" and cells["content"] == "A"
+    assert cells["reused_from"] == "batch_req_3" and cells["total_tokens"] is None
+    assert dict(zip(CSV_COLUMNS, csv_cells(row()), strict=True))["reused_from"] is None
+
+
+def test_default_columns_of_plain_record_and_schema_batches() -> None:
+    assert layout_for(None, None).header == list(CSV_COLUMNS)
+    plain_schema = layout_for(None, ["label", "confidence"]).header
+    assert plain_schema[:5] == ["custom_id", "label", "confidence", "schema_valid", "schema_error"]
+    assert plain_schema[5:] == list(CSV_COLUMNS[1:])
+    records = layout_for(["text", "stars"], ["label"]).header
+    assert records[:5] == ["text", "stars", "label", "schema_valid", "schema_error"]
+    assert records[5:] == list(CSV_COLUMNS)
+
+
+def test_clashing_names_are_prefixed() -> None:
+    layout = layout_for(["text", "status", "label"], ["label", "content", "text", "schema_error"])
+    names = [(c.name, c.kind, c.key) for c in layout.columns]
+    assert names[:3] == [
+        ("text", "record", "text"),
+        ("status", "record", "status"),
+        ("label", "record", "label"),
+    ]
+    assert names[3:7] == [
+        ("answer.label", "answer", "label"),
+        ("answer.content", "answer", "content"),
+        ("answer.text", "answer", "text"),
+        ("answer.schema_error", "answer", "schema_error"),
+    ]
+    assert ("output.status", "output", "status") in names
+    assert len(set(layout.header)) == len(layout.header)
+
+
+def test_columns_are_picked_in_the_order_given() -> None:
+    layout = layout_for(["text"], ["label"]).select(["label", "text", "total_tokens"])
+    assert [(c.kind, c.key) for c in layout.columns] == [
+        ("answer", "label"),
+        ("record", "text"),
+        ("output", "total_tokens"),
+    ]
+    with pytest.raises(
+        ExportError,
+        match=r"unknown column\(s\): nope, lable; this batch has: "
+        r"text, label, schema_valid",
+    ):
+        layout_for(["text"], ["label"]).select(["text", "nope", "lable"])
+    with pytest.raises(ExportError, match="more than once: text"):
+        layout_for(["text"], None).select(["text", "status", "text"])
+    with pytest.raises(ExportError, match="no column"):
+        layout_for(["text"], None).select([])
+
+
+def test_value_cells_are_text_as_given_or_compact_json() -> None:
+    assert value_cell(None) is None
+    assert value_cell("") == ""
+    assert value_cell("plain, text") == "plain, text"
+    assert value_cell(-0.5) == "-0.5" and value_cell(3) == "3" and value_cell(True) == "true"
+    assert value_cell({"a": [1, "b"]}) == '{"a":[1,"b"]}'
+    assert value_cell([1, 2]) == "[1,2]"
+    assert value_cell(2**70) == str(2**70)
+    for formula in ("=1+1", "+A1", "-2+3", "@SUM(A1)", "\tx", "\rx"):
+        assert value_cell(formula) == "'" + formula
+    for number in ("-0.5", "+1", "-1e3", "-.5"):  # text that is a number cannot be a formula
+        assert value_cell(number) == number
+
+
+@given(st.none() | st.text(alphabet=st.sampled_from(list("ab ,\"\n\r'=-é\t"))))
+def test_cells_made_for_postgresql_are_quoted_as_csv_writer_quotes_them(cell: str | None) -> None:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow([cell, "x"])
+    assert buffer.getvalue() == _quoted(cell) + ",x\n"

@@ -1,0 +1,428 @@
+"""CSV exports of record batches (the source columns come back first, in order), answer fields
+of schema batches, reused answers, ``--columns`` and ``--bom``: the SQL-built export on
+PostgreSQL, the Python one and the SQLite one write the same bytes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, select, update
+from test_export_sql import FORMULAS, both, insert_rows, sql_export
+
+from chatbatch.db import make_engine
+from chatbatch.export import BOM, CSV_COLUMNS, export_batch, export_python
+from chatbatch.migrate import upgrade
+from chatbatch.models import requests_table
+
+SCHEMA = orjson.dumps(
+    {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string"},
+            "confidence": {"type": "number"},
+            "tags": {"type": "array"},
+            "text": {"type": "string"},  # clashes with a record column
+        },
+        "required": ["label", "confidence"],
+    }
+).decode()
+RECORD_COLUMNS = ["text", "stars", "status", "note, with comma"]
+CSV_RECORDS: list[dict[str, Any]] = [
+    {"text": "great, really", "stars": "5", "status": "new", "note, with comma": ""},
+    {"text": 'say "hi"\nthen go', "stars": "-0.5", "status": "=cmd|' /C calc'!A0"},
+    {"text": "@SUM(A1)", "stars": "+1", "status": "-2+3", "note, with comma": "\tx"},
+    {"text": "é😀\r\nline", "stars": "", "status": "\x01", "note, with comma": "'quoted"},
+    {},
+]
+ANSWERS: list[dict[str, Any]] = [
+    {"content": '{"label": "positive", "confidence": 0.93, "tags": ["a", "b"]}', "sv": True},
+    {"content": '```json\n{"label": "=1+1", "confidence": -0.5, "text": "x,y"}\n```', "sv": True},
+    {"content": '{"label": "negative", "confidence": "high"}', "sv": False, "err": "=bad"},
+    {"content": '{"label": "-neutral", "confidence": 1e2, "tags": {"k": null}}', "sv": None},
+    {"content": "[1, 2]", "sv": None},
+]
+
+
+def record_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Request rows carrying ``records`` and the answers above, in turn."""
+    rows = []
+    for i, record in enumerate(records):
+        answer = ANSWERS[i % len(ANSWERS)]
+        rows.append(
+            {
+                "record": json.dumps(record, ensure_ascii=False),  # big integers too
+                "content": answer["content"],
+                "schema_valid": answer["sv"],
+                "schema_error": answer.get("err"),
+                "response": orjson.dumps({"choices": [], "n": i}).decode(),
+            }
+        )
+    rows.append({"record": None, "status": "queued", "remote_id": None, "response": None})
+    rows.append({"status": "failed", "error_code": "task_failed", "error_message": "-boom"})
+    return rows
+
+
+RECORD_BATCH = {"record_columns": orjson.dumps(RECORD_COLUMNS).decode(), "response_schema": SCHEMA}
+COLUMN_CHOICES = [
+    None,
+    ["label", "text", "total_tokens", "answer.text", "confidence"],
+    ["stars"],  # one column, some cells empty: csv.writer quotes a lone empty cell
+    ["tags"],
+    ["output.status", "custom_id", "schema_error"],  # output columns only: all SQL
+    ["remote_id"],
+    ["note, with comma", "status", "reused_from", "schema_valid"],
+]
+
+
+def parsed(data: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline="")))
+
+
+@pytest.fixture(params=[True, False], ids=["stream", "cursor"])
+def fetch_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Both ways rows are read (libpq's chunked rows, a server-side cursor), in blocks of 2."""
+    import psycopg
+
+    if request.param and psycopg.pq.version() < 170000:
+        pytest.skip("this libpq has no chunked-rows mode")
+    monkeypatch.setattr("chatbatch.export_sql.CHUNKED_ROWS", request.param)
+    monkeypatch.setattr("chatbatch.export_sql.FETCH_ROWS", 2)
+    yield
+
+
+@pytest.mark.parametrize("columns", COLUMN_CHOICES, ids=repr)
+@pytest.mark.parametrize("bom", [False, True], ids=["", "bom"])
+def test_record_batches_are_byte_identical(
+    db: Engine, fetch_paths: None, columns: list[str] | None, bom: bool
+) -> None:
+    rows = record_rows(CSV_RECORDS)
+    ours, reference, count = both(db, rows, "csv", batch=RECORD_BATCH, columns=columns, bom=bom)
+    assert count == len(rows)
+    assert ours == reference
+    assert ours.startswith(BOM) == bom
+
+
+def test_record_columns_come_first_then_answer_fields_then_outputs(db: Engine) -> None:
+    ours, _, _ = both(db, record_rows(CSV_RECORDS), "csv", batch=RECORD_BATCH)
+    header = next(csv.reader(io.StringIO(ours.decode())))
+    assert header == [
+        *RECORD_COLUMNS,
+        "label",
+        "confidence",
+        "tags",
+        "answer.text",
+        "schema_valid",
+        "schema_error",
+        "custom_id",
+        "output.status",
+        *CSV_COLUMNS[2:],
+    ]
+    table = parsed(ours)
+    assert [row["custom_id"] for row in table] == [f"c{i}" for i in range(1, 8)]
+    first, second, invalid, unjudged, not_an_object, queued, failed = table
+    assert first["text"] == "great, really" and first["stars"] == "5"
+    assert first["label"] == "positive" and first["confidence"] == "0.93"
+    assert first["tags"] == '["a","b"]' and first["schema_valid"] == "true"
+    assert second["text"] == 'say "hi"\nthen go'
+    assert second["stars"] == "-0.5"  # a number, not a formula
+    assert second["status"] == "'=cmd|' /C calc'!A0" and second["output.status"] == "succeeded"
+    assert second["label"] == "'=1+1" and second["confidence"] == "-0.5"
+    assert second["answer.text"] == "x,y"  # from a ```json fence
+    assert invalid["label"] == invalid["confidence"] == "" and invalid["schema_valid"] == "false"
+    assert invalid["schema_error"] == "'=bad"
+    assert unjudged["label"] == "'-neutral" and unjudged["confidence"] == "100.0"
+    assert unjudged["tags"] == '{"k":null}' and unjudged["schema_valid"] == ""
+    assert not_an_object["label"] == "" and not_an_object["content"] == "[1, 2]"
+    assert third_cells(table) == ["'@SUM(A1)", "+1", "'-2+3", "'\tx"]
+    assert queued["text"] == "" and queued["output.status"] == "queued"
+    assert failed["error_message"] == "'-boom"
+
+
+def third_cells(table: list[dict[str, str]]) -> list[str]:
+    return [table[2][name] for name in RECORD_COLUMNS]
+
+
+JSON_RECORDS: list[dict[str, Any]] = [
+    {"id": 1, "text": "a", "meta": {"lang": "en", "n": [1, 2.5]}, "ok": True},
+    {"id": -2, "text": None, "meta": [], "ok": False, "extra": "not a column"},
+    {"id": 12345678901234567890123, "text": "-x", "meta": "=1", "ok": None},
+    {"id": 1.5e300, "text": "", "meta": {}, "ok": 'yes, "no"'},
+]
+
+
+@pytest.mark.parametrize("columns", [None, ["meta"], ["ok", "id", "content"]], ids=repr)
+def test_json_record_values_are_compact_json_and_identical(
+    db: Engine, fetch_paths: None, columns: list[str] | None
+) -> None:
+    batch = {"record_columns": orjson.dumps(["id", "text", "meta", "ok"]).decode()}
+    rows = record_rows(JSON_RECORDS)
+    ours, reference, _ = both(db, rows, "csv", batch=batch, columns=columns)
+    assert ours == reference
+    if columns is None:
+        table = parsed(ours)
+        assert [r["id"] for r in table[:4]] == ["1", "-2", "12345678901234567890123", "1.5e+300"]
+        assert [r["meta"] for r in table[:4]] == ['{"lang":"en","n":[1,2.5]}', "[]", "'=1", "{}"]
+        assert [r["ok"] for r in table[:4]] == ["true", "false", "", 'yes, "no"']
+        assert table[1]["text"] == "" and table[2]["text"] == "'-x"
+        assert "label" not in table[0] and "schema_valid" not in table[0]  # no schema
+
+
+def test_a_plain_batch_with_a_schema_puts_answer_fields_after_custom_id(
+    db: Engine, fetch_paths: None
+) -> None:
+    rows = record_rows([{}, {}, {}, {}, {}])
+    for row in rows:
+        row["record"] = None
+    ours, reference, _ = both(db, rows, "csv", batch={"response_schema": SCHEMA})
+    assert ours == reference
+    header = ours.split(b"\n", 1)[0].decode().split(",")
+    assert header[:7] == [
+        "custom_id",
+        "label",
+        "confidence",
+        "tags",
+        "text",
+        "schema_valid",
+        "schema_error",
+    ]
+    assert header[7:] == list(CSV_COLUMNS[1:])
+
+
+def insert_reused(db: Engine) -> tuple[str, int]:
+    """A batch whose second row reused the first row's answer; the source row's id."""
+    rows: list[dict[str, Any]] = [
+        {"content": "A", "response": '{"id": "chatcmpl-1", "choices": []}', "prompt_tokens": 9},
+        {
+            "status": "reused",
+            "remote_id": None,
+            "content": "A",
+            "response": '{"id": "chatcmpl-1", "choices": []}',
+            "prompt_tokens": None,
+            "submitted_at": None,
+            "attempts": 0,
+        },
+        {"status": "reused", "remote_id": None, "response": '{"a": 1}', "reused_from": 2**62},
+    ]
+    with db.begin() as conn:
+        batch_id = insert_rows(conn, rows)
+        ids = conn.scalars(
+            select(requests_table.c.id)
+            .where(requests_table.c.batch_id == batch_id)
+            .order_by(requests_table.c.line_no)
+        ).all()
+        conn.execute(
+            update(requests_table).where(requests_table.c.id == ids[1]).values(reused_from=ids[0])
+        )
+    return batch_id, ids[0]
+
+
+def test_reused_rows_export_as_successes(db: Engine, fetch_paths: None) -> None:
+    batch_id, source = insert_reused(db)
+    outputs = {}
+    choices: list[tuple[str, dict[str, Any]]] = [
+        ("jsonl", {}),
+        ("csv", {}),
+        ("csv", {"columns": ["reused_from"]}),
+    ]
+    for fmt, options in choices:
+        with db.connect() as conn:
+            ours, count = sql_export(conn, batch_id, fmt, **options)
+            out = io.BytesIO()
+            export_python(conn, batch_id, out, fmt, **options)
+        assert count == 3 and ours == out.getvalue()
+        outputs[fmt, bool(options)] = ours
+    lines = [orjson.loads(line) for line in outputs["jsonl", False].splitlines()]
+    assert lines[1]["error"] is None and lines[1]["response"]["body"] == {
+        "id": "chatcmpl-1",
+        "choices": [],
+    }
+    # the answer's task id is the source request's
+    assert lines[1]["response"]["request_id"] == lines[0]["response"]["request_id"] == "task-1"
+    assert list(lines[1]) == list(lines[0]) and list(lines[1]["response"]) == list(
+        lines[0]["response"]
+    )
+    assert lines[2]["response"]["request_id"] is None  # its source is gone
+    table = parsed(outputs["csv", False])
+    assert [r["status"] for r in table] == ["succeeded", "reused", "reused"]
+    assert table[1]["reused_from"] == f"batch_req_{source}" and table[0]["reused_from"] == ""
+    assert table[1]["remote_id"] == "task-1" and table[1]["prompt_tokens"] == ""
+    expected = f'reused_from\n""\nbatch_req_{source}\nbatch_req_{2**62}\n'
+    assert outputs["csv", True] == expected.encode()
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.data(),
+    names=st.lists(
+        st.sampled_from(["a", "b,c", "status", "label", "=x", "", "text"]),
+        min_size=1,
+        max_size=4,
+        unique=True,
+    ),
+)
+def test_random_records_and_answers_are_byte_identical(
+    db: Engine, data: st.DataObject, names: list[str]
+) -> None:
+    cells = (
+        st.none()
+        | st.text(max_size=8).filter(lambda t: "\x00" not in t)
+        | st.sampled_from([*FORMULAS, "-0.5", "+3", "1e5"])
+    )
+    values = (
+        cells
+        | st.integers(-(2**70), 2**70)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.booleans()
+    )
+    record = st.dictionaries(st.sampled_from(names), values, max_size=len(names))
+    answer = st.dictionaries(st.sampled_from(["label", "score", "text"]), values, max_size=3)
+    row = st.fixed_dictionaries(
+        {
+            "record": record.map(json.dumps) | st.none(),
+            "content": answer.map(json.dumps) | cells,
+            "schema_valid": st.none() | st.booleans(),
+            "schema_error": cells,
+            "status": st.sampled_from(["succeeded", "reused", "failed", "queued"]),
+        }
+    )
+    rows = data.draw(st.lists(row, min_size=1, max_size=5))
+    schema: dict[str, Any] = {"properties": {"label": {}, "score": {}, "text": {}}}
+    batch = {
+        "record_columns": orjson.dumps(names).decode(),
+        "response_schema": data.draw(st.sampled_from([None, orjson.dumps(schema).decode()])),
+    }
+    for fmt in ("csv", "jsonl"):
+        ours, reference, _ = both(db, rows, fmt, batch=batch)
+        assert ours == reference
+    with db.begin() as conn:
+        batch_id = insert_rows(conn, rows, **batch)
+    header = [c.name for c in _layout(db, batch_id)]
+    picked = data.draw(st.lists(st.sampled_from(header), min_size=1, max_size=4, unique=True))
+    with db.connect() as conn:
+        ours, _ = sql_export(conn, batch_id, "csv", columns=picked)
+        out = io.BytesIO()
+        export_python(conn, batch_id, out, "csv", columns=picked)
+    assert ours == out.getvalue()
+
+
+def _layout(db: Engine, batch_id: str) -> Any:
+    from chatbatch.export import batch_layout
+
+    with db.connect() as conn:
+        return batch_layout(conn, batch_id).columns
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'export.db'}")
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.parametrize("columns", [None, ["label", "stars", "status", "reused_from"]], ids=repr)
+def test_sqlite_writes_what_postgresql_writes(
+    db: Engine, sqlite_db: Engine, columns: list[str] | None
+) -> None:
+    """The same rows, with the same ids, in both databases."""
+    rows = record_rows(CSV_RECORDS)
+    base = random.randrange(10**12, 2 * 10**12)  # far beyond what the sequence hands out
+    for i, row in enumerate(rows):
+        row["id"] = base + i
+    rows[1].update(status="reused", reused_from=base, remote_id=None)
+    exports = []
+    for engine in (db, sqlite_db):
+        with engine.begin() as conn:
+            batch_id = insert_rows(conn, rows, **RECORD_BATCH)
+        for fmt in ("csv", "jsonl"):
+            with engine.connect() as conn:
+                out = io.BytesIO()
+                chosen = columns if fmt == "csv" else None
+                assert export_batch(conn, batch_id, out, fmt, columns=chosen) == len(rows)
+                exports.append(out.getvalue())
+    assert exports[:2] == exports[2:]
+    assert b"batch_req_%d" % base in exports[0] or columns is not None
+
+
+def test_progress_hears_every_row(db: Engine, fetch_paths: None) -> None:
+    rows = record_rows(CSV_RECORDS)
+    with db.begin() as conn:
+        batch_id = insert_rows(conn, rows, **RECORD_BATCH)
+    for options in ({}, {"columns": ["custom_id"]}):
+        for fmt in ("csv", "jsonl"):
+            if fmt == "jsonl" and options:
+                continue
+            for export in (sql_export_with, python_export_with):
+                heard: list[int] = []
+                with db.connect() as conn:
+                    count = export(conn, batch_id, fmt, on_rows=heard.append, **options)
+                assert count == sum(heard) == len(rows)
+
+
+def sql_export_with(conn: Any, batch_id: str, fmt: str, **options: Any) -> int:
+    return sql_export(conn, batch_id, fmt, **options)[1]
+
+
+def python_export_with(conn: Any, batch_id: str, fmt: str, **options: Any) -> int:
+    return export_python(conn, batch_id, io.BytesIO(), fmt, **options)
+
+
+def run_export(*args: str) -> Any:
+    from cli.export_cmd import export_command
+
+    return CliRunner().invoke(export_command, list(args), catch_exceptions=False)
+
+
+def test_export_command_picks_columns_and_writes_a_bom(db: Engine, tmp_path: Path) -> None:
+    with db.begin() as conn:
+        batch_id = insert_rows(conn, record_rows(CSV_RECORDS), **RECORD_BATCH)
+    target = tmp_path / "out.csv"
+    result = run_export(
+        batch_id, "-o", str(target), "--bom", "--columns", ' label, "note, with comma",status'
+    )
+    assert result.exit_code == 0, result.output
+    data = target.read_bytes()
+    assert data.startswith(BOM + b'label,"note, with comma",status\npositive,,new\n')
+    assert len(parsed(data)) == 7
+
+
+def test_export_command_refuses_unknown_columns_and_csv_options_on_jsonl(
+    db: Engine, tmp_path: Path
+) -> None:
+    with db.begin() as conn:
+        batch_id = insert_rows(conn, record_rows(CSV_RECORDS[:1]), **RECORD_BATCH)
+    target = tmp_path / "out.csv"
+    result = run_export(batch_id, "-o", str(target), "--columns", "text,lable")
+    assert result.exit_code == 2
+    assert "unknown column(s): lable; this batch has: text, stars, status" in result.output
+    assert "answer.text, schema_valid" in result.output
+    assert not target.exists() and not list(tmp_path.iterdir())  # no half file left
+    for option in (["--bom"], ["--columns", "custom_id"]):
+        result = run_export(batch_id, "-o", str(tmp_path / "out.jsonl"), *option)
+        assert result.exit_code == 2 and "for CSV exports" in result.output
+
+
+def test_export_to_shows_a_progress_bar_of_rows(
+    db: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli.exporting import export_to
+
+    with db.begin() as conn:
+        batch_id = insert_rows(conn, record_rows(CSV_RECORDS), **RECORD_BATCH)
+    assert export_to(batch_id, tmp_path / "o.csv", None, progress=True) == 7
+    assert "7/7" in capsys.readouterr().err
+    assert export_to(batch_id, tmp_path / "o.jsonl", None) == 7  # stderr is no terminal here
+    assert capsys.readouterr().err == ""
