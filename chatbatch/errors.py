@@ -16,11 +16,16 @@ class ConfigError(ChatbatchError):
 
 
 class NotFoundError(ChatbatchError):
-    """A batch id or name that does not exist."""
+    """A batch id or name that does not exist: a usage error."""
+
+    exit_code = 2
 
 
 class InputError(ChatbatchError):
-    """A file that cannot be loaded; carries every problem found, each with file and line."""
+    """A file that cannot be loaded; carries every problem found, each with file and line.
+    A usage error: the command was given input it cannot take."""
+
+    exit_code = 2
 
     def __init__(self, path: str, problems: list[tuple[int | None, str]], total_problems: int):
         self.path = path

@@ -6,14 +6,17 @@ without method/url, and plain lines (``custom_id``? + chat-completions fields).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from chatbatch.schemas import body_problems
+
+if TYPE_CHECKING:
+    from chatbatch.loading import SourceItem
 
 MAX_CUSTOM_ID_CHARS = 512
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions", "/api/v1/chat/completions")
@@ -71,6 +74,9 @@ class LineError(ValueError):
 
 # (custom_id, model, body as compact JSON bytes): what the loader stores for one line.
 RawRequest = tuple[str, str, bytes]
+# Told the number of bytes of the file read so far (a progress bar's position).
+ByteProgress = Callable[[int], None]
+PROGRESS_BYTES = 1 << 20
 
 
 def iter_lines(path: Path, *, max_line_bytes: int) -> Iterator[tuple[int, str | None, str | None]]:
@@ -93,20 +99,29 @@ def iter_lines(path: Path, *, max_line_bytes: int) -> Iterator[tuple[int, str | 
 
 
 def iter_raw_lines(
-    path: Path, *, max_line_bytes: int
+    path: Path, *, max_line_bytes: int, on_bytes: ByteProgress | None = None
 ) -> Iterator[tuple[int, bytes | None, str | None]]:
     """Yield (line number, bytes, problem) for every line as read (a BOM on line 1 removed),
     in constant memory; an over-long line comes as (line number, None, reason), skipped to the
-    next newline without holding it in memory. Blank lines are yielded too."""
+    next newline without holding it in memory. Blank lines are yielded too. ``on_bytes`` hears
+    the bytes read so far about every ``PROGRESS_BYTES``, and at the end."""
     with path.open("rb") as fh:
         line_no = 0
         readline = fh.readline
         limit = max_line_bytes + 1
+        read = 0
+        next_report = PROGRESS_BYTES
         while True:
             raw = readline(limit)
             if not raw:
+                if on_bytes:
+                    on_bytes(fh.tell())
                 return
             line_no += 1
+            read += len(raw)
+            if on_bytes and read >= next_report:
+                on_bytes(fh.tell())
+                next_report = read + PROGRESS_BYTES
             if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
                 _skip_rest_of_line(fh)
                 yield line_no, None, f"line is longer than the limit of {max_line_bytes} bytes"
@@ -128,12 +143,24 @@ def prepare_raw(raw: bytes, line_no: int, *, default_model: str | None) -> RawRe
     for a bad one. Ordinary lines take a fast path (orjson and a few explicit type checks); any
     line it is not sure about goes through ``prepare_line`` (pydantic), which gives the same
     result or the exact reason."""
+    prepared = prepare_raw_body(raw, line_no, default_model=default_model)
+    if prepared is None:
+        return None
+    custom_id, model, body = prepared
+    return custom_id, model, orjson.dumps(body)
+
+
+def prepare_raw_body(
+    raw: bytes, line_no: int, *, default_model: str | None
+) -> tuple[str, str, dict[str, Any]] | None:
+    """``prepare_raw`` with the body still a dict (custom_id, model, body), for a caller that
+    changes it before storing; the body holds no ``background``."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass
     else:
-        fast = _prepare_fast(obj, line_no, default_model)
+        fast = _fast_body(obj, line_no, default_model)
         if fast is not None:
             return fast
     try:
@@ -142,12 +169,22 @@ def prepare_raw(raw: bytes, line_no: int, *, default_model: str | None) -> RawRe
         raise LineError(f"invalid UTF-8 at byte {exc.start}") from None
     if not text.strip():
         return None
-    request = prepare_line(text, line_no, default_model=default_model)
-    return request.custom_id, request.model, request.body.encode()
+    return _checked_body(text, line_no, default_model)
 
 
 def _prepare_fast(obj: Any, line_no: int, default_model: str | None) -> RawRequest | None:
     """``prepare_line``'s result for a line it accepts, without pydantic; None when unsure."""
+    fast = _fast_body(obj, line_no, default_model)
+    if fast is None:
+        return None
+    custom_id, model, body = fast
+    return custom_id, model, orjson.dumps(body)
+
+
+def _fast_body(
+    obj: Any, line_no: int, default_model: str | None
+) -> tuple[str, str, dict[str, Any]] | None:
+    """``_prepare_fast`` with the body left a dict."""
     if type(obj) is not dict:
         return None
     custom_id = obj.get("custom_id")
@@ -180,7 +217,7 @@ def _prepare_fast(obj: Any, line_no: int, default_model: str | None) -> RawReque
     if type(model) is not str or not model or not _fast_fields_ok(body):
         return None
     body.pop("background", None)
-    return custom_id, model, orjson.dumps(body)
+    return custom_id, model, body
 
 
 def _fast_fields_ok(body: dict[str, Any]) -> bool:
@@ -210,6 +247,14 @@ def _fast_fields_ok(body: dict[str, Any]) -> bool:
 
 def prepare_line(text: str, line_no: int, *, default_model: str | None) -> PreparedRequest:
     """Validate one JSONL line and normalise it; raises LineError with the reason."""
+    custom_id, model, body = _checked_body(text, line_no, default_model)
+    return PreparedRequest(line_no, custom_id, model, orjson.dumps(body).decode())
+
+
+def _checked_body(
+    text: str, line_no: int, default_model: str | None
+) -> tuple[str, str, dict[str, Any]]:
+    """``prepare_line``'s checks (pydantic), returning (custom_id, model, body as a dict)."""
     try:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -229,7 +274,7 @@ def prepare_line(text: str, line_no: int, *, default_model: str | None) -> Prepa
         raise LineError('"stream": true is not possible in a batch (results are polled)')
     for key in DROPPED_KEYS:
         body.pop(key, None)
-    return PreparedRequest(line_no, custom_id, body["model"], orjson.dumps(body).decode())
+    return custom_id, body["model"], body
 
 
 def _custom_id(obj: dict[str, Any], line_no: int) -> str:
@@ -264,3 +309,37 @@ def _body_of(obj: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise LineError(f"body must be a JSON object, got {type(body).__name__}")
     return body
+
+
+class RequestLines:
+    """A JSONL file of chat requests as the loader's source (``chatbatch.loading.Source``)."""
+
+    def __init__(self, path: Path, *, default_model: str | None, max_line_bytes: int) -> None:
+        self.path = path
+        self._default_model = default_model
+        self._max_line_bytes = max_line_bytes
+
+    def entries(self, on_bytes: ByteProgress | None = None) -> Iterator[SourceItem]:
+        """(line number, (custom_id, model, body, None), None) for each request, (line number,
+        None, reason) for each bad line; blank lines are skipped."""
+        default_model = self._default_model
+        lines = iter_raw_lines(self.path, max_line_bytes=self._max_line_bytes, on_bytes=on_bytes)
+        for line_no, raw, problem in lines:
+            if raw is None:
+                yield line_no, None, problem or "unreadable line"
+                continue
+            try:
+                prepared = prepare_raw_body(raw, line_no, default_model=default_model)
+            except LineError as exc:
+                yield line_no, None, str(exc)
+                continue
+            if prepared is not None:
+                yield line_no, (*prepared, None), None
+
+    def duplicate(self, custom_id: str, first_line: int) -> str:
+        """The problem to report for a repeated custom_id."""
+        return f"duplicate custom_id {custom_id!r} (first on line {first_line})"
+
+    def record_columns(self) -> list[str] | None:
+        """Request files carry no source records."""
+        return None

@@ -1,31 +1,94 @@
-"""Load a JSONL file into a new batch: validate every line, insert in bulk, all or nothing."""
+"""Load a file into a new batch: validate every request, insert in bulk, all or nothing.
+
+Every kind of input file is a ``Source`` of (line, request) pairs: JSONL files of requests
+(``chatbatch.jsonl_input.RequestLines``) and CSV or JSONL files of records rendered through a
+template (``chatbatch.records.RecordRequests``). They all go through the same checks and the
+same COPY (PostgreSQL) or chunked INSERT (SQLite).
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
+import orjson
 import psycopg
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from chatbatch import structured
 from chatbatch.db import db_now
 from chatbatch.errors import ChatbatchError, InputError
-from chatbatch.jsonl_input import LineError, RawRequest, iter_raw_lines, prepare_raw
+from chatbatch.estimates import estimated_input_cost, estimated_prompt_tokens
+from chatbatch.fingerprints import fingerprint
+from chatbatch.jsonl_input import ByteProgress, RequestLines
 from chatbatch.models import batches_table, requests_table
+from chatbatch.pricing import Cost, PriceTable
+from chatbatch.reuse import reuse_answers
 from chatbatch.states import BatchStatus, RequestStatus
 
 MAX_PROBLEMS_SHOWN = 50
 DUPLICATE_ID_CONSTRAINT = "uq_requests_batch_id_custom_id"
 SQLITE_INSERT_CHUNK = 2000
 COPY_BUFFER_BYTES = 1 << 20
-# The rest (lease_token, attempts, ambiguous_submits, poll_count, retries) take their server
-# default of 0.
-COPY_COLUMNS = ("batch_id", "line_no", "custom_id", "model", "body", "status", "due_at")
+# The rest (lease_token, attempts, ambiguous_submits, poll_count, retries, invalid_retries) take
+# their server default of 0.
+COPY_COLUMNS = (
+    "batch_id",
+    "line_no",
+    "custom_id",
+    "model",
+    "body",
+    "fingerprint",
+    "record",
+    "status",
+    "due_at",
+)
+PREVIEW_REQUESTS = 3
+
+# One request as a source gives it: custom_id, model, body (a dict the loader may still change:
+# the schema is applied to it) and the source record as compact JSON (record files only).
+Entry = tuple[str, str, dict[str, Any], bytes | None]
+# (line number, the request, None) or (line number, None, why the line is refused).
+SourceItem = tuple[int, Entry | None, str | None]
+# (line number, custom_id, model, body, record): a checked request with the batch options applied.
+Prepared = tuple[int, str, str, dict[str, Any], bytes | None]
+
+
+class Source(Protocol):
+    """An input file as a stream of requests; it can be read more than once."""
+
+    path: Path
+
+    def entries(self, on_bytes: ByteProgress | None = None) -> Iterator[SourceItem]:
+        """Each line's request or the reason it is refused, in file order."""
+        ...
+
+    def duplicate(self, custom_id: str, first_line: int) -> str:
+        """The problem to report for a custom_id seen before on ``first_line``."""
+        ...
+
+    def record_columns(self) -> list[str] | None:
+        """The record files' column names (complete after a full read); None for requests."""
+        ...
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What a load sets up besides the requests: structured answers, cost control, reuse."""
+
+    schema: dict[str, Any] | None = None
+    schema_mode: str = "json_schema"
+    schema_name: str = "answer"
+    retry_invalid: int = 0
+    prices: PriceTable | None = None
+    max_cost: Decimal | None = None
+    reuse: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,6 +98,18 @@ class LoadedBatch:
     id: str
     name: str
     total: int
+    reused: int = 0
+
+
+@dataclass
+class Preview:
+    """What ``--dry-run`` shows: the first requests as they would be stored, and estimates."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    total: int = 0
+    prompt_tokens: int = 0
+    tokens_by_model: dict[str, int] = field(default_factory=dict)
+    cost: Cost | None = None
 
 
 class _Problems:
@@ -62,30 +137,38 @@ def load_jsonl(
     name: str | None,
     default_model: str | None,
     max_line_bytes: int,
+    options: BatchOptions | None = None,
+    on_bytes: ByteProgress | None = None,
 ) -> LoadedBatch:
-    """Create a batch from ``path`` inside the caller's transaction; raise InputError on any
+    """Create a batch from a JSONL file of requests inside the caller's transaction."""
+    source = RequestLines(path, default_model=default_model, max_line_bytes=max_line_bytes)
+    return load_source(conn, source, name=name, options=options, on_bytes=on_bytes)
+
+
+def load_source(
+    conn: Connection,
+    source: Source,
+    *,
+    name: str | None,
+    options: BatchOptions | None = None,
+    on_bytes: ByteProgress | None = None,
+) -> LoadedBatch:
+    """Create a batch from ``source`` inside the caller's transaction; raise InputError on any
     problem so the caller's rollback leaves nothing behind."""
+    options = options or BatchOptions()
+    path = source.path
     if not path.is_file():
         raise ChatbatchError(f"{path}: no such file")
     batch_id = new_batch_id()
     name = name or f"{path.stem}-{batch_id[6:14]}"
     _check_name_free(conn, name)
     now = db_now(conn)
-    conn.execute(
-        insert(batches_table).values(
-            id=batch_id,
-            name=name,
-            status=BatchStatus.RUNNING,
-            source=str(path),
-            total=0,
-            created_at=now,
-        )
-    )
+    conn.execute(insert(batches_table).values(_batch_row(batch_id, name, path, options, now)))
     problems = _Problems()
     # On PostgreSQL the unique index finds duplicate custom_ids, so a good file of any size
     # loads in constant memory; only a refused file is read again to list every problem.
     postgres = conn.dialect.name == "postgresql"
-    prepared = _validated(path, default_model, max_line_bytes, problems, track_ids=not postgres)
+    prepared = _prepared(source, options, problems, track_ids=not postgres, on_bytes=on_bytes)
     total = 0
     duplicate_found = False
     try:
@@ -97,13 +180,74 @@ def load_jsonl(
     if duplicate_found or problems.count:
         if postgres:
             problems = _Problems()
-            for _ in _validated(path, default_model, max_line_bytes, problems, track_ids=True):
+            for _ in _prepared(source, options, problems, track_ids=True):
                 pass
         raise InputError(str(path), problems.shown, problems.count)
     if total == 0:
         raise InputError(str(path), [(None, "the file has no requests")], 1)
-    conn.execute(update(batches_table).where(batches_table.c.id == batch_id).values(total=total))
-    return LoadedBatch(batch_id, name, total)
+    columns = source.record_columns()
+    conn.execute(
+        update(batches_table)
+        .where(batches_table.c.id == batch_id)
+        .values(total=total, record_columns=None if columns is None else _json_text(columns))
+    )
+    reused = reuse_answers(conn, batch_id, now=now) if options.reuse else 0
+    return LoadedBatch(batch_id, name, total, reused)
+
+
+def preview_source(
+    source: Source,
+    *,
+    options: BatchOptions | None = None,
+    shown: int = PREVIEW_REQUESTS,
+    on_bytes: ByteProgress | None = None,
+) -> Preview:
+    """Check the whole of ``source`` as a load would and estimate its prompt tokens and input
+    cost, touching no database; InputError as ``load_source`` would raise it."""
+    options = options or BatchOptions()
+    if not source.path.is_file():
+        raise ChatbatchError(f"{source.path}: no such file")
+    problems = _Problems()
+    preview = Preview()
+    tokens = preview.tokens_by_model
+    for line_no, custom_id, model, body, _record in _prepared(
+        source, options, problems, track_ids=True, on_bytes=on_bytes
+    ):
+        preview.total += 1
+        tokens[model] = tokens.get(model, 0) + estimated_prompt_tokens(body)
+        if len(preview.requests) < shown:
+            preview.requests.append({"line": line_no, "custom_id": custom_id, "body": body})
+    if problems.count:
+        raise InputError(str(source.path), problems.shown, problems.count)
+    if preview.total == 0:
+        raise InputError(str(source.path), [(None, "the file has no requests")], 1)
+    preview.prompt_tokens = sum(tokens.values())
+    if options.prices is not None:
+        preview.cost = estimated_input_cost(tokens, options.prices)
+    return preview
+
+
+def _batch_row(
+    batch_id: str, name: str, path: Path, options: BatchOptions, now: datetime
+) -> dict[str, Any]:
+    """The new batch's row; ``total`` and ``record_columns`` are filled in once all is read."""
+    schema = options.schema
+    return {
+        "id": batch_id,
+        "name": name,
+        "status": BatchStatus.RUNNING,
+        "source": str(path),
+        "total": 0,
+        "created_at": now,
+        "response_schema": None if schema is None else structured.schema_text(schema),
+        "retry_invalid": options.retry_invalid,
+        "max_cost": None if options.max_cost is None else f"{options.max_cost:f}",
+        "prices": None if options.prices is None else options.prices.model_dump_json(),
+    }
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _check_name_free(conn: Connection, name: str) -> None:
@@ -121,42 +265,42 @@ def _is_duplicate_id(exc: IntegrityError | psycopg.errors.UniqueViolation) -> bo
     return DUPLICATE_ID_CONSTRAINT in str(exc.orig if isinstance(exc, IntegrityError) else exc)
 
 
-def _validated(
-    path: Path,
-    default_model: str | None,
-    max_line_bytes: int,
+def _prepared(
+    source: Source,
+    options: BatchOptions,
     problems: _Problems,
     *,
     track_ids: bool,
-) -> Iterator[tuple[int, RawRequest]]:
-    """Good lines (line number and request), in order; bad ones go to ``problems`` (loading
-    continues to report them all). With ``track_ids`` duplicate custom_ids are found here, at
-    the cost of memory per line."""
+    on_bytes: ByteProgress | None = None,
+) -> Iterator[Prepared]:
+    """Good requests in order, with the batch's schema applied; bad lines go to ``problems``
+    (reading continues to report them all, yielding nothing more). With ``track_ids`` duplicate
+    custom_ids are found here, at the cost of memory per line."""
     seen: dict[str, int] = {}
-    for line_no, raw, problem in iter_raw_lines(path, max_line_bytes=max_line_bytes):
-        if raw is None:
+    schema = options.schema
+    for line_no, entry, problem in source.entries(on_bytes):
+        if entry is None:
             problems.add(line_no, problem or "unreadable line")
             continue
-        try:
-            request = prepare_raw(raw, line_no, default_model=default_model)
-        except LineError as exc:
-            problems.add(line_no, str(exc))
-            continue
-        if request is None:
-            continue
+        custom_id, model, body, record = entry
         if track_ids:
-            first = seen.setdefault(request[0], line_no)
+            first = seen.setdefault(custom_id, line_no)
             if first != line_no:
-                problems.add(line_no, f"duplicate custom_id {request[0]!r} (first on line {first})")
+                problems.add(line_no, source.duplicate(custom_id, first))
                 continue
-        if not problems.count:
-            yield line_no, request
+        if problems.count:
+            continue
+        if schema is not None:
+            structured.apply_schema(
+                body, schema, mode=options.schema_mode, name=options.schema_name
+            )
+        yield line_no, custom_id, model, body, record
 
 
 def _insert_requests(
     conn: Connection,
     batch_id: str,
-    prepared: Iterable[tuple[int, RawRequest]],
+    prepared: Iterable[Prepared],
     now: datetime,
 ) -> int:
     if conn.dialect.name == "postgresql":
@@ -167,7 +311,7 @@ def _insert_requests(
 def _copy_requests(
     conn: Connection,
     batch_id: str,
-    prepared: Iterable[tuple[int, RawRequest]],
+    prepared: Iterable[Prepared],
     now: datetime,
 ) -> int:
     """COPY into the requests table over the transaction's own connection, in large buffers
@@ -184,22 +328,26 @@ def _copy_requests(
 
 def _copy_buffers(
     batch_id: str,
-    prepared: Iterable[tuple[int, RawRequest]],
+    prepared: Iterable[Prepared],
     now: datetime,
 ) -> Iterator[tuple[bytes, int]]:
     """COPY text-format rows (``COPY_COLUMNS``) joined into buffers of about
-    ``COPY_BUFFER_BYTES``; each with its row count."""
+    ``COPY_BUFFER_BYTES``; each with its row count. The fingerprint is taken of the body as
+    stored."""
     head = _copy_text(batch_id).encode() + b"\t"
     tail = f"\t{RequestStatus.QUEUED.value}\t{now.isoformat()}\n".encode()
+    dumps = orjson.dumps
     parts: list[bytes] = []
     size = 0
-    for line_no, (custom_id, model, body) in prepared:
-        row = b"%b%d\t%b\t%b\t%b%b" % (
+    for line_no, custom_id, model, body, record in prepared:
+        row = b"%b%d\t%b\t%b\t%b\t%b\t%b%b" % (
             head,
             line_no,
             _copy_text(custom_id).encode(),
             _copy_text(model).encode(),
-            body.replace(b"\\", b"\\\\"),  # compact JSON: no raw tab, CR or LF inside
+            dumps(body).replace(b"\\", b"\\\\"),  # compact JSON: no raw tab, CR or LF inside
+            fingerprint(body).encode(),
+            b"\\N" if record is None else record.replace(b"\\", b"\\\\"),
             tail,
         )
         parts.append(row)
@@ -225,19 +373,21 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 def _insert_requests_in_chunks(
     conn: Connection,
     batch_id: str,
-    prepared: Iterable[tuple[int, RawRequest]],
+    prepared: Iterable[Prepared],
     now: datetime,
 ) -> int:
     total = 0
     chunk: list[dict[str, object]] = []
-    for line_no, (custom_id, model, body) in prepared:
+    for line_no, custom_id, model, body, record in prepared:
         chunk.append(
             {
                 "batch_id": batch_id,
                 "line_no": line_no,
                 "custom_id": custom_id,
                 "model": model,
-                "body": body.decode(),
+                "body": orjson.dumps(body).decode(),
+                "fingerprint": fingerprint(body),
+                "record": None if record is None else record.decode(),
                 "status": RequestStatus.QUEUED.value,
                 "due_at": now,
             }
