@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Row, func, insert, literal, select, update
 
 from chatbatch import queries
 from chatbatch.completions import USAGE_COLUMNS
+from chatbatch.cost_caps import COST_PAUSE
+from chatbatch.errors import ChatbatchError
 from chatbatch.models import batches_table as b
 from chatbatch.models import past_results_table as p
 from chatbatch.models import requests_table as r
@@ -47,6 +50,9 @@ _CLEARED = {
         *USAGE_COLUMNS,
         "error_code",
         "error_message",
+        "schema_valid",
+        "schema_error",
+        "reused_from",
     )
 }
 
@@ -132,6 +138,7 @@ def retry(
             lease_token=r.c.lease_token + 1,
             attempts=0,
             poll_count=0,
+            invalid_retries=0,  # a round the user asked for gets a fresh budget of re-asks
             retries=r.c.retries + 1,
             **_CLEARED,
         )
@@ -154,17 +161,32 @@ def retry(
     return CommandResult(batch.name, BatchStatus.RUNNING, changed, f"requeued {changed} request(s)")
 
 
-def resume(conn: Connection, ref: str) -> CommandResult:
-    """Let a paused batch run again."""
+def resume(conn: Connection, ref: str, *, max_cost: Decimal | None = None) -> CommandResult:
+    """Let a paused batch run again. ``max_cost`` sets a new cost cap; without it, a batch that
+    its cost cap paused runs on uncapped (resuming it is the user's decision to spend more)."""
     batch = lock_batch(conn, ref)
     if batch.status != BatchStatus.PAUSED:
-        return CommandResult(
-            batch.name, batch.status, 0, f"not paused (the batch is {batch.status})"
-        )
-    conn.execute(
-        update(b).where(b.c.id == batch.id).values(status=BatchStatus.RUNNING, pause_reason=None)
-    )
-    return CommandResult(batch.name, BatchStatus.RUNNING, 1, "resumed")
+        if max_cost is None:
+            return CommandResult(
+                batch.name, batch.status, 0, f"not paused (the batch is {batch.status})"
+            )
+        conn.execute(update(b).where(b.c.id == batch.id).values(max_cost=str(max_cost)))
+        return CommandResult(batch.name, batch.status, 1, f"cost limit set to {max_cost}")
+    changes: dict[str, object] = {"status": BatchStatus.RUNNING, "pause_reason": None}
+    message = "resumed"
+    if max_cost is not None:
+        if not batch.prices:
+            raise ChatbatchError(
+                f"{batch.name} has no price table to measure a cost limit with; "
+                "load it with --prices"
+            )
+        changes["max_cost"] = str(max_cost)
+        message = f"resumed with a cost limit of {max_cost}"
+    elif batch.max_cost is not None and (batch.pause_reason or "").startswith(COST_PAUSE):
+        changes["max_cost"] = None
+        message = "resumed without a cost limit"
+    conn.execute(update(b).where(b.c.id == batch.id).values(**changes))
+    return CommandResult(batch.name, BatchStatus.RUNNING, 1, message)
 
 
 def _count(conn: Connection, batch_id: str, statuses: Collection[RequestStatus]) -> int:

@@ -93,6 +93,8 @@ class Batch(Base):
     max_cost: Mapped[str | None] = mapped_column(String(40))
     # The price table (JSON) given at load time: cost caps and status use it.
     prices: Mapped[str | None] = mapped_column(Text)
+    # Submissions claimed while capped: with a spend snapshot, bounds what is spent or in flight.
+    capped_claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Request(UsageColumns, Base):

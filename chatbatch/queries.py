@@ -6,7 +6,7 @@ Functions take a connection and never commit; the caller owns the unit of work.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -25,6 +25,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.elements import ColumnElement
 
 from chatbatch.completions import USAGE_COLUMNS
 from chatbatch.errors import NotFoundError
@@ -100,25 +101,57 @@ class PollClaim:
 
 
 def claim_for_submit(
-    conn: Connection, *, now: datetime, limit: int, lease_seconds: float
+    conn: Connection,
+    *,
+    now: datetime,
+    limit: int,
+    lease_seconds: float,
+    capped: Mapping[str, int] | None = None,
 ) -> list[SubmitClaim]:
     """Claim up to ``limit`` due queued rows of running batches and mark them ``submitting``,
     counting the attempt, in one statement; the caller POSTs them at once. A worker lost after
     this commit leaves rows that lease recovery resubmits as possible duplicates, so callers keep
-    ``limit`` to what they can have in flight."""
+    ``limit`` to what they can have in flight. ``capped`` limits how many rows of some batches
+    may be taken (their cost caps)."""
+    if not capped:
+        return _claim_submits(conn, now, limit, lease_seconds, None)
+    claims = _claim_submits(conn, now, limit, lease_seconds, r.c.batch_id.not_in(list(capped)))
+    for batch_id, allowed in capped.items():
+        room = min(allowed, limit - len(claims))
+        if room <= 0:
+            continue
+        taken = _claim_submits(conn, now, room, lease_seconds, r.c.batch_id == batch_id)
+        if taken:
+            conn.execute(
+                update(b)
+                .where(b.c.id == batch_id)
+                .values(capped_claims=b.c.capped_claims + len(taken))
+            )
+        claims += taken
+    return claims
+
+
+def _claim_submits(
+    conn: Connection,
+    now: datetime,
+    limit: int,
+    lease_seconds: float,
+    which: ColumnElement[bool] | None,
+) -> list[SubmitClaim]:
     due = (
         select(r.c.id)
         .join(b, b.c.id == r.c.batch_id)
         .where(r.c.status == RequestStatus.QUEUED, r.c.due_at <= now)
         .where(b.c.status == BatchStatus.RUNNING)
-        .order_by(r.c.due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=r)
-        .cte("due")
+    )
+    if which is not None:
+        due = due.where(which)
+    due_rows = (
+        due.order_by(r.c.due_at).limit(limit).with_for_update(skip_locked=True, of=r).cte("due")
     )
     stmt = (
         update(r)
-        .where(r.c.id == due.c.id)
+        .where(r.c.id == due_rows.c.id)
         .values(
             status=RequestStatus.SUBMITTING,
             attempts=r.c.attempts + 1,

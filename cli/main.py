@@ -18,7 +18,7 @@ from cli.export_cmd import export_command
 from cli.load_cmd import load_command
 from cli.render import print_summary
 from cli.run import process_command, run_command
-from cli.usage_cmd import price_table, prices_option, usage_command
+from cli.usage_cmd import prices_for_batch, prices_option, usage_command
 from cli.worker_cmd import worker_command
 from simulator.cli import simulate
 
@@ -56,16 +56,16 @@ def db_upgrade() -> None:
 @prices_option
 @handles_errors
 def status(batch: str, as_json: bool, prices_path: Path | None) -> None:
-    """Progress, usage and problems of a batch (by id or name); with a price table, the cost so
-    far and a projected total."""
+    """Progress, usage and problems of a batch (by id or name); with a price table (given here or
+    stored by `load --prices`), the cost so far and a projected total."""
     from chatbatch import queries
     from chatbatch.summary import cost_summary
 
     setup_logging()
-    prices = price_table(prices_path)
     with ready_database().connect() as conn:
         row = queries.resolve_batch(conn, batch)
         summary = summarise(conn, row)
+        prices = prices_for_batch(row, prices_path)
         if prices is not None:
             summary["cost"] = cost_summary(conn, row, prices=prices)
     if as_json:
@@ -94,13 +94,23 @@ def list_(as_json: bool) -> None:
 
 @cli.command()
 @click.argument("batch")
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Set a new cost limit (in the batch's price-table currency). Without it, a batch "
+    "paused by its cost limit resumes with no limit.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print {name, status, changed, message}.")
 @handles_errors
-def resume(batch: str, as_json: bool) -> None:
-    """Continue a paused batch (e.g. once the provider accepts the API key again)."""
+def resume(batch: str, max_cost: float | None, as_json: bool) -> None:
+    """Continue a paused batch (e.g. once the provider accepts the API key again, or to spend
+    past a cost limit)."""
+    from decimal import Decimal
+
     from chatbatch import controls
 
-    _control(lambda conn, _now: controls.resume(conn, batch), as_json)
+    cap = None if max_cost is None else Decimal(str(max_cost))
+    _control(lambda conn, _now: controls.resume(conn, batch, max_cost=cap), as_json)
 
 
 @cli.command()

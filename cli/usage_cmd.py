@@ -43,6 +43,17 @@ def price_table(path: Path | None) -> PriceTable | None:
     return load_prices(chosen) if chosen and chosen != Path() else None
 
 
+def prices_for_batch(batch: Any, path: Path | None = None) -> PriceTable | None:
+    """The price table for one batch: ``--prices``/``CHATBATCH_PRICES`` when given, else the
+    table stored with the batch at load time, else None."""
+    from chatbatch.pricing import PriceTable
+
+    given = price_table(path)
+    if given is not None or not getattr(batch, "prices", None):
+        return given
+    return PriceTable.model_validate_json(batch.prices)
+
+
 @click.command("usage")
 @click.argument("batch", required=False)
 @click.option(

@@ -39,6 +39,7 @@ from chatbatch.states import (
     geometric_polls,
     held_back,
 )
+from worker.cost_guard import CostGuard
 from worker.provider import Provider
 from worker.ratelimit import LocalRateLimiter, RateLimiter
 
@@ -120,6 +121,7 @@ class Engine:
         self._planned_at: dict[str, float] = {}  # model -> monotonic time of its last replan
         # batch id -> its schema check (None: no schema); fixed at load, so read once per batch.
         self._checks: dict[str, AnswerCheck | None] = {}
+        self._cost_guard = CostGuard()
         self._rng = random.Random()
 
     @property
@@ -218,6 +220,7 @@ class Engine:
                         now=clock.anchor,
                         limit=submit_slots,
                         lease_seconds=lease,
+                        capped=self._cost_guard.limits(conn),
                     )
                     if submit_slots
                     else []

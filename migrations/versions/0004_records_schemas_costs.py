@@ -1,7 +1,8 @@
 """Labeling workflows: source records, JSON-schema validation, cost caps, reuse of answers
 
 batches: the CSV header of record files, the JSON schema answers must follow, how often an
-invalid answer is asked again, a cost cap and the price table it is measured with.
+invalid answer is asked again, a cost cap, the price table it is measured with, and a count of
+the submissions claimed under the cap.
 requests: the source record, a fingerprint of the request (to reuse an identical earlier
 answer), the schema verdict, and which request a reused answer came from.
 
@@ -30,6 +31,9 @@ def upgrade() -> None:
         )
         batch.add_column(sa.Column("max_cost", sa.String(length=40), nullable=True))
         batch.add_column(sa.Column("prices", sa.Text(), nullable=True))
+        batch.add_column(
+            sa.Column("capped_claims", sa.Integer(), server_default="0", nullable=False)
+        )
     with op.batch_alter_table("requests") as batch:
         batch.add_column(sa.Column("record", sa.Text(), nullable=True))
         batch.add_column(sa.Column("fingerprint", sa.String(length=64), nullable=True))
@@ -61,5 +65,12 @@ def downgrade() -> None:
         ):
             batch.drop_column(name)
     with op.batch_alter_table("batches") as batch:
-        for name in ("prices", "max_cost", "retry_invalid", "response_schema", "record_columns"):
+        for name in (
+            "capped_claims",
+            "prices",
+            "max_cost",
+            "retry_invalid",
+            "response_schema",
+            "record_columns",
+        ):
             batch.drop_column(name)

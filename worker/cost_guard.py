@@ -1,0 +1,112 @@
+"""Keeps capped batches (``--max-cost``) within their cap while claiming submissions.
+
+Summing a batch's spend reads all its answers, so it is done at most once a second, as a
+snapshot: in flight F0 (read first), then spent S0, and the batch's ``capped_claims`` C0. Every
+request answered since was in flight then or claimed since, so at any later claim
+
+    spent + in flight <= S0 + per_request * (F0 + capped_claims - C0)
+
+which needs only the batch row. Claims lock the capped batches' rows, so workers claiming for
+the same capped batch take turns and each sees the others' claims.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from chatbatch import cost_caps, queries
+from chatbatch.models import batches_table as b
+from chatbatch.models import requests_table as r
+from chatbatch.states import RequestStatus
+
+REFRESH_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    cap: cost_caps.CapState
+    in_flight: int
+    claims: int
+    taken_at: float
+
+
+class CostGuard:
+    """Per-process snapshots of capped batches' spend; one instance per engine."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listed_at = float("-inf")
+        self._capped: list[str] = []
+        self._snapshots: dict[str, _Snapshot] = {}
+
+    def limits(self, conn: Connection) -> dict[str, int] | None:
+        """How many requests each capped running batch may still submit (None: no batch is
+        capped, claim freely). Pauses a capped batch that has nothing in flight and may submit
+        nothing more."""
+        capped = self._capped_batches(conn)
+        if not capped:
+            return None
+        locked = conn.execute(
+            select(b.c.id, b.c.max_cost, b.c.prices, b.c.capped_claims)
+            .where(b.c.id.in_(capped), b.c.status == "running", b.c.max_cost.is_not(None))
+            .with_for_update()
+        ).all()
+        limits = {}
+        for row in locked:
+            snapshot = self._snapshot(conn, row, fresh=False)
+            allowed = _allowance(snapshot, row.capped_claims)
+            if allowed == 0:  # the bound may be stale: decide on fresh figures
+                snapshot = self._snapshot(conn, row, fresh=True)
+                allowed = _allowance(snapshot, row.capped_claims)
+                # Answers still outstanding may leave room (estimates run high): pause only
+                # once nothing is in flight and not one more request fits.
+                if allowed == 0 and snapshot.in_flight == 0 and _has_queued(conn, row.id):
+                    reason = cost_caps.pause_reason(snapshot.cap, 0)
+                    if queries.pause_batch(conn, row.id, reason):
+                        log.warning("batch %s paused: %s", row.id, reason)
+            limits[row.id] = allowed
+        return limits
+
+    def _capped_batches(self, conn: Connection) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._listed_at < REFRESH_SECONDS:
+                return self._capped
+            self._listed_at = now
+        capped = [row.id for row in cost_caps.capped_batches(conn)]
+        with self._lock:
+            self._capped = capped
+        return capped
+
+    def _snapshot(self, conn: Connection, row: Any, *, fresh: bool) -> _Snapshot:
+        batch_id: str = row.id
+        now = time.monotonic()
+        with self._lock:
+            known = self._snapshots.get(batch_id)
+        if known and not fresh and now - known.taken_at < REFRESH_SECONDS:
+            return known
+        flying = cost_caps.in_flight(conn, batch_id)  # before the spend: see the module doc
+        snapshot = _Snapshot(cost_caps.read_cap(conn, row), flying, row.capped_claims, now)
+        with self._lock:
+            self._snapshots[batch_id] = snapshot
+        return snapshot
+
+
+def _allowance(snapshot: _Snapshot, claims_now: int) -> int:
+    """What may still be claimed: everything in flight at the snapshot or claimed since counts
+    as spent at the per-request estimate."""
+    committed = snapshot.in_flight + max(0, claims_now - snapshot.claims)
+    return cost_caps.allowance(snapshot.cap, committed)
+
+
+def _has_queued(conn: Connection, batch_id: str) -> bool:
+    query = select(r.c.id).where(r.c.batch_id == batch_id, r.c.status == RequestStatus.QUEUED)
+    return conn.execute(query.limit(1)).first() is not None
