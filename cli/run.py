@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from pydantic import SecretStr
@@ -17,12 +17,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from chatbatch import queries
 from chatbatch.db import get_engine
 from chatbatch.settings import Settings
-from chatbatch.states import TERMINAL_STATUSES, BatchStatus
+from chatbatch.states import ANSWERED_STATUSES, TERMINAL_STATUSES, BatchStatus
+from chatbatch.summary import cost_summary
 from cli.context import handles_errors, ready_database, settings, setup_logging, summarise
 from cli.exporting import export_to
+from cli.load_cmd import LoadArgs, load_options, perform_load, report_reuse
+from cli.notify import notification, send, validate_url
 from cli.render import print_summary
+from cli.usage_cmd import prices_for_batch
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from worker.engine import Engine
 
 EXIT_ALL_SUCCEEDED = 0
@@ -30,6 +36,7 @@ EXIT_SOME_FAILED = 3
 EXIT_PAUSED = 4
 EXIT_INTERRUPTED = 130
 PROGRESS_EVERY_SECONDS = 0.3
+COST_EVERY_SECONDS = 2.0  # summing usage reads every finished row of the batch
 SIMULATOR_KEY = "sk-sim"  # the simulator's default key; not a secret
 
 
@@ -49,23 +56,43 @@ def _engine_settings(simulate: bool) -> Iterator[Settings]:
 
 
 class _ProgressView:
-    """A live bar of finished requests with counts by state, refreshed a few times a second."""
+    """A live bar of finished requests with counts by state, refreshed a few times a second, and
+    the cost so far and projected total every few seconds when a price table is known."""
 
     def __init__(self, progress: Progress, batch_id: str, total: int) -> None:
         self._progress = progress
         self._batch_id = batch_id
-        self._task = progress.add_task("requests", total=total, counts="")
+        self._task = progress.add_task("requests", total=total, counts="", cost="")
         self._last = 0.0
+        self._last_cost = 0.0
 
     def __call__(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self._last < PROGRESS_EVERY_SECONDS:
+        now = time.monotonic()
+        if not force and now - self._last < PROGRESS_EVERY_SECONDS:
             return
-        self._last = time.monotonic()
+        self._last = now
         with get_engine().connect() as conn:
             counts = queries.status_counts(conn, self._batch_id)
+            if force or now - self._last_cost >= COST_EVERY_SECONDS:
+                self._last_cost = now
+                self._progress.update(self._task, cost=_cost_text(conn, self._batch_id))
         done = sum(counts[s] for s in TERMINAL_STATUSES)
         text = " ".join(f"{k}={v}" for k, v in counts.items() if v)
         self._progress.update(self._task, completed=done, counts=text)
+
+
+def _cost_text(conn: Connection, batch_id: str) -> str:
+    """``cost 0.12 USD → 0.50`` (so far, projected), or nothing without a price table."""
+    row = queries.resolve_batch(conn, batch_id)
+    prices = prices_for_batch(row)
+    if prices is None:
+        return ""
+    cost = cost_summary(conn, row, prices=prices)
+    if cost["so_far"] is None:
+        return "cost unknown"
+    projected = cost["projected_total"]
+    tail = f" → {projected}" if projected not in (None, cost["so_far"]) else ""
+    return f"cost {cost['so_far']}{tail} {cost['currency']}"
 
 
 format_option = click.option(
@@ -78,32 +105,43 @@ simulate_option = click.option(
 )
 
 
+notify_option = click.option(
+    "--notify",
+    metavar="URL",
+    callback=validate_url,
+    help="POST a JSON summary here when the batch finishes (for cron jobs and chat hooks).",
+)
+
+
 @click.command("run")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-@click.option("--name", help="A unique name for the batch.")
-@click.option("--model", help="Model for lines that do not name one.")
+@load_options
 @format_option
 @simulate_option
+@notify_option
 @handles_errors
 def run_command(
-    file: Path, output: Path, name: str | None, model: str | None, fmt: str | None, simulate: bool
+    file: Path,
+    output: Path,
+    load: LoadArgs,
+    fmt: str | None,
+    simulate: bool,
+    notify: str | None,
 ) -> None:
-    """Load FILE, process it in this process, show progress and export the results.
+    """Load FILE, process it in this process, show progress and export the results. FILE and the
+    load options are as for `chatbatch load` (a CSV or record file with --template).
 
     Exit code: 0 all succeeded, 3 some failed or expired, 4 the batch was paused, 2 bad usage or
     configuration, 1 any other error.
     """
-    from chatbatch.loading import load_jsonl
-
     setup_logging()
-    engine = ready_database()
-    with engine.begin() as conn:
-        batch = load_jsonl(
-            conn, file, name=name, default_model=model, max_line_bytes=settings().max_line_bytes
-        )
+    batch = perform_load(file, load)
+    if batch is None:  # --dry-run: shown, nothing loaded, nothing to process
+        return
     click.echo(f"loaded {batch.total} request(s) as {batch.name} ({batch.id})", err=True)
-    _process_and_report(batch.id, batch.name, batch.total, output, fmt, simulate)
+    report_reuse(load, batch)
+    _process_and_report(batch.id, batch.name, batch.total, output, fmt, simulate, notify)
 
 
 @click.command("process")
@@ -111,8 +149,11 @@ def run_command(
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Export here when done.")
 @format_option
 @simulate_option
+@notify_option
 @handles_errors
-def process_command(batch: str, output: Path | None, fmt: str | None, simulate: bool) -> None:
+def process_command(
+    batch: str, output: Path | None, fmt: str | None, simulate: bool, notify: str | None
+) -> None:
     """Work an existing batch in this process until it is finished: how the embedded default
     continues after `resume` or `retry`, or an extra hand next to running workers.
 
@@ -128,20 +169,26 @@ def process_command(batch: str, output: Path | None, fmt: str | None, simulate: 
             err=True,
         )
         sys.exit(EXIT_PAUSED)
-    _process_and_report(row.id, row.name, row.total, output, fmt, simulate)
+    _process_and_report(row.id, row.name, row.total, output, fmt, simulate, notify)
 
 
 def _process_and_report(
-    batch_id: str, name: str, total: int, output: Path | None, fmt: str | None, simulate: bool
+    batch_id: str,
+    name: str,
+    total: int,
+    output: Path | None,
+    fmt: str | None,
+    simulate: bool,
+    notify: str | None,
 ) -> NoReturn:
-    """Drive the batch to its end here with a progress bar, export, summarise, exit with the
-    code that tells cron what happened."""
+    """Drive the batch to its end here with a progress bar, export, summarise (with cost when a
+    price table is known), notify, and exit with the code that tells cron what happened."""
     from worker.runtime import build_engine
 
     with _engine_settings(simulate) as config:
         runner = build_engine(config)
         try:
-            final = _run_with_progress(runner, batch_id, total)
+            _run_with_progress(runner, batch_id, total)
         except KeyboardInterrupt:
             click.echo(
                 f"interrupted: batch {name} is kept as it is; `chatbatch status {name}` shows "
@@ -154,17 +201,31 @@ def _process_and_report(
             runner.close()
     count = export_to(batch_id, output, fmt) if output else None
     with ready_database().connect() as conn:
-        summary = summarise(conn, queries.resolve_batch(conn, batch_id))
+        row = queries.resolve_batch(conn, batch_id)
+        summary = summarise(conn, row)
+        prices = prices_for_batch(row)
+        if prices is not None:
+            summary["cost"] = cost_summary(conn, row, prices=prices)
     print_summary(summary)
     if output:
         click.echo(f"wrote {count} result(s) to {output}")
-    if final == BatchStatus.PAUSED:
-        sys.exit(EXIT_PAUSED)
-    counts = summary["counts"]
-    sys.exit(EXIT_ALL_SUCCEEDED if counts["succeeded"] == total else EXIT_SOME_FAILED)
+    code = exit_code_for(summary)
+    if notify:
+        send(notify, notification(summary, exit_code=code, output=str(output) if output else None))
+    sys.exit(code)
+
+
+def exit_code_for(summary: dict[str, Any]) -> int:
+    """0 when every request has an answer (succeeded or reused), 4 when the batch is paused, 3
+    when some failed, expired or were cancelled."""
+    if summary["status"] == BatchStatus.PAUSED:
+        return EXIT_PAUSED
+    answered = sum(summary["counts"][s] for s in ANSWERED_STATUSES)
+    return EXIT_ALL_SUCCEEDED if answered == summary["total"] else EXIT_SOME_FAILED
 
 
 def _run_with_progress(runner: Engine, batch_id: str, total: int) -> str:
+    """Work the batch to its end (or pause) under a live bar; the batch's final status."""
     from worker.inprocess import run_batch
 
     console = Console(stderr=True)
@@ -174,6 +235,7 @@ def _run_with_progress(runner: Engine, batch_id: str, total: int) -> str:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.fields[counts]}"),
+        TextColumn("{task.fields[cost]}"),
     )
     with Progress(*columns, console=console, transient=False) as progress:
         view = _ProgressView(progress, batch_id, total)
