@@ -453,12 +453,14 @@ class FaultRun:
         return sorted(every - unlocked)
 
     def _pause_settled(self, worker: Worker) -> None:
-        """SIGSTOP ``worker`` and wait until the statement it had sent, if any, has ended."""
+        """SIGSTOP ``worker`` and wait until the statement it had sent, if any, has ended. One of
+        its threads may be waiting on a lock another of its threads holds, frozen; that ends only
+        when PostgreSQL closes the frozen session, a lease (``idle_in_transaction``) later."""
         worker.pause()
         wait_until(
             lambda: "active" not in self.session_states(),
             f"the statement {worker.label} had sent to end",
-            timeout=10,
+            timeout=30,
         )
 
     def _resume_briefly(self, worker: Worker) -> None:
