@@ -17,8 +17,10 @@ from cli.context import handles_errors, ready_database, settings, setup_logging,
 from cli.export_cmd import export_command
 from cli.load_cmd import load_command
 from cli.render import print_summary
+from cli.report_cmd import report_command
 from cli.run import process_command, run_command
 from cli.usage_cmd import prices_for_batch, prices_option, usage_command
+from cli.watch_cmd import watch_command
 from cli.worker_cmd import worker_command
 from simulator.cli import simulate
 
@@ -187,6 +189,8 @@ cli.add_command(process_command)
 cli.add_command(worker_command)
 cli.add_command(simulate)
 cli.add_command(usage_command)
+cli.add_command(report_command)
+cli.add_command(watch_command)
 
 
 def main() -> None:
