@@ -18,7 +18,7 @@ from chatbatch.errors import ChatbatchError
 from chatbatch.models import batches_table as b
 from chatbatch.models import past_results_table as p
 from chatbatch.models import requests_table as r
-from chatbatch.states import TERMINAL_STATUSES, BatchStatus, RequestStatus
+from chatbatch.states import ROUND_COLUMNS, TERMINAL_STATUSES, BatchStatus, RequestStatus
 
 RETRYABLE_DEFAULT = (RequestStatus.FAILED, RequestStatus.EXPIRED)
 _ARCHIVED = (
@@ -33,28 +33,7 @@ _ARCHIVED = (
     "error_code",
     "error_message",
 )
-_CLEARED = {
-    name: None
-    for name in (
-        "remote_id",
-        "remote_status",
-        "submitted_at",
-        "polled_at",
-        "expires_at",
-        "completed_at",
-        "http_status",
-        "response",
-        "content",
-        "finish_reason",
-        "response_model",
-        *USAGE_COLUMNS,
-        "error_code",
-        "error_message",
-        "schema_valid",
-        "schema_error",
-        "reused_from",
-    )
-}
+_CLEARED = dict.fromkeys((*ROUND_COLUMNS, "error_code", "error_message", "reused_from"))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Price tables and the cost of token usage, in exact decimals.
 
-A price table is a TOML file the user writes (see the README, "Cost and usage")::
+A price table is a TOML (or YAML, same keys) file the user writes (see the README, "Cost and
+usage")::
 
     currency = "USD"
     [models."gpt-4o-mini"]
@@ -25,6 +26,7 @@ from dataclasses import dataclass, fields
 from decimal import Decimal
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chatbatch.errors import ConfigError
@@ -32,6 +34,7 @@ from chatbatch.errors import ConfigError
 MILLION = Decimal(1_000_000)
 WILDCARD_CHARS = "*?["
 NO_PRICE = "no price"
+YAML_SUFFIXES = (".yaml", ".yml")
 NO_UNIT_PRICE = "billed units but no per_unit price"
 
 
@@ -136,18 +139,35 @@ def cost_by_model(usage_by_model: Mapping[str, Usage], table: PriceTable) -> Cos
 
 
 def load_prices(path: Path) -> PriceTable:
-    """Read and check a TOML price table; a ConfigError names the file and each bad key."""
+    """Read and check a price table (TOML, or YAML for a .yaml/.yml file, same keys); a
+    ConfigError names the file and each bad key."""
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh, parse_float=Decimal)
+            if path.suffix.lower() in YAML_SUFFIXES:
+                data = yaml.load(fh, Loader=_DecimalYamlLoader)  # a SafeLoader: no objects
+            else:
+                data = tomllib.load(fh, parse_float=Decimal)
     except OSError as exc:
         raise ConfigError(f"price table {path}: cannot read it: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"price table {path}: not valid TOML: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"price table {path}: not valid YAML: {exc}") from None
     try:
         return PriceTable.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"price table {path}: {_problems(exc)}") from None
+
+
+class _DecimalYamlLoader(yaml.SafeLoader):
+    """YAML's safe loader, reading floats as exact decimals (``0.15`` is 0.15)."""
+
+
+def _yaml_decimal(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Decimal:
+    return Decimal(loader.construct_scalar(node).replace("_", ""))
+
+
+_DecimalYamlLoader.add_constructor("tag:yaml.org,2002:float", _yaml_decimal)
 
 
 def format_money(amount: Decimal | None) -> str | None:

@@ -339,8 +339,9 @@ def _succeeded(
     return _asked_again(row, changes, problem, now)
 
 
-# Cleared when an invalid answer is archived and its request queued for a new round.
-_ROUND_COLUMNS = (
+# Cleared when a request is queued for a new round (an invalid answer asked again, or
+# ``chatbatch retry``): what its last submission and answer left.
+ROUND_COLUMNS = (
     "remote_id",
     "remote_status",
     "submitted_at",
@@ -377,7 +378,7 @@ def _asked_again(
         "archived_at": now,
     }
     changes = {
-        **dict.fromkeys(_ROUND_COLUMNS),
+        **dict.fromkeys(ROUND_COLUMNS),
         "attempts": 0,
         "poll_count": 0,
         "retries": row.retries + 1,

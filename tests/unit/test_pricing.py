@@ -61,6 +61,25 @@ def test_a_good_table_parses_floats_as_exact_decimals(tmp_path: Path) -> None:
     assert price.per_unit == Decimal("0.025")
 
 
+def test_a_yaml_table_reads_the_same_keys_as_exact_decimals(tmp_path: Path) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(
+        "currency: EUR\nmodels:\n  gpt-4o-mini:\n    input: 0.15\n    output: 0.6\n"
+        "    per_unit: 0.025\n  'deepseek-*':\n    input: 1\n    output: 2.19\n"
+    )
+    table = load_prices(path)
+    assert table.currency == "EUR"
+    assert table.models["gpt-4o-mini"].input == Decimal("0.15")
+    assert table.models["gpt-4o-mini"].per_unit == Decimal("0.025")
+    assert table.price_for("deepseek-r1") == table.models["deepseek-*"]
+    path.write_text("models:\n  m: {input: 1, output: -2}\n")
+    with pytest.raises(ConfigError, match=r"models\.m\.output: Input should be greater than"):
+        load_prices(path)
+    path.write_text("models: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_prices(path)
+
+
 def test_the_example_table_in_the_repository_is_valid() -> None:
     table = load_prices(EXAMPLE)
     assert table.price_for("gpt-4o-mini") is not None
