@@ -20,13 +20,13 @@ from datetime import datetime
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import Connection, Row, case, func, select
+from sqlalchemy import Connection, Row, select
 
 from chatbatch.completions import USAGE_COLUMNS
 from chatbatch.errors import ChatbatchError
 from chatbatch.models import batches_table as b
 from chatbatch.models import requests_table as r
-from chatbatch.states import ANSWERED_STATUSES, RequestStatus
+from chatbatch.states import ANSWERED_STATUSES
 from chatbatch.structured import answer_fields
 
 STREAM_ROWS = 2000
@@ -192,20 +192,11 @@ def iter_results(conn: Connection, batch_id: str) -> Iterator[Row[Any]]:
 
 
 def _selected() -> tuple[Any, ...]:
-    source = r.alias("source")
-    source_task = select(source.c.remote_id).where(source.c.id == r.c.reused_from)
-    remote_id = case(
-        (
-            r.c.status == RequestStatus.REUSED,
-            func.coalesce(r.c.remote_id, source_task.scalar_subquery()),
-        ),
-        else_=r.c.remote_id,
-    )
     return (
         r.c.id,
         r.c.custom_id,
         r.c.status,
-        remote_id.label("remote_id"),
+        r.c.remote_id,  # a reused answer carries its source's task id
         r.c.http_status,
         r.c.response,
         r.c.content,

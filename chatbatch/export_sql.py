@@ -51,12 +51,6 @@ PYTHON_ROW_FIELDS = (
     "error_code",
     "error_message",
 )
-# A reused answer's task id is its source request's (``chatbatch.export._selected``). Only
-# batches with reused rows get this: the subquery keeps PostgreSQL from a parallel plan.
-_SOURCE_TASK_ID = (
-    "CASE WHEN status = 'reused' THEN COALESCE(remote_id, "
-    "(SELECT s.remote_id FROM requests s WHERE s.id = requests.reused_from)) ELSE remote_id END"
-)
 
 
 def _json(expr: str) -> str:
@@ -208,15 +202,13 @@ def export_postgres(
     """Write the batch's lines (``fmt`` jsonl or csv) to ``out`` in input order; the count.
     ``on_rows`` hears how many rows each block wrote."""
     layout = begin_export(conn, batch_id, out, fmt, columns=columns, bom=bom)
-    task_id = _SOURCE_TASK_ID if _has_reused(conn, batch_id) else "remote_id"
-    cells = _csv_cells(task_id)
     blocks: Iterator[tuple[bytes, int]]
     if layout is None:
-        blocks = iter_blocks(conn, batch_id, _jsonl_line(task_id))
+        blocks = iter_blocks(conn, batch_id, JSONL_LINE)
     elif layout.needs_record or layout.needs_answer:
-        blocks = _assembled_blocks(conn, batch_id, layout, cells)
+        blocks = _assembled_blocks(conn, batch_id, layout, CSV_CELLS)
     else:
-        blocks = iter_blocks(conn, batch_id, csv_row_sql(layout, cells))
+        blocks = iter_blocks(conn, batch_id, csv_row_sql(layout, CSV_CELLS))
     count = 0
     for block, rows in blocks:
         # (a CSV cell may hold the marker byte; only JSONL lines are ever marked)
@@ -225,15 +217,6 @@ def export_postgres(
         if on_rows:
             on_rows(rows)
     return count
-
-
-def _has_reused(conn: Connection, batch_id: str) -> bool:
-    """Whether any request of the batch holds a reused answer."""
-    found = conn.exec_driver_sql(
-        "SELECT EXISTS (SELECT 1 FROM requests WHERE batch_id = %(b)s AND status = 'reused')",
-        {"b": batch_id},
-    )
-    return bool(found.scalar())
 
 
 def _assembled_blocks(

@@ -200,12 +200,13 @@ def test_a_plain_batch_with_a_schema_puts_answer_fields_after_custom_id(
 
 
 def insert_reused(db: Engine) -> tuple[str, int]:
-    """A batch whose second row reused the first row's answer; the source row's id."""
+    """A batch whose second row reused the first row's answer (with its task id, as
+    ``chatbatch.reuse`` copies it); the source row's id."""
     rows: list[dict[str, Any]] = [
         {"content": "A", "response": '{"id": "chatcmpl-1", "choices": []}', "prompt_tokens": 9},
         {
             "status": "reused",
-            "remote_id": None,
+            "remote_id": "task-1",
             "content": "A",
             "response": '{"id": "chatcmpl-1", "choices": []}',
             "prompt_tokens": None,
@@ -247,12 +248,12 @@ def test_reused_rows_export_as_successes(db: Engine, fetch_paths: None) -> None:
         "id": "chatcmpl-1",
         "choices": [],
     }
-    # the answer's task id is the source request's
+    # the answer's task id is the source request's (copied with the answer)
     assert lines[1]["response"]["request_id"] == lines[0]["response"]["request_id"] == "task-1"
     assert list(lines[1]) == list(lines[0]) and list(lines[1]["response"]) == list(
         lines[0]["response"]
     )
-    assert lines[2]["response"]["request_id"] is None  # its source is gone
+    assert lines[2]["response"]["request_id"] is None  # a row stored without one
     table = parsed(outputs["csv", False])
     assert [r["status"] for r in table] == ["succeeded", "reused", "reused"]
     assert table[1]["reused_from"] == f"batch_req_{source}" and table[0]["reused_from"] == ""
