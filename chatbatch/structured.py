@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-from jsonschema.validators import validator_for
 
 from chatbatch.errors import InputError
+
+# jsonschema is imported where it is used: it costs every command ~50 ms of start-up, and only
+# loads with --schema and workers judging answers need it.
 
 SCHEMA_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 MAX_ERROR_CHARS = 500
@@ -24,6 +24,10 @@ SCHEMA_MODES = ("json_schema", "json_mode")
 
 def load_schema(path: Path) -> dict[str, Any]:
     """The JSON Schema in ``path``; InputError naming the file when it is not one."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
     try:
         schema = orjson.loads(path.read_bytes())
     except FileNotFoundError:
@@ -70,6 +74,9 @@ def schema_text(schema: dict[str, Any]) -> str:
 
 @lru_cache(maxsize=32)
 def _validator(schema_json: str) -> Any:
+    from jsonschema import Draft202012Validator
+    from jsonschema.validators import validator_for
+
     schema = orjson.loads(schema_json)
     cls = validator_for(schema, default=Draft202012Validator)
     return cls(schema)
