@@ -12,7 +12,7 @@ from typing import Any
 from jinja2 import Environment, StrictUndefined
 
 from chatbatch.report_data import BUCKET_WIDTHS, Latency, ReportData, Timeline, nice_step
-from chatbatch.states import RequestStatus
+from chatbatch.states import SCHEMA_INVALID, RequestStatus
 
 TEMPLATE = "report.html.j2"
 # Final states in the order the report stacks and lists them, with their chart colours.
@@ -119,7 +119,7 @@ def report_context(data: ReportData) -> dict[str, Any]:
             }
             for group in data.errors
         ],
-        "error_total": sum(group.count for group in data.errors),
+        "error_total": sum(g.count for g in data.errors if g.code != SCHEMA_INVALID),
         "usage": usage,
         "priced": data.usage.prices is not None,
         "schema": data.schema,

@@ -21,6 +21,7 @@ from sqlalchemy import (
     case,
     func,
     literal_column,
+    or_,
     select,
 )
 from sqlalchemy.ext.compiler import compiles
@@ -29,7 +30,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from chatbatch.models import requests_table as r
 from chatbatch.pricing import PriceTable
-from chatbatch.states import TERMINAL_STATUSES, RequestStatus
+from chatbatch.states import ANSWERED_STATUSES, SCHEMA_INVALID, TERMINAL_STATUSES, RequestStatus
 from chatbatch.usage import Grouping, UsageReport, usage_report
 
 QUANTILES = ("0.5", "0.9", "0.99")
@@ -285,10 +286,16 @@ def latency(
 
 
 def error_groups(conn: Connection, batch_id: str, *, examples: int = 3) -> list[ErrorGroup]:
-    """Failed and expired requests grouped by error code, most frequent first, each with its
-    first few requests (in input order) as examples."""
-    failed = and_(r.c.batch_id == batch_id, r.c.status.in_([s.value for s in ERROR_STATUSES]))
-    code = func.coalesce(r.c.error_code, "unknown")
+    """Failed and expired requests grouped by error code, and answers that did not follow the
+    batch's schema as ``schema_invalid``; most frequent first, each with its first few requests
+    (in input order) as examples."""
+    errored = r.c.status.in_([s.value for s in ERROR_STATUSES])
+    invalid = and_(
+        r.c.status.in_([s.value for s in ANSWERED_STATUSES]), r.c.schema_valid.is_(False)
+    )
+    failed = and_(r.c.batch_id == batch_id, or_(errored, invalid))
+    code = case((errored, func.coalesce(r.c.error_code, "unknown")), else_=SCHEMA_INVALID)
+    message = case((errored, r.c.error_message), else_=r.c.schema_error)
     totals = conn.execute(
         select(code.label("code"), func.count().label("n"))
         .where(failed)
@@ -299,7 +306,7 @@ def error_groups(conn: Connection, batch_id: str, *, examples: int = 3) -> list[
         return []
     rank = func.row_number().over(partition_by=code, order_by=r.c.line_no).label("rank")
     ranked = (
-        select(code.label("code"), r.c.custom_id, r.c.status, r.c.error_message, rank)
+        select(code.label("code"), r.c.custom_id, r.c.status, message.label("error_message"), rank)
         .where(failed)
         .subquery()
     )

@@ -84,6 +84,7 @@ def build_batch(
             completion_tokens=50,
             total_tokens=150,
             schema_valid=i >= INVALID if schema else None,
+            schema_error="label: bad" if schema and i < INVALID else None,
         )
     done = T0 + timedelta(minutes=6)
     for code, n in FAILED.items():
@@ -193,6 +194,9 @@ def test_report_numbers(db: Engine, tmp_path: Path) -> None:
     assert m["error.expired"] == str(EXPIRED)
     assert "error.cancelled" not in m
     assert m["errors.total"] == str(sum(FAILED.values()) + EXPIRED)
+    # answers that broke the schema are listed too, but are not failures
+    if "schema.valid" in m:
+        assert m["error.schema_invalid"] == str(INVALID)
     # schema: 7 of the succeeded invalid, reused rows valid
     assert m["schema.valid"] == str(SUCCEEDED - INVALID + REUSED)
     assert m["schema.invalid"] == str(INVALID)
@@ -296,8 +300,10 @@ def test_sqlite_gives_the_same_figures(db: Engine, tmp_path: Path) -> None:
         ("rate_limited", 2 + QUEUED, "rate_limited number 0"),
         ("task_failed", 4, "task_failed number 0"),
     ]
-    examples = [e.custom_id for e in on_pg.errors[0].examples]
-    assert on_pg.errors[0].code == "task_failed" and len(examples) == 3
+    groups = {e.code: e for e in on_pg.errors}
+    assert [e.code for e in on_pg.errors][:2] == ["schema_invalid", "task_failed"]  # 7, then 4
+    assert len(groups["task_failed"].examples) == 3
+    assert [x.message for x in groups["schema_invalid"].examples] == ["label: bad"] * 3
 
 
 def test_a_batch_with_nothing_finished(db: Engine, tmp_path: Path) -> None:
@@ -321,7 +327,7 @@ def test_a_batch_with_nothing_finished(db: Engine, tmp_path: Path) -> None:
     assert m["finished"] == "0"
     assert "No request has finished yet." in html
     assert "No succeeded request" in html
-    assert "No request failed or expired." in html
+    assert "No request failed or expired, and no answer broke the schema." in html
     assert "No answer with usage yet." in html
 
 
