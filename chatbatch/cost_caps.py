@@ -17,7 +17,7 @@ from chatbatch.estimates import estimated_prompt_tokens
 from chatbatch.models import batches_table as b
 from chatbatch.models import requests_table as r
 from chatbatch.pricing import MILLION, PriceTable, format_money
-from chatbatch.states import RequestStatus
+from chatbatch.states import BatchStatus, RequestStatus
 from chatbatch.usage import Grouping, usage_report
 
 # Output tokens assumed for a request that sets no max_tokens, until real answers are known.
@@ -115,7 +115,7 @@ def _first_estimate(conn: Connection, batch_id: str, prices: PriceTable) -> Deci
 def capped_batches(conn: Connection, batch_ids: list[str] | None = None) -> list[Any]:
     """Running batches with a cost cap (``id``, ``max_cost``, ``prices``)."""
     query = select(b.c.id, b.c.max_cost, b.c.prices).where(
-        b.c.status == "running", b.c.max_cost.is_not(None), b.c.prices.is_not(None)
+        b.c.status == BatchStatus.RUNNING, b.c.max_cost.is_not(None), b.c.prices.is_not(None)
     )
     if batch_ids is not None:
         query = query.where(b.c.id.in_(batch_ids))

@@ -224,8 +224,8 @@ def exit_code_for(summary: dict[str, Any]) -> int:
     return EXIT_ALL_SUCCEEDED if answered == summary["total"] else EXIT_SOME_FAILED
 
 
-def _run_with_progress(runner: Engine, batch_id: str, total: int) -> str:
-    """Work the batch to its end (or pause) under a live bar; the batch's final status."""
+def _run_with_progress(runner: Engine, batch_id: str, total: int) -> None:
+    """Work the batch to its end (or pause) under a live bar."""
     from worker.inprocess import run_batch
 
     console = Console(stderr=True)
@@ -239,6 +239,5 @@ def _run_with_progress(runner: Engine, batch_id: str, total: int) -> str:
     )
     with Progress(*columns, console=console, transient=False) as progress:
         view = _ProgressView(progress, batch_id, total)
-        final = run_batch(runner, batch_id, on_progress=view)
+        run_batch(runner, batch_id, on_progress=view)
         view(force=True)
-    return final

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, select
 from chatbatch import cost_caps, queries
 from chatbatch.models import batches_table as b
 from chatbatch.models import requests_table as r
-from chatbatch.states import RequestStatus
+from chatbatch.states import BatchStatus, RequestStatus
 
 REFRESH_SECONDS = 1.0
 
@@ -56,7 +56,7 @@ class CostGuard:
             return None
         locked = conn.execute(
             select(b.c.id, b.c.max_cost, b.c.prices, b.c.capped_claims)
-            .where(b.c.id.in_(capped), b.c.status == "running", b.c.max_cost.is_not(None))
+            .where(b.c.id.in_(capped), b.c.status == BatchStatus.RUNNING, b.c.max_cost.is_not(None))
             .with_for_update()
         ).all()
         limits = {}
