@@ -79,7 +79,7 @@ def environment(database_url: str, api_base: str, **extra: str) -> dict[str, str
         "CHATBATCH_BROKER_URL": REDIS_URL,
         "CHATBATCH_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
         "CHATBATCH_API_BASE": api_base,
-        "CHATBATCH_API_KEY": "sk-sim",
+        "CHATBATCH_API_KEY": "sk-simulator",
         **extra,
     }
 

@@ -29,7 +29,7 @@ from simulator.testing import SimulatorHandle, running_simulator
 
 async def _baseline(base_url: str, n: int, concurrency: int) -> int:
     """POST + GET-until-done for ``n`` requests, ``concurrency`` at a time; returns GETs made."""
-    headers = {"Authorization": "Bearer sk-sim"}
+    headers = {"Authorization": "Bearer sk-simulator"}
     gets = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):

@@ -37,7 +37,7 @@ EXIT_PAUSED = 4
 EXIT_INTERRUPTED = 130
 PROGRESS_EVERY_SECONDS = 0.3
 COST_EVERY_SECONDS = 2.0  # summing usage reads every finished row of the batch
-SIMULATOR_KEY = "sk-sim"  # the simulator's default key; not a secret
+SIMULATOR_KEY = "sk-simulator"  # the simulator's default key; not a secret
 
 
 @contextlib.contextmanager

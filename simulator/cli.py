@@ -119,7 +119,7 @@ def _retry_after(_ctx: click.Context, _param: click.Parameter, value: str) -> fl
     "--api-key",
     "api_keys",
     multiple=True,
-    help="Accepted API key (repeatable). [default: sk-sim]",
+    help="Accepted API key (repeatable). [default: sk-simulator]",
 )
 @click.option("--no-auth", is_flag=True, help="Accept any key, or none.")
 @click.option(
@@ -140,7 +140,7 @@ def simulate(
     """Serve a GeekAI-compatible API (background mode, polling, faults) on HOST:PORT."""
     from simulator.server import serve
 
-    keys = () if no_auth else (api_keys or ("sk-sim",))
+    keys = () if no_auth else (api_keys or ("sk-simulator",))
     try:
         config = SimConfig(api_keys=keys, **settings)
     except ValueError as exc:

@@ -31,7 +31,7 @@ KEY_FIELDS = ("api_keys", "payment_required_keys", "forbidden_keys")
 class SimConfig:
     """Behaviour of a simulated GeekAI; rates are fractions of requests in [0, 1]."""
 
-    api_keys: tuple[str, ...] = ("sk-sim",)
+    api_keys: tuple[str, ...] = ("sk-simulator",)
     payment_required_keys: tuple[str, ...] = ()
     forbidden_keys: tuple[str, ...] = ()
     latency: str = "0.05"

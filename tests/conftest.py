@@ -134,7 +134,7 @@ def db(monkeypatch: pytest.MonkeyPatch, pg_url: str) -> Iterator[Engine]:
 def pg(db: Engine, monkeypatch: pytest.MonkeyPatch, sim) -> Engine:
     """The test database plus the simulator as the provider."""
     monkeypatch.setenv("CHATBATCH_API_BASE", sim.base_url)
-    monkeypatch.setenv("CHATBATCH_API_KEY", "sk-sim")
+    monkeypatch.setenv("CHATBATCH_API_KEY", "sk-simulator")
     get_settings.cache_clear()
     return db
 
@@ -162,7 +162,7 @@ def distributed_env(pg_url: str, redis_url: str, sim) -> Iterator[dict[str, str]
         "CHATBATCH_BROKER_URL": redis_url,
         "CHATBATCH_QUEUE": queue,
         "CHATBATCH_API_BASE": sim.base_url,
-        "GEEKAI_API_KEY": "sk-sim",
+        "GEEKAI_API_KEY": "sk-simulator",
         "CHATBATCH_POLL_FIRST_SECONDS": "0.2",
         "CHATBATCH_POLL_MAX_SECONDS": "1",
         "CHATBATCH_TICK_SECONDS": "0.3",

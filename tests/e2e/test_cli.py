@@ -125,8 +125,8 @@ def test_embedded_run_needs_nothing_configured(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("key", "faults", "exit_code", "says"),
     [
-        ("sk-sim", {}, 0, "succeeded 14"),
-        ("sk-sim", {"fail_rate": 1.0}, 3, "failed 14"),
+        ("sk-simulator", {}, 0, "succeeded 14"),
+        ("sk-simulator", {"fail_rate": 1.0}, 3, "failed 14"),
         ("sk-wrong", {}, 4, "provider answered 401"),
     ],
 )
@@ -259,7 +259,7 @@ def test_embedded_batch_paused_then_resumed_and_retried_with_process(sim, tmp_pa
     still = chatbatch("process", "nightly", env=env, cwd=tmp_path, check=False)
     assert still.returncode == 4 and "chatbatch resume nightly" in still.stderr
 
-    env["CHATBATCH_API_KEY"] = "sk-sim"
+    env["CHATBATCH_API_KEY"] = "sk-simulator"
     resumed = chatbatch("resume", "nightly", env=env, cwd=tmp_path)
     assert "chatbatch process nightly" in resumed.stderr
     done = chatbatch("process", "nightly", "-o", "out.jsonl", env=env, cwd=tmp_path, check=False)

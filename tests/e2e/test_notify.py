@@ -46,7 +46,7 @@ def test_run_posts_a_summary_with_the_exit_code(sim, tmp_path, hook) -> None:
     url = f"http://127.0.0.1:{hook.server_port}/hooks/nightly?token=s3cret"
     env = base_env() | {
         "CHATBATCH_API_BASE": sim.base_url,
-        "CHATBATCH_API_KEY": "sk-sim",
+        "CHATBATCH_API_KEY": "sk-simulator",
         "CHATBATCH_POLL_FIRST_SECONDS": "0.05",
     }
     examples = str(REPO / "examples" / "prompts.jsonl")
@@ -58,7 +58,7 @@ def test_run_posts_a_summary_with_the_exit_code(sim, tmp_path, hook) -> None:
     assert summary["event"] == "batch.finished" and summary["exit_code"] == 0
     assert summary["status"] == "completed" and summary["counts"]["succeeded"] == summary["total"]
     assert summary["output"] == "out.jsonl"
-    assert "sk-sim" not in body.decode()
+    assert "sk-simulator" not in body.decode()
 
     sim.reconfigure(fail_rate=1.0)
     hook.answer_status = 500  # type: ignore[attr-defined]

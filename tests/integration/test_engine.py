@@ -114,8 +114,8 @@ def build_policy():
 
 REFUSALS = {
     401: {"api_keys": ("sk-rotated",)},
-    402: {"payment_required_keys": ("sk-sim",)},
-    403: {"forbidden_keys": ("sk-sim",)},
+    402: {"payment_required_keys": ("sk-simulator",)},
+    403: {"forbidden_keys": ("sk-simulator",)},
 }
 
 
@@ -142,7 +142,7 @@ def test_account_errors_mid_batch_pause_it_until_resumed(
     assert sim.stats()["accepted"] == 10
     assert sim.stats()["rejected"][str(status)] >= 1
 
-    sim.reconfigure(api_keys=("sk-sim",), payment_required_keys=(), forbidden_keys=())
+    sim.reconfigure(api_keys=("sk-simulator",), payment_required_keys=(), forbidden_keys=())
     with pg.begin() as conn:
         assert controls.resume(conn, batch_id).status == "running"
     summary = run_with_current_settings(pg, batch_id)

@@ -35,7 +35,7 @@ BODY: dict[str, Any] = {
     "model": "gpt-4o-mini",
     "messages": [{"role": "user", "content": "hello there"}],
 }
-AUTH = {"Authorization": "Bearer sk-sim"}
+AUTH = {"Authorization": "Bearer sk-simulator"}
 STATS_KEYS = {
     "posts",
     "gets",
@@ -305,7 +305,7 @@ def test_requests_per_minute_limit(sim, client) -> None:
     assert [submit(client).status_code for _ in range(5)] == [200] * 5
     sixth = submit(client)
     assert sixth.status_code == 429 and 1 <= int(sixth.headers["Retry-After"]) <= 60
-    sim.reconfigure(api_keys=("sk-sim", "sk-other"))
+    sim.reconfigure(api_keys=("sk-simulator", "sk-other"))
     other_key = client.post(
         "chat/completions",
         json={**BODY, "background": True},
