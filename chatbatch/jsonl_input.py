@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from chatbatch.schemas import body_problems
+from chatbatch.untrusted import has_controls
 
 if TYPE_CHECKING:
     from chatbatch.loading import SourceItem
@@ -194,7 +195,7 @@ def _fast_body(
         type(custom_id) is not str
         or len(custom_id) > MAX_CUSTOM_ID_CHARS
         or not custom_id.strip()
-        or "\x00" in custom_id
+        or has_controls(custom_id)
     ):
         return None
     if "body" in obj:
@@ -214,7 +215,7 @@ def _fast_body(
         if not default_model:
             return None
         model = body["model"] = default_model
-    if type(model) is not str or not model or not _fast_fields_ok(body):
+    if type(model) is not str or not model or has_controls(model) or not _fast_fields_ok(body):
         return None
     body.pop("background", None)
     return custom_id, model, body
@@ -268,6 +269,9 @@ def _checked_body(
             raise LineError('missing "model" (set it in the line or pass --model)')
         body["model"] = default_model
     problems = body_problems(body)
+    model = body["model"]
+    if isinstance(model, str) and has_controls(model):
+        problems.append(f"model {control_problem(model)}")
     if problems:
         raise LineError("; ".join(problems))
     if body.get("stream") is True:
@@ -287,9 +291,16 @@ def _custom_id(obj: dict[str, Any], line_no: int) -> str:
         raise LineError("custom_id must not be empty")
     if len(custom_id) > MAX_CUSTOM_ID_CHARS:
         raise LineError(f"custom_id is longer than {MAX_CUSTOM_ID_CHARS} characters")
-    if "\x00" in custom_id:
-        raise LineError("custom_id must not contain NUL characters")
+    if has_controls(custom_id):
+        raise LineError(f"custom_id {control_problem(custom_id)}")
     return custom_id
+
+
+def control_problem(value: str) -> str:
+    """Why a text with a control character cannot be an id or a model name (stored in a text
+    column, printed and logged as one line): the reason, naming the first such character."""
+    code = ord(next(char for char in value if has_controls(char)))
+    return f"must not contain control characters such as NUL, tab or newline (found U+{code:04X})"
 
 
 def _body_of(obj: dict[str, Any]) -> dict[str, Any]:

@@ -176,10 +176,14 @@ def report_reuse(load: LoadArgs, batch: LoadedBatch) -> None:
 
 def build_source(file: Path, load: LoadArgs) -> Source:
     """The file as requests: JSONL request lines, or records through the template."""
-    from chatbatch.jsonl_input import RequestLines
+    from chatbatch.jsonl_input import RequestLines, control_problem
     from chatbatch.records import CsvRecords, JsonlRecords, RecordRequests
     from chatbatch.templating import prompt_template
+    from chatbatch.untrusted import has_controls
 
+    if load.model is not None and has_controls(load.model):
+        # It fills in every request's model, stored in a text column and printed as one line.
+        raise click.BadParameter(control_problem(load.model), param_hint="--model")
     max_line_bytes = settings().max_line_bytes
     is_csv = file.suffix.lower() in CSV_SUFFIXES
     if load.template is None:

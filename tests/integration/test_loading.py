@@ -6,12 +6,14 @@ from pathlib import Path
 
 import orjson
 import pytest
+from click.testing import CliRunner, Result
 from sqlalchemy import Engine, func, select
 
 from chatbatch.errors import ChatbatchError, InputError
 from chatbatch.jsonl_input import prepare_line
 from chatbatch.loading import load_jsonl
 from chatbatch.models import batches_table, requests_table
+from cli.main import cli
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -114,16 +116,17 @@ def test_duplicates_alone_are_found_by_the_database_and_reported_by_line(
 
 
 TRICKY_IDS = [
-    "tab\there",
-    "new\nline",
-    "cr\rx",
     "back\\slash",
     "\\N",
     "\\.",
+    "\\t",
     "é😀",
     'a,b"c',
-    "\x01",
+    "line\u2028sep",
 ]
+# Ids and model names with a control character are refused (they are stored in text columns
+# and printed on one line); NUL used to crash the COPY with a traceback.
+CONTROLS = ["\x00", "\t", "\n", "\r", "\x1b[2J", "\x7f", "\x85"]
 
 
 def stored(engine: Engine, batch_id: str) -> list[tuple[int, str, str, str]]:
@@ -144,8 +147,8 @@ def stored(engine: Engine, batch_id: str) -> list[tuple[int, str, str, str]]:
 def test_copy_stores_awkward_values_exactly_as_the_validator_prepared_them(
     db: Engine, tmp_path: Path
 ) -> None:
-    """The COPY rows are built by hand (text format): tabs, newlines, backslashes and non-ASCII
-    in ids, models and bodies must arrive unchanged."""
+    """The COPY rows are built by hand (text format): backslashes and non-ASCII in ids and
+    models, and tabs, newlines and NUL in bodies, must arrive unchanged."""
     objs: list[dict[str, object]] = [
         {
             "custom_id": cid,
@@ -158,18 +161,73 @@ def test_copy_stores_awkward_values_exactly_as_the_validator_prepared_them(
     objs.append({"messages": [{"role": "user", "content": "x"}], "stop": ["\\t"]})  # default id
     path = tmp_path / "tricky.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(orjson.dumps(o) for o in objs) + b"\r\n\r\n")
-    batch = load(db, path, default_model="dm\t1")
+    batch = load(db, path, default_model="dm\\1")
     expected = []
     for line_no, raw in enumerate(path.read_bytes()[3:].split(b"\r\n")[: len(objs)], 1):
-        req = prepare_line(raw.decode(), line_no, default_model="dm\t1")
+        req = prepare_line(raw.decode(), line_no, default_model="dm\\1")
         expected.append((line_no, req.custom_id, req.model, req.body))
     assert stored(db, batch.id) == expected
-    assert expected[-1][1:3] == (str(len(objs)), "dm\t1")
+    assert expected[-1][1:3] == (str(len(objs)), "dm\\1")
     with db.connect() as conn:
         row = conn.execute(select(requests_table).where(requests_table.c.line_no == 1)).one()
     assert (row.lease_token, row.attempts, row.ambiguous_submits, row.poll_count) == (0, 0, 0, 0)
     assert row.retries == 0 and row.status == "queued" and row.due_at is not None
     assert "background" not in orjson.loads(row.body)
+
+
+def test_control_characters_in_ids_and_models_are_refused_by_line(
+    db: Engine, tmp_path: Path
+) -> None:
+    """A model or custom_id with NUL used to crash the COPY with a traceback; any control
+    character is now a line's problem, and nothing loads."""
+    good = {"model": "m", "messages": MESSAGES}
+    objs = [{**good, "model": f"m{c}"} for c in CONTROLS]
+    objs += [{"custom_id": f"id{c}", **good} for c in CONTROLS]
+    objs += [{"custom_id": "env\x00", "body": {**good, "model": "m\x00"}}]
+    path = tmp_path / "controls.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(o) for o in objs))
+    with pytest.raises(InputError) as info:
+        load(db, path)
+    message = str(info.value)
+    assert info.value.total_problems == len(objs)
+    for line_no, char in enumerate(CONTROLS, 1):
+        code = f"(found U+{ord(char[0]):04X})"
+        assert f"{path}:{line_no}: model must not contain control characters" in message
+        assert f"{path}:{line_no + len(CONTROLS)}: custom_id must not contain control" in message
+        assert message.count(code) >= 2
+    assert f"{path}:{len(objs)}: custom_id must not contain" in message
+    assert counts(db) == (0, 0)
+
+
+def test_a_default_model_with_a_control_character_is_refused_on_every_line_using_it(
+    db: Engine, tmp_path: Path
+) -> None:
+    path = tmp_path / "plain.jsonl"
+    lines = [{"messages": MESSAGES}, {"model": "named", "messages": MESSAGES}]
+    path.write_bytes(b"\n".join(orjson.dumps(o) for o in lines))
+    with pytest.raises(InputError) as info:
+        load(db, path, default_model="gpt\x00")
+    assert f"{path}:1: model must not contain control characters" in str(info.value)
+    assert info.value.total_problems == 1
+    assert counts(db) == (0, 0)
+
+
+def test_nul_in_message_content_loads_and_is_kept(db: Engine, tmp_path: Path) -> None:
+    """The body is stored as compact JSON text, where NUL and every other control character
+    is an escape (\\u0000), never a raw character PostgreSQL would refuse."""
+    content = "a\x00b\x1b[31m\r\n\x7f\x85"
+    obj = {
+        "custom_id": "nul",
+        "model": "m",
+        "messages": [{"role": "user", "content": content, "name": "n\x00"}],
+        "metadata": {"k\x00": "v\x00"},
+    }
+    path = tmp_path / "nul.jsonl"
+    path.write_bytes(orjson.dumps(obj))
+    batch = load(db, path)
+    [(_, _, _, body)] = stored(db, batch.id)
+    assert "\x00" not in body and "\\u0000" in body
+    assert orjson.loads(body) == {k: v for k, v in obj.items() if k != "custom_id"}
 
 
 def test_many_buffers_load_in_order_and_a_late_duplicate_undoes_them_all(
@@ -221,3 +279,25 @@ def test_the_embedded_sqlite_path_loads_the_same_rows(db: Engine, tmp_path: Path
     finally:
         sqlite.dispose()
     assert on_sqlite == stored(db, load(db, path).id)
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("command", ["load", "run"])
+@pytest.mark.parametrize("extra", [[], ["--template", "{{ text }}"]])
+def test_a_model_option_with_a_control_character_is_a_usage_error(
+    db: Engine, tmp_path: Path, command: str, extra: list[str]
+) -> None:
+    path = tmp_path / ("rows.csv" if extra else "plain.jsonl")
+    path.write_text("text\nhi\n" if extra else orjson.dumps({"messages": MESSAGES}).decode())
+    output = ["-o", str(tmp_path / "out.jsonl")] if command == "run" else []
+    result = invoke(command, str(path), *output, "--model", "gpt\x1b[2J", *extra)
+    assert result.exit_code == 2, result.output
+    assert "--model" in result.output and "control characters" in result.output
+    assert "(found U+001B)" in result.output and "\x1b" not in result.output
+    assert counts(db) == (0, 0)

@@ -104,6 +104,28 @@ def test_refusals_say_why(obj: object, reason: str) -> None:
     assert reason in str(info.value)
 
 
+@pytest.mark.parametrize("char", ["\x00", "\t", "\n", "\r", "\x1b", "\x7f", "\x9b"])
+@pytest.mark.parametrize("shape", ["plain", "envelope"])
+def test_control_characters_in_ids_and_models_are_refused_on_both_paths(
+    char: str, shape: str
+) -> None:
+    """Ids and model names go into text columns and one-line messages: no NUL, ESC, CR…"""
+    reason = "must not contain control characters such as NUL, tab or newline"
+    code = f"(found U+{ord(char):04X})"
+    for field, obj in (
+        ("model", {"model": f"gpt{char}4", "messages": MESSAGES}),
+        ("custom_id", {"custom_id": f"r{char}1", "model": "m", "messages": MESSAGES}),
+        ("model", {"messages": MESSAGES}),  # filled in from the default model
+    ):
+        if shape == "envelope":
+            obj = {"custom_id": obj.pop("custom_id", "e"), "body": obj}
+        raw = orjson.dumps(obj)
+        with pytest.raises(LineError) as info:
+            prepare_raw(raw, 1, default_model=f"dm{char}")
+        assert str(info.value) == f"{field} {reason} {code}"
+        assert _prepare_fast(orjson.loads(raw), 1, f"dm{char}") is None
+
+
 @pytest.mark.parametrize("text", ["{", "[1, 2]", '"str"', "nul", "{'a': 1}"])
 def test_not_an_object(text: str) -> None:
     with pytest.raises(LineError):
@@ -125,6 +147,7 @@ def test_iter_lines_handles_bom_crlf_blank_lines_bad_utf8_and_long_lines(tmp_pat
 
 ODD_VALUES = [
     *["", " ", "m", "POST", "GET", "/v1/chat/completions", "/chat/completions", "\x00x"],
+    *["a\x1bb", "\t", "x\r", "\x85", "é"],
     *[[], ["a"], ["a", 1], {}, {"a": 1}, 0, -1, 1.5, 2**70, True, False, None, "x" * 513],
 ]
 MESSAGE_VARIANTS = [
