@@ -11,7 +11,6 @@ are made in Python from the fetched JSON text, between cells the database built.
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
@@ -30,6 +29,7 @@ from chatbatch.export import (
     OnRows,
     answer_values,
     begin_export,
+    csv_writer,
     jsonl_line,
     layout_for,
     parse_record,
@@ -101,10 +101,11 @@ JSONL_LINE = _jsonl_line("remote_id")
 
 
 def _python_quotes(char: str) -> bool:
-    """Whether ``csv.writer`` (as ``write_csv`` sets it up) quotes a cell holding ``char``;
-    '\\r' changed between Python versions."""
+    """Whether ``write_csv``'s writer (``csv_writer``) quotes a cell holding ``char``, so the SQL
+    quotes exactly what Python does (all four, on every Python, since ``csv_writer`` makes sure
+    of CR)."""
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow([f"a{char}b", "c"])
+    csv_writer(buffer).writerow([f"a{char}b", "c"])
     return buffer.getvalue().startswith('"')
 
 
@@ -121,7 +122,7 @@ _FORMULA_CODES = ", ".join(
 def _csv_text(expr: str, *, safe: bool = True) -> str:
     """A text cell as ``write_csv`` writes it: empty for NULL; with a leading quote when a
     spreadsheet would run it as a formula (``chatbatch.export._safe``); in double quotes when
-    ``csv.writer`` would use them (the leading quote never changes whether they are needed)."""
+    ``csv_writer`` would use them (the leading quote never changes whether they are needed)."""
     needs_quotes = " OR ".join(f"strpos({expr}, {_SQL_CHAR[c]}) > 0" for c in _CSV_QUOTED_CHARS)
     formula = f"ascii({expr}) IN ({_FORMULA_CODES})"
     escaped = f"replace({expr}, '\"', '\"\"')"
@@ -260,7 +261,7 @@ def _assembled_blocks(
 
 
 def _quoted(cell: str | None) -> str:
-    """A cell as ``csv.writer`` (as ``write_csv`` sets it up) writes it."""
+    """A cell as ``csv_writer`` (which ``write_csv`` uses) writes it."""
     if cell is None:
         return ""
     if any(char in cell for char in _CSV_QUOTED_CHARS):

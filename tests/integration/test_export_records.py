@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select, update
 from test_export_sql import FORMULAS, both, insert_rows, sql_export
 
 from chatbatch.db import make_engine
-from chatbatch.export import BOM, CSV_COLUMNS, export_batch, export_python
+from chatbatch.export import BOM, CSV_COLUMNS, export_batch, export_python, layout_for
 from chatbatch.migrate import upgrade
 from chatbatch.models import requests_table
 
@@ -356,6 +356,47 @@ def test_sqlite_writes_what_postgresql_writes(
                 exports.append(out.getvalue())
     assert exports[:2] == exports[2:]
     assert b"batch_req_%d" % base in exports[0] or columns is not None
+
+
+CR_COLUMNS = ["a\rb", "\r=HYPERLINK(1)", "x\r\ny", "plain"]
+CR_VALUES = ["1\r2", 'ok\r=HYPERLINK("http://x.test","y")', "\r-1", "x\r"]
+
+
+def shown(text: str) -> str:
+    """``text`` as its CSV cell reads back: a leading CR gets the formula guard's quote."""
+    return "'" + text if text.startswith("\r") else text
+
+
+@pytest.mark.parametrize("columns", [None, ["\r=HYPERLINK(1)"], ["label\r", "a\rb"]], ids=repr)
+def test_a_cr_in_column_names_records_and_answers_is_quoted_everywhere(
+    db: Engine, sqlite_db: Engine, fetch_paths: None, columns: list[str] | None
+) -> None:
+    """Header, record and answer cells holding a CR are quoted on PostgreSQL (both paths) and
+    SQLite alike, so the file reads back as one row per request with each CR in its cell."""
+    records = [dict(zip(CR_COLUMNS, CR_VALUES[i:] + CR_VALUES[:i], strict=True)) for i in range(4)]
+    rows = [
+        {"record": json.dumps(r), "content": json.dumps({"label\r": v}), "schema_valid": True}
+        for r, v in zip(records, CR_VALUES, strict=True)
+    ]
+    schema = orjson.dumps({"properties": {"label\r": {}}}).decode()
+    batch = {"record_columns": orjson.dumps(CR_COLUMNS).decode(), "response_schema": schema}
+    ours, reference, count = both(db, rows, "csv", batch=batch, columns=columns)
+    assert ours == reference and count == len(rows)
+    with sqlite_db.begin() as conn:
+        batch_id = insert_rows(conn, rows, **batch)
+    with sqlite_db.connect() as conn:
+        out = io.BytesIO()
+        export_batch(conn, batch_id, out, "csv", columns=columns)
+    assert out.getvalue() == ours
+    table = parsed(ours)
+    header = columns or layout_for(CR_COLUMNS, ["label\r"]).header
+    assert list(table[0]) == [shown(name) for name in header]
+    assert len(table) == len(rows)
+    for row, record, answer in zip(table, records, CR_VALUES, strict=True):
+        for name in header:
+            if name in record:
+                assert row[shown(name)] == shown(record[name])
+        assert row.get("label\r", shown(answer)) == shown(answer)
 
 
 def test_progress_hears_every_row(db: Engine, fetch_paths: None) -> None:

@@ -3,6 +3,7 @@ for the same rows, on rows chosen to be awkward and on random ones."""
 
 from __future__ import annotations
 
+import csv
 import io
 import uuid
 from datetime import UTC, datetime
@@ -47,8 +48,14 @@ ROWS: list[dict[str, Any]] = [
     {"status": "failed", "custom_id": "\x01", "content": "\x01x\n\x01y", "error_message": "\x01"},
     {"status": "reused", "response": PRETTY, "remote_id": None, "reused_from": 2**62},
     {"status": "reused", "response": '{"a": 1}', "prompt_tokens": None, "schema_valid": False},
+    {"status": "failed", "custom_id": "a\rb", "content": "\rx", "error_message": "x\r=SUM(A1)"},
+    {"status": "succeeded", "content": "a\r\nb", "finish_reason": "x\r", "remote_id": "\r"},
 ]
 FORMULAS = ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'already", "a=b", "", " =x"]
+# Unquoted, a CR anywhere in a cell ends the row for a spreadsheet (and for csv.reader), and a
+# formula after it would escape the leading quote: a bare CR, one before a formula, CRLF, a CR
+# first and last.
+CR_TEXTS = ["a\rb", 'ok\r=HYPERLINK("http://x.test","y")', "a\r\nb", "\r=1+1", "x\r", "\r"]
 
 
 def insert_rows(conn: Connection, rows: list[dict[str, Any]], **batch: Any) -> str:
@@ -174,6 +181,27 @@ def test_csv_neutralises_every_formula_prefix(db: Engine) -> None:
     assert b"'a=b" not in ours and b"' =x" not in ours
 
 
+@pytest.mark.parametrize("columns", [None, ["content"], ["error_message", "status"]], ids=repr)
+def test_csv_quotes_every_cell_holding_a_cr(db: Engine, columns: list[str] | None) -> None:
+    """Both paths quote a cell with a CR anywhere in it, so reading the file back gives one row
+    per request with the CR inside its cell, and a formula after a CR stays inside that cell."""
+    rows = [
+        {"custom_id": f"{text}{i}", "content": text, "error_message": text, "remote_id": text}
+        for i, text in enumerate(CR_TEXTS)
+    ]
+    ours, reference, _ = both(db, rows, "csv", columns=columns)
+    assert ours == reference
+    table = list(csv.DictReader(io.StringIO(ours.decode(), newline="")))
+    assert len(table) == len(rows)
+    shown = ["'" + text if text.startswith("\r") else text for text in CR_TEXTS]
+    for name in {"content", "error_message", "remote_id"}.intersection(table[0]):
+        assert [row[name] for row in table] == shown
+    if columns is None:
+        assert [row["custom_id"] for row in table] == [f"{t}{i}" for i, t in enumerate(shown)]
+    header, _ = ours.split(b"\n", 1)  # rows end with LF, as ever
+    assert not header.endswith(b"\r") and not ours.endswith(b"\r\n")
+
+
 def test_export_batch_takes_the_sql_path_on_postgresql(
     db: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,7 +230,7 @@ def test_an_empty_batch_exports_nothing_but_the_csv_header(db: Engine) -> None:
 
 texts = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
-) | st.sampled_from(["\x01", "\x01x", "a\n\x01", "\\", "\\N", "\\."])
+) | st.sampled_from(["\x01", "\x01x", "a\n\x01", "\\", "\\N", "\\.", *CR_TEXTS])
 maybe_texts = st.none() | texts | st.sampled_from(FORMULAS)
 json_bodies = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1) | texts,

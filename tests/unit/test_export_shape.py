@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ from chatbatch.export import (
     CSV_COLUMNS,
     ExportError,
     csv_cells,
+    csv_writer,
     jsonl_line,
     layout_for,
     value_cell,
@@ -223,11 +225,21 @@ def test_value_cells_are_text_as_given_or_compact_json() -> None:
         assert value_cell(number) == number
 
 
+def test_csv_rows_quote_every_cell_holding_cr_or_lf_and_end_with_lf() -> None:
+    """On every Python: 3.11's ``csv.writer`` with an LF terminator leaves a bare CR unquoted,
+    so a spreadsheet would start a new row there (and run a formula after it)."""
+    buffer = io.StringIO()
+    writer = csv_writer(buffer)
+    writer.writerow(["a\rb", 'ok\r=HYPERLINK("x")', "a\r\nb", "'\rx", "x\r", "y\n", "p", None, 3])
+    writer.writerow([""])
+    assert buffer.getvalue() == (
+        '"a\rb","ok\r=HYPERLINK(""x"")","a\r\nb","\'\rx","x\r","y\n",p,,3\n""\n'
+    )
+
+
 @given(st.none() | st.text(alphabet=st.sampled_from(list("ab ,\"\n\r'=-é\t"))))
 def test_cells_made_for_postgresql_are_quoted_as_csv_writer_quotes_them(cell: str | None) -> None:
-    import csv
-    import io
-
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow([cell, "x"])
+    csv_writer(buffer).writerow([cell, "x"])
     assert buffer.getvalue() == _quoted(cell) + ",x\n"
+    assert _quoted(cell).startswith('"') == any(char in (cell or "") for char in ',"\r\n')
