@@ -1,5 +1,9 @@
 """The arithmetic and wording of ``chatbatch watch``, free of I/O: throughput over a sliding
-window of samples, the ETA it implies, and the one-line summary printed when not on a terminal."""
+window of samples, the ETA it implies, and the one-line summary printed when not on a terminal.
+
+A snapshot's text (names, reasons, error codes and messages, which may come from the provider)
+is made printable when the snapshot is built, so no view of it can pass an escape sequence on to
+the terminal."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from chatbatch.states import ACTIVE_STATUSES, TERMINAL_STATUSES
+from chatbatch.untrusted import printable
 
 WINDOW_SECONDS = 10.0
 FINISHED_BATCH_STATUSES = ("completed", "cancelled")
@@ -65,6 +70,10 @@ class ErrorLine:
     count: int
     last_message: str | None
 
+    def __post_init__(self) -> None:
+        """Code and message come from the provider: printable from here on."""
+        _make_printable(self, "code", "last_message")
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -78,6 +87,11 @@ class Snapshot:
     cost: str | None = None
     errors: list[ErrorLine] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        """Name, pause reason and cost text (model names) may hold outside text: printable from
+        here on (each error line sees to its own)."""
+        _make_printable(self, "name", "pause_reason", "cost")
+
     @property
     def finished(self) -> int:
         return sum(self.counts.get(s.value, 0) for s in TERMINAL_STATUSES)
@@ -89,6 +103,15 @@ class Snapshot:
     @property
     def done(self) -> bool:
         return self.status in FINISHED_BATCH_STATUSES
+
+
+def _make_printable(frozen: object, *names: str) -> None:
+    """Replace the frozen dataclass's text fields ``names`` by their printable form (None
+    stays None): once, where the text enters the view, rather than in every renderer."""
+    for name in names:
+        value = getattr(frozen, name)
+        if value is not None:
+            object.__setattr__(frozen, name, printable(value))
 
 
 def format_duration(seconds: float | None) -> str:

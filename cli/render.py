@@ -1,4 +1,9 @@
-"""Human-readable renderings of batch summaries."""
+"""Human-readable renderings of batch summaries.
+
+Text that may come from outside (the batch's name, a pause reason holding the provider's words,
+model names) goes through ``printable`` once here, at the edge: a terminal must never receive
+the provider's escape sequences.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any
 import click
 
 from chatbatch.states import TERMINAL_STATUSES
+from chatbatch.untrusted import printable
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -14,11 +20,12 @@ def print_summary(summary: dict[str, Any]) -> None:
     counts = summary["counts"]
     usage = summary["usage"]
     done = sum(counts[k] for k in TERMINAL_STATUSES)
-    click.echo(f"{summary['name']}  ({summary['id']})")
+    name = printable(summary["name"])
+    click.echo(f"{name}  ({summary['id']})")
     click.echo(f"  status      {summary['status']}  —  {done}/{summary['total']} finished")
     if summary.get("pause_reason"):
-        click.echo(f"  paused      {summary['pause_reason']}")
-        click.echo("              fix the cause, then: chatbatch resume " + summary["name"])
+        click.echo(f"  paused      {printable(summary['pause_reason'])}")
+        click.echo("              fix the cause, then: chatbatch resume " + name)
     click.echo("  requests    " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     click.echo(
         "  tokens      "
@@ -74,5 +81,6 @@ def print_cost(cost: dict[str, Any]) -> None:
 
 
 def unpriced_text(missing: dict[str, str]) -> str:
-    """``model (reason), …`` for the models a price table does not cover."""
-    return ", ".join(f"{model} ({reason})" for model, reason in sorted(missing.items()))
+    """``model (reason), …`` for the models a price table does not cover (model names are
+    outside text)."""
+    return printable(", ".join(f"{model} ({reason})" for model, reason in sorted(missing.items())))

@@ -3,6 +3,7 @@ command ends (exit code 0) when the batch does, or on Ctrl-C."""
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -10,21 +11,30 @@ from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 from sqlalchemy import Engine, insert, update
 
 from chatbatch.models import batches_table, requests_table
 from chatbatch.pricing import ModelPrice, PriceTable
 from cli.main import cli
-from cli.watch_cmd import _Watcher
+from cli.watch_cmd import _view, _Watcher
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 N = 10
 PRICES = PriceTable(models={"gpt-4o-mini": ModelPrice(input=Decimal(1), output=Decimal(2))})
 
 
-def make_batch(engine: Engine, *, status: str, succeeded: int, failed: int = 0) -> str:
+def make_batch(
+    engine: Engine,
+    *,
+    status: str,
+    succeeded: int,
+    failed: int = 0,
+    error_message: str = "model refused [bold]x[/]",
+    pause_reason: str | None = None,
+) -> str:
     """A batch of N requests: ``succeeded`` answered (100 + 50 tokens each), ``failed`` failed
-    with ``task_failed``, the rest queued."""
+    with ``task_failed`` and ``error_message``, the rest queued."""
     rows = []
     for i in range(N):
         state = "succeeded" if i < succeeded else "failed" if i < succeeded + failed else "queued"
@@ -43,7 +53,7 @@ def make_batch(engine: Engine, *, status: str, succeeded: int, failed: int = 0) 
                 "completion_tokens": 50 if answered else None,
                 "total_tokens": 150 if answered else None,
                 "error_code": "task_failed" if state == "failed" else None,
-                "error_message": "model refused [bold]x[/]" if state == "failed" else None,
+                "error_message": error_message if state == "failed" else None,
             }
         )
     with engine.begin() as conn:
@@ -52,6 +62,7 @@ def make_batch(engine: Engine, *, status: str, succeeded: int, failed: int = 0) 
                 id="batch_w",
                 name="watched",
                 status=status,
+                pause_reason=pause_reason,
                 total=N,
                 created_at=T0,
                 prices=PRICES.model_dump_json(),
@@ -135,3 +146,45 @@ def test_watch_an_unknown_batch_fails(db: Engine) -> None:
     result = CliRunner().invoke(cli, ["watch", "nope"])
     assert result.exit_code != 0
     assert "no batch" in result.output
+
+
+ESCAPES = "\x1b", "\x07", "\x9b"
+RED_MESSAGE = "\x1b[31mRED\x1b[0m [bold]x[/bold]"
+TITLE_REASON = "key refused \x1b]0;title\x07 by the provider \x9b2J"
+
+
+def test_status_and_watch_never_print_the_providers_escape_sequences(db: Engine) -> None:
+    make_batch(
+        db,
+        status="paused",
+        succeeded=N - 2,
+        failed=2,
+        error_message=RED_MESSAGE,
+        pause_reason=TITLE_REASON,
+    )
+    status = CliRunner().invoke(cli, ["status", "watched"])
+    assert status.exit_code == 0, status.output
+    assert "paused      key refused ]0;title by the provider 2J" in status.output
+    assert not any(c in status.output for c in ESCAPES)
+
+    def resumed_and_done() -> None:
+        time.sleep(0.3)
+        with db.begin() as conn:
+            conn.execute(update(batches_table).values(status="completed", finished_at=T0))
+
+    finisher = threading.Thread(target=resumed_and_done)
+    finisher.start()
+    try:
+        watch = CliRunner().invoke(cli, ["watch", "watched", "--interval", "0.1"])
+    finally:
+        finisher.join()
+    assert watch.exit_code == 0, watch.output
+    assert "paused: key refused ]0;title by the provider 2J" in watch.output
+    assert not any(c in watch.output for c in ESCAPES)
+
+    live = Console(file=io.StringIO(), width=200)  # what the live view draws, without styles
+    live.print(_view(_Watcher(db, "batch_w", None).snapshot(), None))
+    drawn = live.file.getvalue()  # type: ignore[attr-defined]
+    assert "[31mRED[0m [bold]x[/bold]" in drawn  # shown as written, never read as markup
+    assert "paused: key refused ]0;title by the provider 2J" in drawn
+    assert not any(c in drawn for c in ESCAPES)

@@ -141,3 +141,19 @@ def test_plain_line_says_why_a_batch_is_paused() -> None:
     line = plain_line(snapshot(status="paused", pause_reason="401 from provider"), rate=0.0)
     assert "ETA –" in line
     assert line.endswith("paused: 401 from provider")
+
+
+def test_provider_text_in_a_snapshot_is_printable() -> None:
+    snap = snapshot(
+        name="night\x1b[2Jly",
+        status="paused",
+        pause_reason="key refused \x1b]0;title\x07",
+        cost="unknown (no price for gpt\x1b[31m-x)",
+        errors=[ErrorLine("task\x1b[5m_failed", 2, "\x1b[31mRED\x1b[0m\r [bold]x[/bold]\nmore")],
+    )
+    assert snap.pause_reason == "key refused ]0;title"
+    assert snap.errors[0].last_message == "[31mRED[0m [bold]x[/bold]\nmore"  # lines kept
+    line = plain_line(snap, rate=None)
+    assert not any(c in line for c in "\x1b\x07\r")
+    assert line.startswith("night[2Jly paused") and "errors task[5m_failed 2" in line
+    assert "cost unknown (no price for gpt[31m-x)" in line
