@@ -301,3 +301,17 @@ def test_a_model_option_with_a_control_character_is_a_usage_error(
     assert "--model" in result.output and "control characters" in result.output
     assert "(found U+001B)" in result.output and "\x1b" not in result.output
     assert counts(db) == (0, 0)
+
+
+def test_a_schema_with_a_remote_ref_is_refused_before_anything_loads(
+    db: Engine, tmp_path: Path
+) -> None:
+    """It used to load, then fail at the first (paid) answer; now the load is a usage error."""
+    schema = tmp_path / "answer.json"
+    schema.write_bytes(orjson.dumps({"$ref": "https://example.invalid/x.json"}))
+    path = tmp_path / "plain.jsonl"
+    path.write_bytes(orjson.dumps({"model": "m", "messages": MESSAGES}))
+    result = invoke("load", str(path), "--schema", str(schema))
+    assert result.exit_code == 2, result.output
+    assert f"{schema}: $ref 'https://example.invalid/x.json' does not resolve" in result.output
+    assert counts(db) == (0, 0)

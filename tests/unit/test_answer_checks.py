@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import random
+import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
 
 import orjson
 import pytest
 
 from chatbatch.completions import USAGE_COLUMNS
+from chatbatch.errors import InputError
 from chatbatch.outcomes import Completed, Pending
 from chatbatch.states import (
     SCHEMA_INVALID,
@@ -20,6 +24,7 @@ from chatbatch.states import (
     after_poll,
     after_submit,
 )
+from chatbatch.structured import answer_problem, load_schema, schema_text
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 POLICY = Policy(max_attempts=3)
@@ -160,3 +165,125 @@ def test_a_pending_poll_is_not_judged() -> None:
         submitted(), Pending("running"), now=NOW, policy=POLICY, rng=random.Random(1), check=CHECK
     )
     assert t.status is RequestStatus.SUBMITTED and "schema_valid" not in t.changes
+
+
+# --- the schema must judge answers on its own: nothing is ever fetched -----------------------
+
+LOCAL_REFS = {
+    "$id": "https://schemas.test/answer.json",
+    "$defs": {
+        "label": {"enum": ["positive", "negative"]},
+        "unit": {"$id": "unit.json", "type": "number", "minimum": 0, "maximum": 1},
+        "note": {"$anchor": "note", "type": "string"},
+    },
+    "type": "object",
+    "properties": {
+        "label": {"$ref": "#/$defs/label"},
+        "confidence": {"$ref": "unit.json"},
+        "note": {"$ref": "#note"},
+    },
+    "required": ["label", "confidence"],
+}
+
+
+def schema_file(tmp_path: Path, schema: object) -> Path:
+    path = tmp_path / "answer.schema.json"
+    path.write_bytes(schema if isinstance(schema, bytes) else orjson.dumps(schema))
+    return path
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every attempt to open a URL, recorded and refused (jsonschema fetches with urlopen)."""
+    calls: list[object] = []
+
+    def urlopen(*args: object, **kwargs: object) -> NoReturn:
+        calls.append(args)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "https://example.invalid/x.json",
+        "other.json",
+        "#/$defs/missing",
+        "#no-such-anchor",
+        "http://[",
+    ],
+)
+def test_a_schema_with_a_ref_outside_itself_is_refused_naming_file_and_ref(
+    tmp_path: Path, no_network: list[object], ref: str
+) -> None:
+    path = schema_file(tmp_path, {"type": "object", "properties": {"a": {"$ref": ref}}})
+    with pytest.raises(InputError) as info:
+        load_schema(path)
+    assert info.value.exit_code == 2
+    assert f"{path}: $ref {ref!r} does not resolve inside the schema" in str(info.value)
+    assert no_network == []
+
+
+def test_a_ref_that_leads_back_to_itself_is_refused(tmp_path: Path) -> None:
+    path = schema_file(tmp_path, {"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"})
+    with pytest.raises(InputError, match="a \\$ref that leads back to itself") as info:
+        load_schema(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("schema", [{"$schema": []}, b'{"items": ' * 900 + b"{}" + b"}" * 900])
+def test_a_schema_the_checker_cannot_take_is_refused_not_a_traceback(
+    tmp_path: Path, schema: object
+) -> None:
+    path = schema_file(tmp_path, schema)
+    with pytest.raises(InputError) as info:
+        load_schema(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_schema_with_local_refs_loads_and_judges_answers(
+    tmp_path: Path, no_network: list[object]
+) -> None:
+    schema = load_schema(schema_file(tmp_path, LOCAL_REFS))
+    schema_json = schema_text(schema)
+    assert (
+        answer_problem('{"label": "positive", "confidence": 0.5, "note": "ok"}', schema_json)
+        is None
+    )
+    assert "label: 'maybe' is not one of" in (
+        answer_problem('{"label": "maybe", "confidence": 0.5}', schema_json) or ""
+    )
+    assert "confidence: 7 is greater than the maximum of 1" in (
+        answer_problem('{"label": "positive", "confidence": 7}', schema_json) or ""
+    )
+    assert "note: 1 is not of type 'string'" in (
+        answer_problem('{"label": "positive", "confidence": 0, "note": 1}', schema_json) or ""
+    )
+    assert no_network == []
+
+
+@pytest.mark.parametrize(
+    ("schema", "problem"),
+    [
+        ({"$ref": "https://example.invalid/x.json"}, "'https://example.invalid/x.json' does not"),
+        ({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, "recurses without end"),
+    ],
+)
+def test_judging_with_a_stored_schema_never_fetches_and_never_raises(
+    no_network: list[object], schema: dict[str, Any], problem: str
+) -> None:
+    """A batch stored before load checked its references: its answers are judged invalid with
+    the reason, the worker goes on, and nothing is fetched."""
+    found = answer_problem('{"label": "positive"}', orjson.dumps(schema).decode())
+    assert found is not None
+    assert found.startswith("the schema cannot judge answers: ") and problem in found
+    assert no_network == []
+
+
+def test_a_problem_holds_no_control_characters_from_the_answer() -> None:
+    """The problem names the answer's own keys and is stored as text: no NUL, no escapes."""
+    schema_json = orjson.dumps({"additionalProperties": {"type": "integer"}}).decode()
+    found = answer_problem('{"a\\u0000\\u001b[2J": "x"}', schema_json)
+    assert found == "a[2J: 'x' is not of type 'integer'"
