@@ -1,8 +1,13 @@
-"""Pull the columns we sum and show (content, finish reason, usage) out of a chat completion."""
+"""Pull the columns we sum and show (content, finish reason, usage) out of a chat completion.
+
+The completion is untrusted: every value is bounded and typed before it reaches a column.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from chatbatch.untrusted import one_line
 
 USAGE_COLUMNS = (
     "prompt_tokens",
@@ -12,22 +17,31 @@ USAGE_COLUMNS = (
     "cached_tokens",
     "billed_units",
 )
+# No answer has a trillion tokens; a larger (or negative) count is a provider's mistake, stored
+# clamped and flagged. The bound keeps sums over millions of answers inside a 64-bit integer.
+USAGE_MAX = 2**40
+SHORT_TEXT_CHARS = 64  # finish_reason's column
+MODEL_CHARS = 200
 
 
 def extract_fields(body: dict[str, Any]) -> dict[str, Any]:
-    """Columns for a finished completion; missing usage counts as zero so sums stay exact."""
+    """Columns for a finished completion; missing usage counts as zero so sums stay exact, and
+    ``usage_clamped`` says whether a usage number was out of range."""
     choice = _first_choice(body)
     message = _dict(choice.get("message"))
+    usage = usage_of(body)
     return {
         "content": _text_of(message.get("content")),
-        "finish_reason": _str_or_none(choice.get("finish_reason")),
-        "response_model": _str_or_none(body.get("model")),
-        **usage_of(body),
+        "finish_reason": _str_or_none(choice.get("finish_reason"), SHORT_TEXT_CHARS),
+        "response_model": _str_or_none(body.get("model"), MODEL_CHARS),
+        **{name: clamp_usage(value) for name, value in usage.items()},
+        "usage_clamped": any(clamp_usage(value) != value for value in usage.values()),
     }
 
 
 def usage_of(body: dict[str, Any]) -> dict[str, int]:
-    """The six usage numbers of a completion, each an int (0 when absent)."""
+    """The six usage numbers of a completion as reported, each an int (0 when absent or not a
+    number)."""
     usage = _dict(body.get("usage"))
     prompt_details = _dict(usage.get("prompt_tokens_details"))
     completion_details = _dict(usage.get("completion_tokens_details"))
@@ -39,6 +53,11 @@ def usage_of(body: dict[str, Any]) -> dict[str, int]:
         "cached_tokens": _int(prompt_details.get("cached_tokens")),
         "billed_units": _int(usage.get("billed_units")),
     }
+
+
+def clamp_usage(value: int) -> int:
+    """A usage number within 0 … ``USAGE_MAX``."""
+    return min(max(value, 0), USAGE_MAX)
 
 
 def _first_choice(body: dict[str, Any]) -> dict[str, Any]:
@@ -64,10 +83,12 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         return 0
+    if isinstance(value, float) and abs(value) == float("inf"):
+        return USAGE_MAX + 1 if value > 0 else -1
     return round(value)
 
 
-def _str_or_none(value: Any) -> str | None:
-    return None if value is None else str(value).replace("\x00", "")
+def _str_or_none(value: Any, limit: int) -> str | None:
+    return None if value is None else one_line(value, limit)

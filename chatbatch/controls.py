@@ -18,7 +18,7 @@ from chatbatch.errors import ChatbatchError
 from chatbatch.models import batches_table as b
 from chatbatch.models import past_results_table as p
 from chatbatch.models import requests_table as r
-from chatbatch.states import ROUND_COLUMNS, TERMINAL_STATUSES, BatchStatus, RequestStatus
+from chatbatch.states import ROUND_RESETS, TERMINAL_STATUSES, BatchStatus, RequestStatus
 
 RETRYABLE_DEFAULT = (RequestStatus.FAILED, RequestStatus.EXPIRED)
 _ARCHIVED = (
@@ -30,10 +30,11 @@ _ARCHIVED = (
     "http_status",
     "response",
     *USAGE_COLUMNS,
+    "usage_clamped",
     "error_code",
     "error_message",
 )
-_CLEARED = dict.fromkeys((*ROUND_COLUMNS, "error_code", "error_message", "reused_from"))
+_CLEARED = {**ROUND_RESETS, **dict.fromkeys(("error_code", "error_message", "reused_from"))}
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,9 @@ def retry(
     changed = result.rowcount
     names = ",".join(sorted(statuses))
     if not changed:
+        if queries.reopen_unfinished(conn, batch.id):
+            message = "reopened: the batch was closed with requests left unfinished"
+            return CommandResult(batch.name, BatchStatus.RUNNING, 0, message)
         return CommandResult(
             batch.name, batch.status, 0, f"nothing to retry: no request is {names}"
         )

@@ -30,6 +30,7 @@ def make_engine(
     url: str, *, pool_size: int = 8, idle_in_transaction_seconds: float | None = None
 ) -> Engine:
     """An engine tuned for its backend: WAL and a busy timeout on SQLite, pre-ping on PostgreSQL.
+    Errors never quote statement parameters: they hold provider answers of any size.
 
     ``idle_in_transaction_seconds`` makes PostgreSQL end a session that sits in an open
     transaction that long: a frozen process (SIGSTOP, a stalled VM) must not keep row locks that
@@ -42,7 +43,10 @@ def make_engine(
         raise ConfigError(f"CHATBATCH_DATABASE_URL is not a database URL: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(
-            url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=pool_size
+            url,
+            connect_args={"timeout": 60, "check_same_thread": False},
+            pool_size=pool_size,
+            hide_parameters=True,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -61,6 +65,7 @@ def make_engine(
         max_overflow=pool_size,
         pool_recycle=1800,
         connect_args=connect_args,
+        hide_parameters=True,
     )
 
 

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import logging
 
+from chatbatch.redaction import Redactor
+
 
 class RedactSecret(logging.Filter):
-    """Replace a secret with ``[redacted]`` in the formatted message of every record."""
+    """Scrub the key from a record's message, its exception and its stack: tracebacks of
+    database errors quote statement parameters, and those hold provider answers."""
 
     def __init__(self, secret: str) -> None:
         super().__init__()
-        self._secret = secret
+        self._redact = Redactor(secret)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if self._secret in message:
-            record.msg = message.replace(self._secret, "[redacted]")
-            record.args = None
+        record.msg, record.args = self._redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._redact(record.stack_info)
         return True
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -68,6 +69,8 @@ class UsageColumns:
     reasoning_tokens: Mapped[int | None] = mapped_column(BigInteger)
     cached_tokens: Mapped[int | None] = mapped_column(BigInteger)
     billed_units: Mapped[int | None] = mapped_column(BigInteger)
+    # A usage number the provider reported out of range (negative, absurdly large) was clamped.
+    usage_clamped: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Batch(Base):
@@ -121,6 +124,8 @@ class Request(UsageColumns, Base):
     ambiguous_submits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     poll_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Unusable provider answers to this round's polls; too many and the request fails.
+    bad_answers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     remote_id: Mapped[str | None] = mapped_column(Text)
     remote_status: Mapped[str | None] = mapped_column(String(64))

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+# The code of an answer we could not use (not JSON, a bad id, too large…).
+BAD_RESPONSE = "bad_response"
+
 
 @dataclass(frozen=True)
 class Accepted:
@@ -57,6 +60,11 @@ class Retryable:
     def rate_limited(self) -> bool:
         """A 429 says "slow down", not "this request is bad": it uses up no attempt."""
         return self.http_status == 429
+
+    @property
+    def unusable(self) -> bool:
+        """The provider answered, but with something we cannot use."""
+        return self.code == BAD_RESPONSE
 
 
 @dataclass(frozen=True)

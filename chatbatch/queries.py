@@ -87,6 +87,7 @@ class PollClaim:
     model: str
     retries: int
     invalid_retries: int
+    bad_answers: int
 
     def view(self) -> RowView:
         return RowView(
@@ -97,6 +98,7 @@ class PollClaim:
             remote_id=self.remote_id,
             retries=self.retries,
             invalid_retries=self.invalid_retries,
+            bad_answers=self.bad_answers,
         )
 
 
@@ -202,6 +204,7 @@ def claim_for_poll(
             r.c.model,
             r.c.retries,
             r.c.invalid_retries,
+            r.c.bad_answers,
         )
     )
     return [PollClaim(*row) for row in conn.execute(stmt)]
@@ -462,19 +465,45 @@ def expire_overdue(conn: Connection, *, now: datetime) -> int:
 
 def finish_batches(conn: Connection, *, now: datetime) -> list[str]:
     """Close batches with no active request left: running ones become completed, cancelling ones
-    cancelled; returns their ids."""
-    active = select(r.c.id).where(r.c.batch_id == b.c.id, r.c.status.in_(ACTIVE_STATUSES)).exists()
+    cancelled; returns their ids.
+
+    Two statements, not one: the candidates are locked first (skipping a batch an operator
+    holds), then checked again by a statement whose snapshot is taken after the lock, so a
+    ``retry`` that committed while we waited is seen and its batch stays open.
+    """
+    closable = b.c.status.in_([BatchStatus.RUNNING, BatchStatus.CANCELLING]) & ~_has_active()
+    candidates = list(
+        conn.execute(select(b.c.id).where(closable).with_for_update(skip_locked=True)).scalars()
+    )
+    if not candidates:
+        return []
     closing = case(
         (b.c.status == BatchStatus.CANCELLING, BatchStatus.CANCELLED.value),
         else_=BatchStatus.COMPLETED.value,
     )
     result = conn.execute(
         update(b)
-        .where(b.c.status.in_([BatchStatus.RUNNING, BatchStatus.CANCELLING]), ~active)
+        .where(b.c.id.in_(candidates), closable)
         .values(status=closing, finished_at=now)
         .returning(b.c.id)
     )
     return list(result.scalars())
+
+
+def reopen_unfinished(conn: Connection, batch_id: str) -> bool:
+    """Set a batch that was closed as completed while requests were still active back to
+    running (True if it was); anything closed wrongly can then be worked again."""
+    result = conn.execute(
+        update(b)
+        .where(b.c.id == batch_id, b.c.status == BatchStatus.COMPLETED, _has_active())
+        .values(status=BatchStatus.RUNNING, finished_at=None)
+    )
+    return result.rowcount == 1
+
+
+def _has_active() -> ColumnElement[bool]:
+    """Whether the batch of the statement has a request that is not finished."""
+    return select(r.c.id).where(r.c.batch_id == b.c.id, r.c.status.in_(ACTIVE_STATUSES)).exists()
 
 
 def cancel_leftovers(conn: Connection, *, now: datetime) -> int:

@@ -198,6 +198,7 @@ class Tuning:
     concurrency_poll: float = 0.05  # how often a caller waiting for a concurrency slot looks again
     slot_ttl: float = 180.0  # a concurrency slot not released by then is freed (its holder died)
     state_ttl: float = 3600.0  # idle model state is forgotten after this
+    retry_after_max: float = 300.0  # a longer Retry-After holds a model back only this long
 
     def __post_init__(self) -> None:
         for name in ("headroom", "admitted_share", "decrease", "floor_share"):
@@ -256,6 +257,14 @@ def grant(
     return replace(state, tat=tat + granted * interval, sent=sent), granted, 0.0
 
 
+def bounded_retry_after(retry_after: float | None, tuning: Tuning) -> float | None:
+    """A provider's Retry-After as the limiter may use it: finite, 0 … ``retry_after_max``
+    (a day-long or infinite pause would stop every batch of the model)."""
+    if retry_after is None or math.isnan(retry_after):
+        return None
+    return min(max(retry_after, 0.0), tuning.retry_after_max)
+
+
 def rate_limited(
     state: ModelState, now: float, retry_after: float | None, ceiling: float | None, tuning: Tuning
 ) -> ModelState:
@@ -263,6 +272,7 @@ def rate_limited(
     doubles with each 429 to a request sent after the last pause; and cut the rate, once per
     congestion episode (some submission accepted since the last cut, and ``cooldown`` passed):
     to a share of what the provider accepted lately, or multiplicatively when that is no cut."""
+    retry_after = bounded_retry_after(retry_after, tuning)
     if retry_after is None and now >= state.blocked_until:
         pause = min(tuning.pause_max, tuning.pause * 2.0**state.strikes)
         state = replace(state, blocked_until=now + pause, strikes=state.strikes + 1)

@@ -8,8 +8,10 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chatbatch.errors import ConfigError
 from chatbatch.ratelimits import SETTING as RATE_LIMITS_SETTING
 from chatbatch.ratelimits import parse_limits
+from chatbatch.redaction import KeyProblem, check_key
 
 DEFAULT_SQLITE_URL = "sqlite:///chatbatch.db"
 LEASE_MARGIN_SECONDS = 5.0  # slack between the last start of an HTTP call and the lease's end
@@ -53,6 +55,8 @@ class Settings(BaseSettings):
     # HTTP timeouts (seconds).
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=60.0, gt=0)
+    # A provider answer longer than this is unusable (bad_response), never read whole.
+    max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
 
     # Input limits.
     max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
@@ -99,6 +103,17 @@ class Settings(BaseSettings):
     def api_key_value(self) -> str | None:
         """The raw key, for the Authorization header only."""
         return self.api_key.get_secret_value() if self.api_key else None
+
+    def usable_api_key(self) -> str:
+        """The key, checked before any work starts: ConfigError when it is missing or cannot
+        be used or scrubbed safely (empty, short, holding whitespace)."""
+        key = self.api_key_value()
+        if key is None:
+            raise ConfigError("no API key: set CHATBATCH_API_KEY (or GEEKAI_API_KEY)")
+        try:
+            return check_key(key, name="the API key (CHATBATCH_API_KEY or GEEKAI_API_KEY)")
+        except KeyProblem as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @lru_cache(maxsize=1)

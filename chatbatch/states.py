@@ -113,6 +113,7 @@ class RowView:
     remote_id: str | None = None
     retries: int = 0
     invalid_retries: int = 0
+    bad_answers: int = 0
 
 
 @dataclass(frozen=True)
@@ -174,9 +175,7 @@ def after_submit(
     """What a POST's outcome does to a ``submitting`` row; ``polls`` times the first poll
     (default: the policy's geometric schedule), ``check`` judges an answer given at once."""
     if isinstance(outcome, Accepted):
-        expires_at = now + timedelta(seconds=policy.retention_seconds)
-        if outcome.expires_at is not None:
-            expires_at = min(expires_at, outcome.expires_at)
+        expires_at = result_deadline(outcome.expires_at, now=now, policy=policy)
         changes = {
             "remote_id": outcome.remote_id,
             "remote_status": outcome.remote_status,
@@ -231,6 +230,14 @@ def after_submit(
     raise TypeError(f"unexpected outcome {outcome!r}")
 
 
+def result_deadline(given: datetime | None, *, now: datetime, policy: Policy) -> datetime:
+    """When an accepted task's result is deleted: the provider's ``expires_at`` if it lies
+    between now and the retention window's end, else the window's end (a time in the past or
+    years ahead is a provider's mistake, not a reason to give up at once or never poll)."""
+    latest = now + timedelta(seconds=policy.retention_seconds)
+    return given if given is not None and now < given <= latest else latest
+
+
 def held_back(row: RowView, *, now: datetime, wait_seconds: float) -> Transition:
     """A claimed row the rate limiter did not let through: back to the queue unsent, its
     attempt given back."""
@@ -259,6 +266,8 @@ def after_poll(
     if now >= expires_at:
         return expired_transition(now)
     poll_count = row.poll_count + 1
+    if isinstance(outcome, Retryable) and outcome.unusable:
+        return _unusable_poll(row, outcome, now, policy, rng, expires_at)
     if isinstance(outcome, Pending):
         submitted_at = row.submitted_at or now
         age = (now - submitted_at).total_seconds()
@@ -295,6 +304,33 @@ def after_poll(
     )
 
 
+def _unusable_poll(
+    row: RowView,
+    outcome: Retryable,
+    now: datetime,
+    policy: Policy,
+    rng: random.Random,
+    expires_at: datetime,
+) -> Transition:
+    """A poll answered with something we cannot use: polled again with backoff, but only
+    ``max_attempts`` times in a round, so a provider that keeps answering garbage fails the
+    request instead of having it polled until its result expires."""
+    bad = row.bad_answers + 1
+    if bad >= policy.max_attempts:
+        message = f"gave up after {bad} unusable answers to polls; last: {outcome.message}"
+        changes = _error(outcome.code, message, completed_at=now, http_status=outcome.http_status)
+        return Transition(RequestStatus.FAILED, now, {**changes, "bad_answers": bad})
+    due = now + _seconds(retry_delay(bad, policy, rng, None))
+    changes = {
+        "poll_count": row.poll_count + 1,
+        "bad_answers": bad,
+        "error_message": f"last poll: {outcome.message}"[:2000],
+    }
+    return Transition(
+        RequestStatus.SUBMITTED, _cap_to_expiry(due, expires_at, policy, now), changes
+    )
+
+
 def after_lease_expired(row: RowView, *, now: datetime, policy: Policy) -> Transition:
     """A ``submitting`` row whose worker vanished: the POST may have reached the provider.
 
@@ -309,6 +345,16 @@ def after_lease_expired(row: RowView, *, now: datetime, policy: Policy) -> Trans
             increment_ambiguous=True,
         )
     return Transition(RequestStatus.QUEUED, now, {}, increment_ambiguous=True)
+
+
+UNSTORABLE = "unstorable_answer"
+
+
+def unstorable(now: datetime, reason: str) -> Transition:
+    """A request whose outcome could not be worked out or stored (the database refused it):
+    it fails, saying why, instead of taking the chunk's other outcomes down with it."""
+    message = f"the provider's answer could not be recorded: {reason}"
+    return Transition(RequestStatus.FAILED, now, _error(UNSTORABLE, message, completed_at=now))
 
 
 def expired_transition(now: datetime) -> Transition:
@@ -357,6 +403,12 @@ ROUND_COLUMNS = (
     "schema_valid",
     "schema_error",
 )
+# The values a new round starts with: the columns above emptied, counters of the round zeroed.
+ROUND_RESETS: Mapping[str, Any] = {
+    **dict.fromkeys(ROUND_COLUMNS),
+    "usage_clamped": False,
+    "bad_answers": 0,
+}
 
 
 def _asked_again(
@@ -373,12 +425,13 @@ def _asked_again(
         "http_status": answer["http_status"],
         "response": answer["response"],
         **{name: answer[name] for name in USAGE_COLUMNS},
+        "usage_clamped": answer["usage_clamped"],
         "error_code": SCHEMA_INVALID,
         "error_message": message,
         "archived_at": now,
     }
     changes = {
-        **dict.fromkeys(ROUND_COLUMNS),
+        **ROUND_RESETS,
         "attempts": 0,
         "poll_count": 0,
         "retries": row.retries + 1,

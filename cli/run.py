@@ -160,8 +160,10 @@ def process_command(
     Exit codes as for `run`.
     """
     setup_logging()
-    with ready_database().connect() as conn:
+    with ready_database().begin() as conn:
         row = queries.resolve_batch(conn, batch)
+        if queries.reopen_unfinished(conn, row.id):
+            click.echo(f"{row.name} was closed with requests left unfinished: reopened", err=True)
     if row.status == BatchStatus.PAUSED:
         click.echo(
             f"error: {row.name} is paused ({row.pause_reason}); fix the cause, then "

@@ -2,11 +2,18 @@
 
 See ../shared/reference/README.md: 429/5xx/network errors retry, 400/404/413 are final for a POST,
 401/402/403 stop the batch, ``failed`` is terminal, unknown statuses keep being polled.
+
+Every answer is untrusted input: classifying never raises (anything unusable is a
+``bad_response``), and every value that reaches an outcome is bounded — ids, statuses and codes
+are one line of a column's width, messages have no control characters, times and Retry-After
+are finite and within range. Raw bodies are kept as received, NUL aside (a text column cannot
+hold it; JSON bodies carry it escaped).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -16,6 +23,7 @@ import httpx
 import orjson
 
 from chatbatch.outcomes import (
+    BAD_RESPONSE,
     Accepted,
     AccountBlocked,
     Completed,
@@ -26,6 +34,7 @@ from chatbatch.outcomes import (
     Retryable,
     TaskFailed,
 )
+from chatbatch.untrusted import has_controls, multi_line, one_line, storable
 
 PENDING_STATUSES = frozenset(
     {"pending", "queued", "created", "submitted", "running", "in_progress", "processing"}
@@ -36,6 +45,13 @@ FAILED_STATUSES = frozenset(
 )
 ACCOUNT_STATUSES = frozenset({401, 402, 403})
 MAYBE_ACCEPTED_5XX = frozenset({500, 502, 504})
+MAX_REMOTE_ID_CHARS = 256
+CODE_CHARS = 64  # the width of the status and code columns
+MESSAGE_CHARS = 1000
+RETRY_AFTER_CAP = 300.0  # CHATBATCH_RETRY_MAX_SECONDS' default; the provider passes the setting
+# expires_at numbers above this are milliseconds (in seconds it would be the year 5138).
+MILLISECONDS_FROM = 1e11
+LATEST_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
 
 
 def parse_body(text: str) -> Any:
@@ -43,26 +59,61 @@ def parse_body(text: str) -> Any:
     return orjson.loads(text.lstrip())
 
 
-def classify_submit(status: int, headers: Mapping[str, str], text: str) -> Outcome:
-    """Outcome of ``POST /chat/completions`` with ``background: true``."""
-    if 200 <= status < 300:
-        return _classify_accepted(status, text)
-    return _classify_error(status, headers, text, is_post=True)
+def classify_submit(
+    status: int, headers: Mapping[str, str], text: str, *, retry_cap: float = RETRY_AFTER_CAP
+) -> Outcome:
+    """Outcome of ``POST /chat/completions`` with ``background: true``; never raises (an
+    unusable answer to a POST may still have been accepted, so it counts as possibly sent)."""
+
+    def classify() -> Outcome:
+        if 200 <= status < 300:
+            return _classify_accepted(status, text)
+        return _classify_error(status, headers, text, is_post=True, retry_cap=retry_cap)
+
+    return _never_raising(classify, status, maybe_accepted=True)
 
 
-def classify_poll(status: int, headers: Mapping[str, str], text: str) -> Outcome:
-    """Outcome of ``GET /chat/{id}``."""
-    if 200 <= status < 300:
-        try:
-            body = parse_body(text)
-        except orjson.JSONDecodeError:
-            return Retryable("bad_response", "poll answer is not JSON", http_status=status)
-        if not isinstance(body, dict):
-            return Retryable("bad_response", "poll answer is not a JSON object", http_status=status)
-        return _classify_task(body, text.lstrip(), status)
-    if status in (404, 410):
-        return NotFound(message=_error_message(text) or "task id not found")
-    return _classify_error(status, headers, text, is_post=False)
+def classify_poll(
+    status: int, headers: Mapping[str, str], text: str, *, retry_cap: float = RETRY_AFTER_CAP
+) -> Outcome:
+    """Outcome of ``GET /chat/{id}``; never raises."""
+
+    def classify() -> Outcome:
+        if 200 <= status < 300:
+            return _classify_poll_answer(status, text)
+        if status in (404, 410):
+            return NotFound(message=_error_message(text) or "task id not found")
+        return _classify_error(status, headers, text, is_post=False, retry_cap=retry_cap)
+
+    return _never_raising(classify, status, maybe_accepted=False)
+
+
+def bad_response(message: str, *, http_status: int | None, maybe_accepted: bool) -> Retryable:
+    """An answer we cannot use: worth asking again, within the request's budget."""
+    return Retryable(BAD_RESPONSE, message, http_status=http_status, maybe_accepted=maybe_accepted)
+
+
+def _never_raising(
+    classify: Callable[[], Outcome], status: int, *, maybe_accepted: bool
+) -> Outcome:
+    """``classify()``, or a ``bad_response`` if the answer broke it: one odd answer must never
+    take a chunk (or a worker) down with it."""
+    try:
+        return classify()
+    except Exception as exc:
+        message = f"unusable answer ({type(exc).__name__})"
+        return bad_response(message, http_status=status, maybe_accepted=maybe_accepted)
+
+
+def _classify_poll_answer(status: int, text: str) -> Outcome:
+    try:
+        body = parse_body(text)
+    except orjson.JSONDecodeError:
+        return bad_response("poll answer is not JSON", http_status=status, maybe_accepted=False)
+    if not isinstance(body, dict):
+        message = "poll answer is not a JSON object"
+        return bad_response(message, http_status=status, maybe_accepted=False)
+    return _classify_task(body, storable(text.lstrip()), status)
 
 
 def classify_exception(exc: httpx.HTTPError, *, is_post: bool) -> Retryable:
@@ -74,21 +125,27 @@ def classify_exception(exc: httpx.HTTPError, *, is_post: bool) -> Retryable:
 
 
 def _classify_accepted(status: int, text: str) -> Outcome:
+    def unusable(message: str) -> Retryable:
+        return bad_response(message, http_status=status, maybe_accepted=True)
+
     try:
         body = parse_body(text)
     except orjson.JSONDecodeError:
-        return Retryable("bad_response", "accepted answer is not JSON", maybe_accepted=True)
+        return unusable("accepted answer is not JSON")
     if not isinstance(body, dict):
-        return Retryable("bad_response", "accepted answer is not an object", maybe_accepted=True)
+        return unusable("accepted answer is not an object")
+    raw = storable(text.lstrip())
     if "choices" in body and normalise_status(body.get("status"), default="succeed") == "succeed":
-        return Completed(text.lstrip(), body, status)  # provider answered synchronously
+        return Completed(raw, body, status)  # provider answered synchronously
     remote_id = body.get("id")
     if not isinstance(remote_id, str) or not remote_id:
-        return Retryable("bad_response", "accepted answer has no task id", maybe_accepted=True)
-    remote_status = str(body.get("status") or "pending")
+        return unusable("accepted answer has no task id")
+    if len(remote_id) > MAX_REMOTE_ID_CHARS or has_controls(remote_id):
+        return unusable("accepted answer's task id is too long or holds control characters")
+    remote_status = _status_text(body.get("status") or "pending")
     if normalise_status(remote_status) == "failed":
-        return TaskFailed("task_failed", _error_message(text) or "task failed", text.lstrip())
-    return Accepted(remote_id, remote_status, _expires_at(body))
+        return TaskFailed("task_failed", _error_message(text) or "task failed", raw)
+    return Accepted(remote_id, remote_status, expires_at_of(body.get("expires_at")))
 
 
 def _classify_task(body: dict[str, Any], raw: str, status: int) -> Outcome:
@@ -96,17 +153,23 @@ def _classify_task(body: dict[str, Any], raw: str, status: int) -> Outcome:
     kind = normalise_status(remote_status, default="succeed" if "choices" in body else None)
     if kind == "succeed":
         return Completed(raw, body, status)
+    shown = _status_text(remote_status)
     if kind == "failed":
-        message = _error_message(raw) or f"provider reports task {remote_status}"
-        return TaskFailed(f"task_{remote_status}", message, raw, status)
-    return Pending(str(remote_status), known=kind == "pending")
+        message = _error_message(raw) or f"provider reports task {shown}"
+        return TaskFailed(one_line(f"task_{shown}", CODE_CHARS), message, raw, status)
+    return Pending(shown, known=kind == "pending")
+
+
+def _status_text(value: Any) -> str:
+    """A provider's task status as we store and show it: one line, at most a column's width."""
+    return one_line(value, CODE_CHARS)
 
 
 def normalise_status(value: Any, *, default: str | None = None) -> str | None:
     """Map a provider's task status onto pending / succeed / failed (None if unknown)."""
     if value is None:
         return default
-    lowered = str(value).strip().lower()
+    lowered = one_line(value, CODE_CHARS).strip().lower()
     if lowered in SUCCESS_STATUSES:
         return "succeed"
     if lowered in FAILED_STATUSES:
@@ -117,23 +180,24 @@ def normalise_status(value: Any, *, default: str | None = None) -> str | None:
 
 
 def _classify_error(
-    status: int, headers: Mapping[str, str], text: str, *, is_post: bool
+    status: int, headers: Mapping[str, str], text: str, *, is_post: bool, retry_cap: float
 ) -> Outcome:
     message = _describe_status(status, _error_message(text))
     code = _error_code(text) or f"http_{status}"
     if status in ACCOUNT_STATUSES:
         return AccountBlocked(code, message, status)
+    retry_after = parse_retry_after(headers, cap=retry_cap)
     if status == 429:
-        return Retryable(code, message, parse_retry_after(headers), http_status=status)
+        return Retryable(code, message, retry_after, http_status=status)
     if status == 408 or status >= 500:
         return Retryable(
             code,
             message,
-            parse_retry_after(headers),
+            retry_after,
             maybe_accepted=is_post and status in MAYBE_ACCEPTED_5XX,
             http_status=status,
         )
-    return Rejected(code, message, status, text.lstrip() or None)
+    return Rejected(code, message, status, storable(text.lstrip()) or None)
 
 
 def _describe_status(status: int, detail: str | None) -> str:
@@ -163,40 +227,56 @@ def _error_fields(text: str) -> dict[str, Any]:
 
 
 def _error_message(text: str) -> str | None:
+    """The provider's error message, one bounded text without control characters."""
     fields = _error_fields(text)
     message = fields.get("message") or fields.get("msg")
     if message:
-        return str(message)[:1000]
+        return multi_line(message, MESSAGE_CHARS)
     stripped = text.strip()
-    return stripped[:300] if stripped and not stripped.startswith("{") else None
+    return multi_line(stripped, 300) if stripped and not stripped.startswith("{") else None
 
 
 def _error_code(text: str) -> str | None:
+    """The provider's error code (or type), one line of the code column's width."""
     fields = _error_fields(text)
     code = fields.get("code") or fields.get("type")
-    return str(code)[:64] if code else None
+    return one_line(code, CODE_CHARS) or None if code else None
 
 
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date), if present and sane."""
+def parse_retry_after(headers: Mapping[str, str], *, cap: float = RETRY_AFTER_CAP) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date), if present: finite, at
+    least 0 and at most ``cap`` (a provider asking for a day's pause gets ``cap``)."""
     value = headers.get("retry-after")
     if not value:
         return None
+    seconds = _retry_after_seconds(value.strip())
+    if seconds is None:
+        return None
+    return min(max(0.0, seconds), cap)
+
+
+def _retry_after_seconds(value: str) -> float | None:
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
+        seconds = None
+    if seconds is not None:
+        return seconds if math.isfinite(seconds) else math.inf if seconds > 0 else None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return (when - datetime.now(UTC)).total_seconds()
 
 
-def _expires_at(body: dict[str, Any]) -> datetime | None:
-    value = body.get("expires_at")
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return datetime.fromtimestamp(value, UTC)
-    return None
+def expires_at_of(value: Any) -> datetime | None:
+    """A task's ``expires_at`` as a time, in Unix seconds or milliseconds; None when it is not
+    a plausible one (the caller then keeps to the configured retention)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        return None
+    seconds = value / 1000 if value >= MILLISECONDS_FROM else value
+    if not seconds <= LATEST_TIMESTAMP:  # also false for NaN
+        return None
+    return datetime.fromtimestamp(seconds, UTC)

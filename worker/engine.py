@@ -14,7 +14,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -38,6 +38,7 @@ from chatbatch.states import (
     after_submit,
     geometric_polls,
     held_back,
+    unstorable,
 )
 from worker.cost_guard import CostGuard
 from worker.provider import Provider
@@ -293,10 +294,10 @@ class Engine:
                     poll = polls[index - len(submits)]
                     check = checks.get(poll.batch_id)
                     writes.append(self._poll_write(poll, outcome, now, check))
-            self._write(writes)
+            self._write(writes, now)
             writes = []
         if writes:
-            self._write(writes)
+            self._write(writes, clock.now())
         self._tell_limiter(submits, [outcomes[i] for i in range(len(submits))])
 
     @staticmethod
@@ -342,36 +343,41 @@ class Engine:
         now: datetime,
         check: AnswerCheck | None,
     ) -> queries.Write:
-        transition = after_submit(
-            claim.view(),
-            outcome,
-            now=now,
-            policy=self.policy,
-            rng=self._rng,
-            polls=self._polls.schedule(claim.model),
-            check=check,
-        )
-        self._log_outcome(claim.id, outcome, transition)
-        return queries.Write(
-            claim.id, claim.batch_id, RequestStatus.SUBMITTING, claim.lease_token, transition
-        )
+        rule = after_submit
+        return self._outcome_write(claim, RequestStatus.SUBMITTING, rule, outcome, now, check)
 
     def _poll_write(
         self, claim: queries.PollClaim, outcome: Outcome, now: datetime, check: AnswerCheck | None
     ) -> queries.Write:
-        transition = after_poll(
-            claim.view(),
-            outcome,
-            now=now,
-            policy=self.policy,
-            rng=self._rng,
-            polls=self._polls.schedule(claim.model),
-            check=check,
-        )
+        rule = after_poll
+        return self._outcome_write(claim, RequestStatus.SUBMITTED, rule, outcome, now, check)
+
+    def _outcome_write(
+        self,
+        claim: queries.SubmitClaim | queries.PollClaim,
+        expected: RequestStatus,
+        rule: Callable[..., Transition],
+        outcome: Outcome,
+        now: datetime,
+        check: AnswerCheck | None,
+    ) -> queries.Write:
+        """The write ``rule`` (``after_submit`` or ``after_poll``) makes of ``outcome``; if the
+        answer breaks the rule itself, the request fails alone, saying so."""
+        try:
+            transition = rule(
+                claim.view(),
+                outcome,
+                now=now,
+                policy=self.policy,
+                rng=self._rng,
+                polls=self._polls.schedule(claim.model),
+                check=check,
+            )
+        except Exception as exc:
+            log.exception("request %s: could not judge the provider's answer", claim.id)
+            transition = unstorable(now, f"{type(exc).__name__} while judging it")
         self._log_outcome(claim.id, outcome, transition)
-        return queries.Write(
-            claim.id, claim.batch_id, RequestStatus.SUBMITTED, claim.lease_token, transition
-        )
+        return queries.Write(claim.id, claim.batch_id, expected, claim.lease_token, transition)
 
     def _admit(
         self, claims: list[queries.SubmitClaim]
@@ -418,28 +424,72 @@ class Engine:
         for model, retry_after in refused.items():
             self._limiter.on_rate_limited(model, retry_after)
 
-    def _write(self, writes: list[queries.Write]) -> None:
-        """Record a chunk's outcomes as soon as they land; retried through a database restart."""
+    def _write(self, writes: list[queries.Write], now: datetime) -> None:
+        """Record a chunk's outcomes as soon as they land; retried through a database restart.
+        A write the database refuses for a lasting reason (a value it cannot hold) is retried
+        row by row, so one unstorable answer fails one request, never its neighbours."""
         try:
-            applied = self._with_retries(lambda conn: queries.apply_transitions(conn, writes))
-        except DBAPIError:
-            lost = [
-                (w.request_id, w.transition.changes["remote_id"])
-                for w in writes
-                if w.transition.changes.get("remote_id")
-            ]
-            log.error(
-                "could not record %d outcome(s): database unavailable; accepted tasks "
-                "(request, remote id): %s",
-                len(writes),
-                lost,
-            )
-            raise
+            applied = self._apply(writes)
+        except DBAPIError as exc:
+            if is_transient(exc):
+                self._log_lost(writes)
+                raise
+            applied = self._write_each(writes, now)
+        except Exception:  # a value the driver could not even send
+            applied = self._write_each(writes, now)
         if applied < len(writes):
             log.info(
                 "%d stale write(s) ignored (another worker owns those rows now)",
                 len(writes) - applied,
             )
+
+    def _apply(self, writes: list[queries.Write]) -> int:
+        """Apply ``writes`` in one transaction, through database restarts."""
+        return self._with_retries(lambda conn: queries.apply_transitions(conn, writes))
+
+    def _write_each(self, writes: list[queries.Write], now: datetime) -> int:
+        """Apply ``writes`` one transaction each; a row whose outcome cannot be stored fails
+        with the reason instead. Returns how many applied."""
+        applied = 0
+        for write in writes:
+            try:
+                applied += self._apply([write])
+            except DBAPIError as exc:
+                if is_transient(exc):
+                    self._log_lost([write])
+                    raise
+                applied += self._write_unstorable(write, _refusal(exc), now)
+            except Exception as exc:
+                applied += self._write_unstorable(write, type(exc).__name__, now)
+        return applied
+
+    def _write_unstorable(self, write: queries.Write, reason: str, now: datetime) -> int:
+        """Fail the request of a write the database refused, saying why (guarded like any
+        write); 0 if even that cannot be stored (its lease then hands the row on)."""
+        log.error("request %s: outcome refused by the database: %s", write.request_id, reason)
+        failed = replace(write, transition=unstorable(now, f"the database refused it ({reason})"))
+        try:
+            return self._apply([failed])
+        except DBAPIError as exc:
+            if is_transient(exc):
+                raise
+            log.exception("request %s: could not record its failure either", write.request_id)
+            return 0
+
+    @staticmethod
+    def _log_lost(writes: list[queries.Write]) -> None:
+        """Name the accepted tasks whose ids were about to be lost with the database."""
+        lost = [
+            (w.request_id, w.transition.changes["remote_id"])
+            for w in writes
+            if w.transition.changes.get("remote_id")
+        ]
+        log.error(
+            "could not record %d outcome(s): database unavailable; accepted tasks "
+            "(request, remote id): %s",
+            len(writes),
+            lost,
+        )
 
     def _with_retries(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in a transaction, retrying when the connection was lost (a DB restart)."""
@@ -470,3 +520,10 @@ class Engine:
             log.warning(
                 "request %s: submission may have reached the provider: %s", request_id, outcome
             )
+
+
+def _refusal(exc: DBAPIError) -> str:
+    """The database's reason for refusing a write, one line, without the statement or its
+    parameters."""
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+    return reason[:300]

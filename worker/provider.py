@@ -4,6 +4,11 @@ One long-lived ``httpx.AsyncClient`` per process on one event loop (``Background
 an aiohttp-backed transport: measured here, httpx's own async pool cost 3.1 ms of CPU per
 request pair and its sync pool 1.1 ms (16 threads on one lock), against 0.77 ms through aiohttp
 (README, "Performance"). The httpx API, timeouts and exception types stay the same.
+
+Answers are untrusted: a body is read up to ``max_response_bytes`` (more is a
+``bad_response``, never a process swollen by one answer), each call has one overall deadline
+(a body trickled a byte at a time cannot outlive the lease), and every text is scrubbed of the
+key before anything else sees it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from urllib.parse import quote
@@ -21,14 +27,22 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from chatbatch.outcomes import Outcome, Retryable
+from chatbatch.redaction import Redactor
 from chatbatch.settings import Settings
-from worker.classify import classify_exception, classify_poll, classify_submit
+from worker.classify import (
+    RETRY_AFTER_CAP,
+    bad_response,
+    classify_exception,
+    classify_poll,
+    classify_submit,
+)
 from worker.http_loop import BackgroundLoop
 
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 KEEPALIVE_SECONDS = 30
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 # aiohttp errors that mean the connection was never made, so a POST cannot have been sent.
 _CONNECT_FAILURES = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
@@ -44,12 +58,21 @@ class Provider:
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         max_connections: int = 16,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        retry_cap: float = RETRY_AFTER_CAP,
     ) -> None:
-        headers = {"Content-Type": "application/json", "User-Agent": "chatbatch/0.1"}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "chatbatch/0.1",
+            "Accept-Encoding": "identity",  # a compressed answer could be a bomb past the cap
+        }
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self._api_key = api_key
+        self._redact = Redactor(api_key)
         self._max_connections = max_connections
+        self._max_bytes = max_response_bytes
+        self._retry_cap = retry_cap
+        self._call_seconds = connect_timeout + 2 * read_timeout
         self._loop = BackgroundLoop()
 
         def session() -> aiohttp.ClientSession:
@@ -75,6 +98,8 @@ class Provider:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             max_connections=settings.concurrency,
+            max_response_bytes=settings.max_response_bytes,
+            retry_cap=settings.retry_max_seconds,
         )
 
     def start(
@@ -136,43 +161,83 @@ class Provider:
     async def _submit(self, body: str) -> Outcome:
         payload = orjson.loads(body)
         payload["background"] = True
-        async with self._in_flight():
-            try:
-                response = await self._client.post(
-                    "chat/completions", content=orjson.dumps(payload)
-                )
-            except Exception as exc:
-                return self._redacted(_transport_failure(exc, is_post=True))
-        return self._redacted(
-            classify_submit(response.status_code, response.headers, response.text)
+        request = self._client.build_request(
+            "POST", "chat/completions", content=orjson.dumps(payload)
         )
+        return await self._call(request, is_post=True)
 
     async def _poll(self, remote_id: str) -> Outcome:
+        request = self._client.build_request("GET", f"chat/{quote(remote_id, safe='')}")
+        return await self._call(request, is_post=False)
+
+    async def _call(self, request: httpx.Request, *, is_post: bool) -> Outcome:
+        """Send ``request`` and classify its answer, read within the size cap and the call's
+        deadline; transport failures are outcomes too."""
         async with self._in_flight():
             try:
-                response = await self._client.get(f"chat/{quote(remote_id, safe='')}")
+                async with asyncio.timeout(self._call_seconds):
+                    response = await self._client.send(request, stream=True)
+                    try:
+                        raw = await self._read_capped(response)
+                    finally:
+                        await response.aclose()
             except Exception as exc:
-                return self._redacted(_transport_failure(exc, is_post=False))
-        return self._redacted(classify_poll(response.status_code, response.headers, response.text))
+                failure = _transport_failure(exc, is_post=is_post)
+                return dataclasses.replace(failure, message=self._redact(failure.message))
+        if raw is None:
+            message = f"answer larger than {self._max_bytes} bytes, or not decodable"
+            return bad_response(message, http_status=response.status_code, maybe_accepted=is_post)
+        text = self._redact(raw.decode("utf-8", errors="replace"))
+        classify = classify_submit if is_post else classify_poll
+        return classify(response.status_code, response.headers, text, retry_cap=self._retry_cap)
+
+    async def _read_capped(self, response: httpx.Response) -> bytes | None:
+        """The body, or None when it is larger than the cap (declared or as it arrives) or in
+        an encoding we did not ask for and cannot decode within the cap."""
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_bytes:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > self._max_bytes:
+                return None
+            chunks.append(chunk)
+        encoding = response.headers.get("content-encoding", "identity")
+        return decoded_body(b"".join(chunks), encoding, self._max_bytes)
 
     def _in_flight(self) -> asyncio.Semaphore:
         if self._slots is None:  # created on the loop's thread, where it is used
             self._slots = asyncio.Semaphore(self._max_connections)
         return self._slots
 
-    def _redacted(self, outcome: Outcome) -> Outcome:
-        """Scrub the API key from any message a provider might echo it in."""
-        message = getattr(outcome, "message", None)
-        if self._api_key and isinstance(message, str) and self._api_key in message:
-            scrubbed = message.replace(self._api_key, "[redacted]")
-            return dataclasses.replace(outcome, message=scrubbed)  # type: ignore[arg-type]
-        return outcome
+
+def decoded_body(raw: bytes, encoding: str, limit: int) -> bytes | None:
+    """``raw`` undone from its Content-Encoding, never growing past ``limit`` bytes (a small
+    gzip can unpack to gigabytes); None when it would, or the encoding is unknown."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    # gzip, or deflate with its zlib header (detected); deflate without one is raw.
+    raw_deflate = encoding == "deflate" and raw[:1] != b"x"
+    try:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS if raw_deflate else zlib.MAX_WBITS | 32)
+        body = inflater.decompress(raw, limit + 1)
+    except zlib.error:
+        return None
+    return body if len(body) <= limit else None
 
 
 def _transport_failure(exc: Exception, *, is_post: bool) -> Retryable:
     """Classify a failed call. The aiohttp transport maps *every* broken connection, including a
     server hanging up after reading our POST, to ``ConnectTimeout`` ("never sent"); only a failed
-    connect really is one, so anything else is treated as possibly sent."""
+    connect really is one, so anything else is treated as possibly sent. The call's overall
+    deadline passing is a read timeout."""
+    if isinstance(exc, TimeoutError):
+        exc = httpx.ReadTimeout(f"no complete answer within the call's deadline: {exc}")
     if isinstance(exc, httpx.ConnectTimeout) and not isinstance(exc.__cause__, _CONNECT_FAILURES):
         exc = httpx.RemoteProtocolError(f"{type(exc.__cause__).__name__}: {exc}")
     if not isinstance(exc, httpx.HTTPError):

@@ -31,6 +31,7 @@ from chatbatch.ratelimits import (
     ModelState,
     Tuning,
     accepted,
+    bounded_retry_after,
     grant,
     limit_for,
     rate_limited,
@@ -264,6 +265,7 @@ class RedisRateLimiter(_Limiter):
 
     def on_rate_limited(self, model: str, retry_after: float | None) -> None:
         pending = self._take_pending(model)
+        retry_after = bounded_retry_after(retry_after, self.tuning)
         args: list[Arg] = [_arg(retry_after), _arg(self.limit(model).rpm), pending]
         try:
             self._limited_script(keys=self.keys(model)[:1], args=[*args, *self._tuning_args()])
@@ -309,12 +311,16 @@ def _arg(value: float | None) -> str:
 
 
 def build_rate_limiter(
-    limits: Mapping[str, ModelLimit], *, redis_url: str | None, prefix: str = "chatbatch:ratelimit"
+    limits: Mapping[str, ModelLimit],
+    *,
+    redis_url: str | None,
+    prefix: str = "chatbatch:ratelimit",
+    tuning: Tuning | None = None,
 ) -> RedisRateLimiter | LocalRateLimiter:
     """The shared limiter when there is a Redis (workers), else the in-process one."""
     if redis_url:
-        return RedisRateLimiter.from_url(redis_url, limits=limits, prefix=prefix)
-    return LocalRateLimiter(limits=limits)
+        return RedisRateLimiter.from_url(redis_url, limits=limits, prefix=prefix, tuning=tuning)
+    return LocalRateLimiter(limits=limits, tuning=tuning)
 
 
 # The maths of chatbatch.ratelimits, transcribed; keep the two in step (the integration tests

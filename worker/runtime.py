@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 
 from chatbatch.db import get_engine
-from chatbatch.errors import ConfigError
-from chatbatch.ratelimits import parse_limits
+from chatbatch.ratelimits import Tuning, parse_limits
 from chatbatch.settings import Settings, get_settings
 from worker.engine import Engine
 from worker.provider import Provider
@@ -21,12 +20,12 @@ TASK_THREADS = 2  # chunk tasks one `chatbatch worker` runs at once; HTTP concur
 
 def build_engine(settings: Settings, *, task_threads: int = 1) -> Engine:
     """A new engine for the configured database and provider; needs an API key."""
-    if settings.api_key is None:
-        raise ConfigError("no API key: set CHATBATCH_API_KEY (or GEEKAI_API_KEY)")
+    settings.usable_api_key()
     limiter = build_rate_limiter(
         parse_limits(settings.rate_limits),
         redis_url=settings.broker_url,
         prefix=f"chatbatch:ratelimit:{settings.queue}",
+        tuning=Tuning(retry_after_max=settings.retry_max_seconds),
     )
     return Engine(
         db=get_engine(),

@@ -16,7 +16,9 @@ BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "cont
 
 @pytest.fixture
 def provider(sim):
-    client = Provider(base_url=sim.base_url, api_key="sk-simulator", read_timeout=2, max_connections=4)
+    client = Provider(
+        base_url=sim.base_url, api_key="sk-simulator", read_timeout=2, max_connections=4
+    )
     yield client
     client.close()
 
