@@ -107,6 +107,26 @@ def _retry_after(_ctx: click.Context, _param: click.Parameter, value: str) -> fl
     help="Accepted POSTs per minute per API key (sliding window); more get 429.",
 )
 @click.option(
+    "--hostile",
+    is_flag=True,
+    help="Hostile provider mode: poison background requests whose last user message holds "
+    "[[hostile:KIND]] with odd or hostile answers (kinds: see simulator/hostile.py).",
+)
+@click.option(
+    "--hostile-rate",
+    type=RATE,
+    default=0.0,
+    help="Fraction of background requests given a hostile KIND picked by their fingerprint "
+    "and --seed (the same request always alike).",
+)
+@click.option(
+    "--hostile-body-bytes",
+    type=click.IntRange(min=0),
+    default=40 * 1024 * 1024,
+    show_default=True,
+    help="Size of the huge hostile answers (post_huge, poll_huge).",
+)
+@click.option(
     "--retention",
     "retention_seconds",
     type=SECONDS,

@@ -22,6 +22,7 @@ RATE_FIELDS = (
     "unknown_status_rate",
     "nul_rate",
     "invalid_json_rate",
+    "hostile_rate",
 )
 SECONDS_FIELDS = ("request_latency", "slow_seconds", "not_found_seconds", "retention_seconds")
 KEY_FIELDS = ("api_keys", "payment_required_keys", "forbidden_keys")
@@ -52,6 +53,12 @@ class SimConfig:
     # Fraction of JSON answers served broken (cut short, or a field of the wrong type).
     invalid_json_rate: float = 0.0
     rpm: int | None = None
+    # Hostile provider mode (see simulator/hostile.py): poison requests whose last user message
+    # holds [[hostile:KIND]] or [[script:MARKER]]; hostile_rate poisons that fraction of all
+    # background requests (picked by fingerprint and seed) even without it.
+    hostile: bool = False
+    hostile_rate: float = 0.0
+    hostile_body_bytes: int = 40 * 1024 * 1024
     retention_seconds: float = 7 * 24 * 3600.0
     seed: int | None = None
 
@@ -72,6 +79,12 @@ class SimConfig:
             raise ValueError(f"blank_lines must be an integer >= 0, got {self.blank_lines!r}")
         if self.rpm is not None and (not _is_int(self.rpm) or self.rpm < 1):
             raise ValueError(f"rpm must be an integer >= 1 or null, got {self.rpm!r}")
+        if not isinstance(self.hostile, bool):
+            raise ValueError(f"hostile must be true or false, got {self.hostile!r}")
+        if not _is_int(self.hostile_body_bytes) or self.hostile_body_bytes < 0:
+            raise ValueError(
+                f"hostile_body_bytes must be an integer >= 0, got {self.hostile_body_bytes!r}"
+            )
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError(f"seed must be an integer or null, got {self.seed!r}")
         if not isinstance(self.latency, str):

@@ -1,5 +1,6 @@
 """A GeekAI-compatible HTTP server: background and synchronous chat completions, task polling,
-Bearer auth, latency, injected faults, a requests-per-minute limit and result expiry."""
+Bearer auth, latency, injected faults, a requests-per-minute limit, result expiry and a hostile
+mode answering what no provider should (simulator/hostile.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from simulator import hostile
 from simulator.answers import NUL, request_fingerprint, spoiled_content, wants_json
 from simulator.config import SimConfig
 from simulator.faults import Dice
@@ -42,6 +44,7 @@ class Simulator:
         self.config = config
         self.state = SimState()
         self.dice = Dice(config.seed, config.latency)
+        self.scripts: dict[str, hostile.Script] = {}  # hostile mode's [[script:MARKER]] answers
 
     def reconfigure(self, changes: dict[str, Any]) -> SimConfig:
         """Apply SimConfig field changes live; ValueError on unknown fields or bad values."""
@@ -132,18 +135,25 @@ class Simulator:
         problem, body = _validate(raw)
         if problem is not None:
             return self._reject(400, problem, "invalid_request_error")
+        try:
+            plan = self._hostile_plan(body)
+        except hostile.UnknownPoison as exc:
+            return self._reject(400, str(exc), "invalid_request_error")
         fault = await self._injected_fault(request)
         if fault is not None:
             return fault
-        if self.dice.roll(self.config.rate_429):
-            return self._rate_limited(self.config.retry_after)
         now = time.monotonic()
-        if self.config.rpm is not None:
-            wait = self.state.window.wait_seconds(key, self.config.rpm, now)
-            if wait > 0:
-                return self._rate_limited(max(1, math.ceil(wait)))
-            self.state.window.record(key, now, self.config.rpm)
-        task = self._new_task(body, now)
+        task, poisoned = None, None
+        if plan is not None and plan.post is not None:
+            task = self._new_task(body, now)
+            poisoned = plan.post(task, self._context(request, key))
+            if not hostile.accepts(poisoned):
+                return await self._poisoned_refusal(request, plan, task, poisoned)
+        limited = self._rate_limit(key, now)
+        if limited is not None:
+            return limited
+        task = task or self._new_task(body, now)
+        task.poll_poison = None if plan is None else plan.poll
         if not body.get("background"):
             return await self._answer_synchronously(request, task)
         self._expire(now)
@@ -153,7 +163,68 @@ class Simulator:
         stats.accepted_by_fingerprint[task.fingerprint] += 1
         if self.dice.roll(self.config.lost_response_rate):
             return self._drop(request, "lost_response")
+        if poisoned is not None:
+            return await hostile.send(request, poisoned)
         return self._json(task_summary(task, "pending"))
+
+    def _rate_limit(self, key: str, now: float) -> web.Response | None:
+        """An injected 429, or one for exceeding the requests-per-minute limit (which counts
+        the POST otherwise); None when the POST may proceed."""
+        if self.dice.roll(self.config.rate_429):
+            return self._rate_limited(self.config.retry_after)
+        if self.config.rpm is not None:
+            wait = self.state.window.wait_seconds(key, self.config.rpm, now)
+            if wait > 0:
+                return self._rate_limited(max(1, math.ceil(wait)))
+            self.state.window.record(key, now, self.config.rpm)
+        return None
+
+    # --- hostile mode (see simulator/hostile.py) -----------------------------------------------
+
+    def _hostile_plan(self, body: dict[str, Any]) -> hostile.Plan | None:
+        """How a background request is poisoned: by its marker when ``hostile`` is on, else by
+        ``hostile_rate`` (hashed from fingerprint and seed, so a request is always picked alike);
+        None for most requests. UnknownPoison for a marker naming nothing known."""
+        config = self.config
+        if not body.get("background") or not (config.hostile or config.hostile_rate > 0):
+            return None
+        plan = hostile.marked_plan(body, self.scripts) if config.hostile else None
+        fingerprint = request_fingerprint(body)
+        if plan is None:
+            draw = self.dice.spoil_draw(f"hostile:{fingerprint}", config.hostile_rate)
+            plan = hostile.drawn_plan(draw)
+        if plan is None or (plan.first_post_only and fingerprint in self.state.poisoned_once):
+            return None  # unpoisoned, or its first POST met the poison: answered as usual
+        self.state.stats.poisoned_by_fingerprint[fingerprint] = plan.name
+        return plan
+
+    def _context(self, request: web.Request, key: str) -> hostile.Context:
+        """What a poison may echo: the caller's key and Authorization header."""
+        authorization = request.headers.get("Authorization", "")
+        return hostile.Context(key, authorization, self.config.hostile_body_bytes)
+
+    async def _poisoned_refusal(
+        self, request: web.Request, plan: hostile.Plan, task: Task, answer: hostile.Answer
+    ) -> web.StreamResponse:
+        """Send a poisoned non-2xx POST answer: nothing is created, the status is counted."""
+        self.state.stats.rejected[str(hostile.status_of(answer))] += 1
+        if plan.first_post_only:
+            self.state.poisoned_once.add(task.fingerprint)
+        return await hostile.send(request, answer)
+
+    async def _poisoned_poll(
+        self, request: web.Request, key: str, task: Task, now: float
+    ) -> web.StreamResponse:
+        """Answer a poll of a ready poisoned task, counted by the status and usage it serves."""
+        served: hostile.Served = task.poll_poison(task, self._context(request, key))
+        stats = self.state.stats
+        stats.record_fetch(task, now)
+        if served.status is not None:
+            stats.statuses_served[served.status] += 1
+        if served.completed:
+            stats.completed_results_served += 1
+            stats.record_usage(task.id, served.usage, honest=served.honest)
+        return await hostile.send(request, served.answer)
 
     def _new_task(self, body: dict[str, Any], now: float) -> Task:
         """A task for ``body`` with its latency and fate drawn now."""
@@ -176,14 +247,16 @@ class Simulator:
         if self.dice.roll(self.config.lost_response_rate):
             return self._drop(request, "lost_response")
         self.state.stats.sync_completions += 1
-        return self._json(self._maybe_spoiled(task, task_completion(task)))
+        completion = task_completion(task)
+        self.state.stats.record_usage(task.id, completion["usage"])
+        return self._json(self._maybe_spoiled(task, completion))
 
     # --- GET /chat/{id} ------------------------------------------------------------------------
 
     async def fetch(self, request: web.Request) -> web.StreamResponse:
         """Report a background task's status, and its result once it is done."""
         self.state.stats.gets += 1
-        _, refusal = await self._admit(request)
+        key, refusal = await self._admit(request)
         if refusal is not None:
             return refusal
         fault = await self._injected_fault(request)
@@ -194,6 +267,8 @@ class Simulator:
         task = self.state.tasks.get(request.match_info["task_id"])
         if task is None or now - task.created < self.config.not_found_seconds:
             return self._reject(404, "Task not found", "not_found")
+        if task.poll_poison is not None and now >= task.ready_at:
+            return await self._poisoned_poll(request, key, task, now)
         return self._json(self._task_view(task, now))
 
     def _task_view(self, task: Task, now: float) -> dict[str, Any]:
@@ -214,7 +289,9 @@ class Simulator:
             return task_failed(task)
         served["succeed"] += 1
         self.state.stats.completed_results_served += 1
-        return self._maybe_spoiled(task, task_succeeded(task))
+        answer = task_succeeded(task)
+        self.state.stats.record_usage(task.id, answer["usage"])
+        return self._maybe_spoiled(task, answer)
 
     def _maybe_spoiled(self, task: Task, answer: dict[str, Any]) -> dict[str, Any]:
         """``answer`` with its content broken if ``invalid_json_rate`` picks the task (JSON

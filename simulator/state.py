@@ -26,6 +26,9 @@ class Task:
     fails: bool
     nul: bool
     fetched: bool = False  # its outcome has been served to a poll at least once
+    # Hostile mode: how its polls are answered once it is ready (a ``hostile.PollKind``), fixed
+    # when it was accepted so every poll sees the same answer; None: answered normally.
+    poll_poison: Any = None
 
     @property
     def model(self) -> str:
@@ -113,6 +116,13 @@ class Stats:
     fetch_delays: list[float] = field(default_factory=list)
     rejected: Counter[str] = field(default_factory=Counter)
     statuses_served: Counter[str] = field(default_factory=Counter)
+    # Hostile mode: the kind (or "script:MARKER") each poisoned request met.
+    poisoned_by_fingerprint: dict[str, str] = field(default_factory=dict)
+    # Per task whose completed result was served, the usage of its first serving, as sent; the
+    # integer fields of those whose usage was honest are summed in ``usage_totals``.
+    usage_served: dict[str, Any] = field(default_factory=dict)
+    usage_poisoned: set[str] = field(default_factory=set)
+    usage_totals: Counter[str] = field(default_factory=Counter)
 
     def snapshot(self, live_tasks: int) -> dict[str, Any]:
         """A JSON-ready copy; the listed rejection and status keys are always present."""
@@ -132,6 +142,9 @@ class Stats:
             "fetched": len(self.fetch_delays),
             "median_completion_seconds": _median(self.completion_times),
             "median_fetch_delay_seconds": _median(self.fetch_delays),
+            "poisoned_by_fingerprint": dict(self.poisoned_by_fingerprint),
+            "usage_served_totals": dict(self.usage_totals),
+            "usage_served_tasks": len(self.usage_served),
         }
 
     def record_fetch(self, task: Task, now: float) -> None:
@@ -141,6 +154,31 @@ class Stats:
             self.completion_times.append(task.ready_at - task.created)
             self.fetch_delays.append(now - task.ready_at)
 
+    def record_usage(self, task_id: str, usage: Any, *, honest: bool = True) -> None:
+        """Note the usage of a task's first served result; later servings change nothing, so
+        a test can compare what was billed with what was served once per task."""
+        if task_id in self.usage_served:
+            return
+        self.usage_served[task_id] = usage
+        if not honest:
+            self.usage_poisoned.add(task_id)
+            return
+        for name, value in _usage_numbers(usage):
+            self.usage_totals[name] += value
+
+
+def _usage_numbers(usage: Any, prefix: str = "") -> list[tuple[str, int]]:
+    """The integer fields of a usage object, nested ones named "outer.inner"."""
+    if not isinstance(usage, dict):
+        return []
+    numbers: list[tuple[str, int]] = []
+    for name, value in usage.items():
+        if isinstance(value, dict) and not prefix:
+            numbers += _usage_numbers(value, f"{name}.")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            numbers.append((prefix + name, value))
+    return numbers
+
 
 @dataclass
 class SimState:
@@ -149,6 +187,8 @@ class SimState:
     tasks: TaskStore = field(default_factory=TaskStore)
     stats: Stats = field(default_factory=Stats)
     window: RateWindow = field(default_factory=RateWindow)
+    # Fingerprints whose first POST already met a first-POST-only hostile kind.
+    poisoned_once: set[str] = field(default_factory=set)
 
     def snapshot(self) -> dict[str, Any]:
         """The stats endpoint's answer."""
@@ -159,3 +199,4 @@ class SimState:
         self.tasks.clear()
         self.stats = Stats()
         self.window = RateWindow()
+        self.poisoned_once = set()

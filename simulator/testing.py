@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from simulator.config import SimConfig
+from simulator.hostile import ReplySource, Script, check_marker
 from simulator.server import PREFIX, Simulator, simulator_of, start
 
 T = TypeVar("T")
@@ -49,8 +50,38 @@ class SimulatorHandle:
         self._on_loop(lambda: self._simulator.reconfigure(changes))
 
     def reset(self) -> None:
-        """Forget every task and zero the counters (the configuration stays)."""
+        """Forget every task and zero the counters (the configuration and scripts stay)."""
         self._on_loop(self._simulator.state.reset)
+
+    def script(
+        self, marker: str, *, post: ReplySource | None = None, poll: ReplySource | None = None
+    ) -> None:
+        """Script the answers to background requests whose last user message holds
+        ``[[script:<marker>]]`` (only while ``hostile`` is on; replaces an earlier script).
+
+        ``post`` answers their POST and ``poll`` every poll of their task once it is ready
+        (before that: pending/running as usual). Each is a ``Reply(status, headers, body)`` or a
+        callable ``(task_id, key) -> Reply``, called on the simulator's thread for every answer,
+        so it can embed the real task id or echo the caller's bare API key; it must not block.
+        A 2xx ``post`` still creates the task, bills it and counts it as accepted (the provider
+        may have taken it): only what the client sees is scripted. Any other status creates
+        nothing and is counted under ``rejected``. Scripted polls are not counted as served
+        results (``usage_served``): what their bodies mean is the script's to know.
+        """
+        name = check_marker(marker)
+        if post is None and poll is None:
+            raise ValueError("script() needs post=, poll= or both")
+        script = Script(post=post, poll=poll)
+        self._on_loop(lambda: self._simulator.scripts.__setitem__(name, script))
+
+    def unscript(self, marker: str) -> None:
+        """Forget the script of ``marker`` (its marker then gets a 400, like an unknown one)."""
+        self._on_loop(lambda: self._simulator.scripts.pop(marker.strip(), None))
+
+    def usage_served(self) -> dict[str, Any]:
+        """Per task whose completed result was served, the usage of its first serving as sent
+        (the raw JSON numbers, poisoned ones included)."""
+        return self._on_loop(lambda: dict(self._simulator.state.stats.usage_served))
 
 
 @dataclass

@@ -51,6 +51,9 @@ STATS_KEYS = {
     "fetched",
     "median_completion_seconds",
     "median_fetch_delay_seconds",
+    "poisoned_by_fingerprint",
+    "usage_served_totals",
+    "usage_served_tasks",
 }
 
 
