@@ -175,6 +175,32 @@ def test_copy_stores_awkward_values_exactly_as_the_validator_prepared_them(
     assert "background" not in orjson.loads(row.body)
 
 
+def test_what_the_provider_would_refuse_is_refused_by_line(db: Engine, tmp_path: Path) -> None:
+    """Issue 12: a made-up role, a user message without content and out-of-range parameters
+    used to load, and fail (or be misread) only at the provider."""
+    objs: list[dict[str, object]] = [
+        {"model": "m", "messages": [{"role": "wizard", "content": "hi"}]},
+        {"model": "m", "messages": [{"role": "user"}]},
+        {"model": "m", "messages": MESSAGES, "max_tokens": -5},
+        {"model": "m", "messages": MESSAGES, "temperature": 3, "top_p": 2, "n": 0},
+        {"model": "m", "messages": [*MESSAGES, {"role": "tool", "content": "4"}]},
+        {"model": "m", "messages": [*MESSAGES, {"role": "assistant", "tool_calls": [{}]}]},
+    ]
+    path = tmp_path / "provider.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(o) for o in objs))
+    with pytest.raises(InputError) as info:
+        load(db, path)
+    message = str(info.value)
+    assert f"{path}:1: messages.0.role: input should be 'system', 'developer', 'user'" in message
+    assert f"{path}:2: messages.0.content: missing (a user message needs a text" in message
+    assert f"{path}:3: max_tokens: input should be greater than or equal to 1" in message
+    assert f"{path}:4: temperature: input should be less than or equal to 2; top_p: " in message
+    assert "; n: input should be greater than or equal to 1" in message
+    assert f"{path}:5: messages.1.tool_call_id: a tool message needs the id" in message
+    assert info.value.total_problems == 5  # line 6: tool calls stand in for the content
+    assert counts(db) == (0, 0)
+
+
 def test_control_characters_in_ids_and_models_are_refused_by_line(
     db: Engine, tmp_path: Path
 ) -> None:
@@ -295,7 +321,7 @@ def test_a_model_option_with_a_control_character_is_a_usage_error(
 ) -> None:
     path = tmp_path / ("rows.csv" if extra else "plain.jsonl")
     path.write_text("text\nhi\n" if extra else orjson.dumps({"messages": MESSAGES}).decode())
-    output = ["-o", str(tmp_path / "out.jsonl")] if command == "run" else []
+    output = ["-o", str(tmp_path / "out.jsonl"), "--dry-run"] if command == "run" else []
     result = invoke(command, str(path), *output, "--model", "gpt\x1b[2J", *extra)
     assert result.exit_code == 2, result.output
     assert "--model" in result.output and "control characters" in result.output
@@ -314,4 +340,14 @@ def test_a_schema_with_a_remote_ref_is_refused_before_anything_loads(
     result = invoke("load", str(path), "--schema", str(schema))
     assert result.exit_code == 2, result.output
     assert f"{schema}: $ref 'https://example.invalid/x.json' does not resolve" in result.output
+    assert counts(db) == (0, 0)
+
+
+def test_a_param_out_of_range_is_a_usage_error(db: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text("text\nhi\n")
+    args = ["--template", "{{ text }}", "--model", "m", "--param", "max_tokens=-5"]
+    result = invoke("load", str(path), *args)
+    assert result.exit_code == 2, result.output
+    assert "max_tokens: input should be greater than or equal to 1" in result.output
     assert counts(db) == (0, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chatbatch.jsonl_input import (
+    _FAST_RANGES,
     _FAST_TYPES,
     LineError,
     _prepare_fast,
@@ -19,8 +21,11 @@ from chatbatch.jsonl_input import (
     prepare_line,
     prepare_raw,
 )
+from chatbatch.schemas import ROLES
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+CALLS = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+PARTS = [{"type": "text", "text": "hi"}]
 
 
 def line(obj: object) -> str:
@@ -104,6 +109,110 @@ def test_refusals_say_why(obj: object, reason: str) -> None:
     assert reason in str(info.value)
 
 
+def message_line(*messages: dict[str, Any], **params: object) -> dict[str, Any]:
+    return {"model": "m", "messages": [*messages], **params}
+
+
+USER = {"role": "user", "content": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("obj", "reason"),
+    [
+        (
+            message_line({"role": "wizard", "content": "x"}),
+            "messages.0.role: input should be 'system', 'developer', 'user', 'assistant', 'tool' "
+            "or 'function'",
+        ),
+        (
+            message_line(USER, {"role": "user"}),
+            "messages.1.content: missing (a user message needs a text or a list of parts)",
+        ),
+        (
+            message_line({"role": "system", "content": None}, USER),
+            "messages.0.content: missing (a system message needs a text or a list of parts)",
+        ),
+        (
+            message_line(USER, {"role": "assistant", "tool_calls": []}),
+            "messages.1.content: missing (an assistant message needs it unless it has tool_calls)",
+        ),
+        (
+            message_line({"role": "user", "content": []}),
+            "messages.0.content: must not be an empty list of parts",
+        ),
+        (
+            message_line({"role": "user", "content": ["hi"]}),
+            'messages.0.content: every part must be an object, such as {"type": "text", "text": …}',
+        ),
+        (
+            message_line(USER, {"role": "tool", "content": "4"}),
+            "messages.1.tool_call_id: a tool message needs the id of the call it answers",
+        ),
+        (
+            message_line(USER, {"role": "tool", "content": "4", "tool_call_id": 7}),
+            "messages.1.tool_call_id: a tool message needs the id of the call it answers",
+        ),
+        (
+            message_line(USER, max_tokens=-5),
+            "max_tokens: input should be greater than or equal to 1",
+        ),
+        (
+            message_line(USER, max_tokens=0),
+            "max_tokens: input should be greater than or equal to 1",
+        ),
+        (
+            message_line(USER, max_completion_tokens=0),
+            "max_completion_tokens: input should be greater than or equal to 1",
+        ),
+        (
+            message_line(USER, temperature=2.5),
+            "temperature: input should be less than or equal to 2",
+        ),
+        (message_line(USER, temperature=-1), "temperature: input should be greater than or equal"),
+        (message_line(USER, top_p=1.01), "top_p: input should be less than or equal to 1"),
+        (message_line(USER, top_p=-0.1), "top_p: input should be greater than or equal to 0"),
+        (message_line(USER, n=0), "n: input should be greater than or equal to 1"),
+    ],
+)
+def test_what_the_provider_would_refuse_or_misread_is_refused_with_the_reason(
+    obj: dict[str, Any], reason: str
+) -> None:
+    raw = orjson.dumps({"custom_id": "r1", "body": obj})
+    assert _prepare_fast(orjson.loads(raw), 1, None) is None
+    with pytest.raises(LineError) as info:
+        prepare_raw(raw, 1, default_model=None)
+    assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        message_line(
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "2+2?"}]},
+            {"role": "assistant", "tool_calls": CALLS},
+            {"role": "tool", "content": "4", "tool_call_id": "c1"},
+            {"role": "assistant", "content": None, "tool_calls": CALLS},
+            {"role": "tool", "content": [{"type": "text", "text": "4"}], "tool_call_id": "c1"},
+            {"role": "assistant", "content": "4"},
+        ),
+        message_line(
+            USER,
+            {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": ""}},
+            {"role": "function", "name": "f", "content": "4"},
+        ),
+        message_line({"role": "user", "content": ""}),
+        message_line(USER, temperature=0, top_p=0, max_tokens=1, max_completion_tokens=1, n=1),
+        message_line(USER, temperature=2, top_p=1, max_tokens=2**40, n=8),
+        message_line(USER, temperature=0.7, top_p=0.95, n=None, max_tokens=None),
+    ],
+)
+def test_what_the_provider_takes_loads_on_the_fast_path(obj: dict[str, Any]) -> None:
+    raw = orjson.dumps(obj)
+    fast = _prepare_fast(orjson.loads(raw), 1, None)
+    assert fast is not None and fast == slow(raw, 1, None)
+
+
 @pytest.mark.parametrize("char", ["\x00", "\t", "\n", "\r", "\x1b", "\x7f", "\x9b"])
 @pytest.mark.parametrize("shape", ["plain", "envelope"])
 def test_control_characters_in_ids_and_models_are_refused_on_both_paths(
@@ -149,11 +258,18 @@ ODD_VALUES = [
     *["", " ", "m", "POST", "GET", "/v1/chat/completions", "/chat/completions", "\x00x"],
     *["a\x1bb", "\t", "x\r", "\x85", "é"],
     *[[], ["a"], ["a", 1], {}, {"a": 1}, 0, -1, 1.5, 2**70, True, False, None, "x" * 513],
+    *[1, 2, 0.5, 2.5, -0.5, 1.0],
 ]
 MESSAGE_VARIANTS = [
     *[MESSAGES, [], [{}], ["x"], "hi", None, [{"role": 1}], [{"role": ""}]],
-    *[[{"role": "u", "content": c}] for c in (1, [], None, {}, True, "")],
-    [{"role": "u", "content": "a", "name": "n"}, {"role": "assistant"}],
+    *[[{"role": r, "content": "x"}] for r in ("u", "wizard", "User", *ROLES)],
+    *[[{"role": "user", "content": c}] for c in (1, [], None, {}, True, "", ["x"], PARTS)],
+    [{"role": "user", "content": "a", "name": "n"}, {"role": "assistant"}],
+    *[[{"role": "assistant", **m}] for m in ({"tool_calls": CALLS}, {"tool_calls": []})],
+    [{"role": "assistant", "content": None, "tool_calls": CALLS, "function_call": 1}],
+    [{"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}}],
+    [{"role": "user", "tool_calls": CALLS}, {"role": "tool", "content": "4"}],
+    *[[{"role": "tool", "content": c, "tool_call_id": i}] for c in ("4", None) for i in ("c", "")],
 ]
 json_leaves = (
     st.none()
@@ -270,6 +386,13 @@ def test_the_fast_path_knows_every_typed_field_of_the_schema() -> None:
     from chatbatch.schemas import ChatBody, Message
 
     assert set(ChatBody.model_fields) == {*_FAST_TYPES, "model", "messages"}
-    assert all(not ChatBody.model_fields[name].metadata for name in _FAST_TYPES)
+    for name in _FAST_TYPES:
+        limits = {type(m).__name__: m for m in ChatBody.model_fields[name].metadata}
+        low, high = _FAST_RANGES.get(name, (None, None))
+        assert set(limits) <= {"Ge", "Le"}, name
+        assert (getattr(limits.get("Ge"), "ge", None), getattr(limits.get("Le"), "le", None)) == (
+            low,
+            None if high == math.inf else high,
+        ), name
     assert set(Message.model_fields) == {"role", "content"}
     assert ChatBody.model_config.get("extra") == Message.model_config.get("extra") == "allow"
