@@ -124,8 +124,9 @@ class Request(UsageColumns, Base):
     ambiguous_submits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     poll_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    # Unusable provider answers to this round's polls; too many and the request fails.
-    bad_answers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Unusable answers to this round's polls in a row (an undocumented status counts 1, an
+    # answer we cannot read ``STRIKES_PER_UNUSABLE``); too many and the request fails.
+    poll_strikes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     remote_id: Mapped[str | None] = mapped_column(Text)
     remote_status: Mapped[str | None] = mapped_column(String(64))

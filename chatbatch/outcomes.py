@@ -94,6 +94,22 @@ class NotFound:
     message: str = "task id not found"
 
 
+@dataclass(frozen=True)
+class NotSent:
+    """The call never left this process (it was stopping): nothing reached the provider."""
+
+    code: str = "not_sent"
+    message: str = "stopped before it was sent"
+
+
 Outcome = (
-    Accepted | Pending | Completed | TaskFailed | Retryable | Rejected | AccountBlocked | NotFound
+    Accepted
+    | Pending
+    | Completed
+    | TaskFailed
+    | Retryable
+    | Rejected
+    | AccountBlocked
+    | NotFound
+    | NotSent
 )

@@ -5,7 +5,7 @@ Functions take a connection and never commit; the caller owns the unit of work.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -87,7 +87,7 @@ class PollClaim:
     model: str
     retries: int
     invalid_retries: int
-    bad_answers: int
+    poll_strikes: int
 
     def view(self) -> RowView:
         return RowView(
@@ -98,7 +98,7 @@ class PollClaim:
             remote_id=self.remote_id,
             retries=self.retries,
             invalid_retries=self.invalid_retries,
-            bad_answers=self.bad_answers,
+            poll_strikes=self.poll_strikes,
         )
 
 
@@ -109,20 +109,26 @@ def claim_for_submit(
     limit: int,
     lease_seconds: float,
     capped: Mapping[str, int] | None = None,
+    model: str | None = None,
+    batch_id: str | None = None,
 ) -> list[SubmitClaim]:
-    """Claim up to ``limit`` due queued rows of running batches and mark them ``submitting``,
-    counting the attempt, in one statement; the caller POSTs them at once. A worker lost after
-    this commit leaves rows that lease recovery resubmits as possible duplicates, so callers keep
-    ``limit`` to what they can have in flight. ``capped`` limits how many rows of some batches
-    may be taken (their cost caps)."""
+    """Claim up to ``limit`` due queued rows of running batches (of ``model``, if given) and mark
+    them ``submitting``, counting the attempt, in one statement; the caller POSTs them at once.
+    A worker lost after this commit leaves rows that lease recovery resubmits as possible
+    duplicates, so callers claim only what the rate limiter already let through and what they
+    can have in flight. ``capped`` limits how many rows of some batches may be taken (their
+    cost caps); ``batch_id`` keeps to one batch."""
+    of_model = _both(r.c.model == model, _of_batch(batch_id)) if model else _of_batch(batch_id)
     if not capped:
-        return _claim_submits(conn, now, limit, lease_seconds, None)
-    claims = _claim_submits(conn, now, limit, lease_seconds, r.c.batch_id.not_in(list(capped)))
+        return _claim_submits(conn, now, limit, lease_seconds, of_model)
+    uncapped = _both(r.c.batch_id.not_in(list(capped)), of_model)
+    claims = _claim_submits(conn, now, limit, lease_seconds, uncapped)
     for batch_id, allowed in capped.items():
         room = min(allowed, limit - len(claims))
         if room <= 0:
             continue
-        taken = _claim_submits(conn, now, room, lease_seconds, r.c.batch_id == batch_id)
+        which = _both(r.c.batch_id == batch_id, of_model)
+        taken = _claim_submits(conn, now, room, lease_seconds, which)
         if taken:
             conn.execute(
                 update(b)
@@ -131,6 +137,39 @@ def claim_for_submit(
             )
         claims += taken
     return claims
+
+
+def due_submission_models(
+    conn: Connection,
+    *,
+    now: datetime,
+    limit: int,
+    excluding: Collection[str] = (),
+    batch_id: str | None = None,
+) -> Counter[str]:
+    """The models of the next ``limit`` rows due for submission (oldest first; of one batch,
+    if given), counted: what to ask the rate limiter for before claiming any. Models in
+    ``excluding`` (held back by the limiter) are passed over, so they do not hide other
+    models' due rows."""
+    due = (
+        select(r.c.model)
+        .join(b, b.c.id == r.c.batch_id)
+        .where(r.c.status == RequestStatus.QUEUED, r.c.due_at <= now)
+        .where(b.c.status == BatchStatus.RUNNING)
+    )
+    if batch_id is not None:
+        due = due.where(r.c.batch_id == batch_id)
+    if excluding:
+        due = due.where(r.c.model.not_in(list(excluding)))
+    return Counter(conn.execute(due.order_by(r.c.due_at).limit(limit)).scalars())
+
+
+def _both(condition: ColumnElement[bool], extra: ColumnElement[bool] | None) -> ColumnElement[bool]:
+    return condition if extra is None else condition & extra
+
+
+def _of_batch(batch_id: str | None) -> ColumnElement[bool] | None:
+    return None if batch_id is None else r.c.batch_id == batch_id
 
 
 def _claim_submits(
@@ -175,22 +214,28 @@ def _claim_submits(
 
 
 def claim_for_poll(
-    conn: Connection, *, now: datetime, limit: int, lease_seconds: float
+    conn: Connection,
+    *,
+    now: datetime,
+    limit: int,
+    lease_seconds: float,
+    batch_id: str | None = None,
 ) -> list[PollClaim]:
-    """Claim up to ``limit`` submitted rows due a poll; pushing ``due_at`` out is the lease."""
+    """Claim up to ``limit`` submitted rows due a poll (of one batch, if given); pushing
+    ``due_at`` out is the lease."""
     due = (
         select(r.c.id)
         .join(b, b.c.id == r.c.batch_id)
         .where(r.c.status == RequestStatus.SUBMITTED, r.c.due_at <= now)
         .where(b.c.status.in_(POLLABLE_BATCHES))
-        .order_by(r.c.due_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=r)
-        .cte("due")
     )
+    if batch_id is not None:
+        due = due.where(r.c.batch_id == batch_id)
+    due_rows = due.order_by(r.c.due_at).limit(limit).with_for_update(skip_locked=True, of=r)
+    claimed = due_rows.cte("due")
     stmt = (
         update(r)
-        .where(r.c.id == due.c.id)
+        .where(r.c.id == claimed.c.id)
         .values(due_at=now + timedelta(seconds=lease_seconds), lease_token=r.c.lease_token + 1)
         .returning(
             r.c.id,
@@ -204,7 +249,7 @@ def claim_for_poll(
             r.c.model,
             r.c.retries,
             r.c.invalid_retries,
-            r.c.bad_answers,
+            r.c.poll_strikes,
         )
     )
     return [PollClaim(*row) for row in conn.execute(stmt)]
@@ -576,20 +621,22 @@ def count_due(conn: Connection, *, now: datetime, cap: int) -> int:
     return conn.execute(select(func.count()).select_from(due)).scalar_one()
 
 
-def next_claimable_at(conn: Connection) -> datetime | None:
-    """When a worker next has something to claim in any batch (None: nothing is waiting)."""
+def next_claimable_at(conn: Connection, batch_id: str | None = None) -> datetime | None:
+    """When a worker next has something to claim in any batch (or in ``batch_id``; None:
+    nothing is waiting)."""
     firsts = []
     for status, batches in (
         (RequestStatus.QUEUED, (BatchStatus.RUNNING,)),
         (RequestStatus.SUBMITTED, POLLABLE_BATCHES),
     ):
-        first = conn.execute(
+        first_due = (
             select(r.c.due_at)
             .join(b, b.c.id == r.c.batch_id)
             .where(r.c.status == status, b.c.status.in_(batches))
-            .order_by(r.c.due_at)
-            .limit(1)
-        ).scalar_one_or_none()
+        )
+        if batch_id is not None:
+            first_due = first_due.where(r.c.batch_id == batch_id)
+        first = conn.execute(first_due.order_by(r.c.due_at).limit(1)).scalar_one_or_none()
         if first is not None:
             firsts.append(first)
     return min(firsts, default=None)

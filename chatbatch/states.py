@@ -15,10 +15,12 @@ from typing import Any
 
 from chatbatch.completions import USAGE_COLUMNS, extract_fields
 from chatbatch.outcomes import (
+    BAD_RESPONSE,
     Accepted,
     AccountBlocked,
     Completed,
     NotFound,
+    NotSent,
     Outcome,
     Pending,
     Rejected,
@@ -113,7 +115,7 @@ class RowView:
     remote_id: str | None = None
     retries: int = 0
     invalid_retries: int = 0
-    bad_answers: int = 0
+    poll_strikes: int = 0
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,8 @@ def after_submit(
         return Transition(RequestStatus.SUBMITTED, due, changes)
     if isinstance(outcome, Completed):
         return _succeeded(row, outcome, now, check)
+    if isinstance(outcome, NotSent):
+        return never_sent(row, now=now)
     if isinstance(outcome, Retryable) and outcome.rate_limited:
         delay = retry_delay(row.attempts, policy, rng, outcome.retry_after)
         changes = {"attempts": max(0, row.attempts - 1), **_error(outcome.code, outcome.message)}
@@ -238,12 +242,10 @@ def result_deadline(given: datetime | None, *, now: datetime, policy: Policy) ->
     return given if given is not None and now < given <= latest else latest
 
 
-def held_back(row: RowView, *, now: datetime, wait_seconds: float) -> Transition:
-    """A claimed row the rate limiter did not let through: back to the queue unsent, its
-    attempt given back."""
-    return Transition(
-        RequestStatus.QUEUED, now + _seconds(wait_seconds), {"attempts": max(0, row.attempts - 1)}
-    )
+def never_sent(row: RowView, *, now: datetime) -> Transition:
+    """A claimed row that was never sent (the process was stopping): back to the queue at
+    once, its attempt given back, nothing counted as a possible duplicate."""
+    return Transition(RequestStatus.QUEUED, now, {"attempts": max(0, row.attempts - 1)})
 
 
 def after_poll(
@@ -261,6 +263,8 @@ def after_poll(
     expires_at = row.expires_at or now + timedelta(seconds=policy.retention_seconds)
     if isinstance(outcome, Completed):
         return _succeeded(row, outcome, now, check)
+    if isinstance(outcome, NotSent):  # the poll never left: due again at once, nothing changed
+        return Transition(RequestStatus.SUBMITTED, now, {})
     if isinstance(outcome, TaskFailed | Rejected):
         return _failed(outcome, now)
     if now >= expires_at:
@@ -269,6 +273,10 @@ def after_poll(
     if isinstance(outcome, Retryable) and outcome.unusable:
         return _unusable_poll(row, outcome, now, policy, rng, expires_at)
     if isinstance(outcome, Pending):
+        strikes = 0 if outcome.known else row.poll_strikes + 1
+        if strikes >= strike_limit(policy):
+            message = f"the provider kept answering with status {outcome.remote_status!r}"
+            return _gave_up(message, strikes, now, http_status=200)
         submitted_at = row.submitted_at or now
         age = (now - submitted_at).total_seconds()
         next_age = (polls or geometric_polls(policy)).next_age(age)
@@ -279,6 +287,8 @@ def after_poll(
             "remote_status": outcome.remote_status,
             "polled_at": now,
         }
+        if strikes != row.poll_strikes:
+            changes["poll_strikes"] = strikes
         return Transition(
             RequestStatus.SUBMITTED, _cap_to_expiry(due, expires_at, policy, now), changes, log=log
         )
@@ -304,6 +314,18 @@ def after_poll(
     )
 
 
+# An answer we cannot read counts this many strikes; a status we do not know, one. A request
+# fails at ``STRIKES_PER_UNUSABLE * max_attempts`` strikes in a row (a known status clears
+# them): garbage ends it within its attempt budget, while an odd status now and then, which
+# real providers send, never does.
+STRIKES_PER_UNUSABLE = 5
+
+
+def strike_limit(policy: Policy) -> int:
+    """Strikes in a row at which polling a request is given up."""
+    return STRIKES_PER_UNUSABLE * policy.max_attempts
+
+
 def _unusable_poll(
     row: RowView,
     outcome: Retryable,
@@ -312,23 +334,30 @@ def _unusable_poll(
     rng: random.Random,
     expires_at: datetime,
 ) -> Transition:
-    """A poll answered with something we cannot use: polled again with backoff, but only
-    ``max_attempts`` times in a round, so a provider that keeps answering garbage fails the
-    request instead of having it polled until its result expires."""
-    bad = row.bad_answers + 1
-    if bad >= policy.max_attempts:
-        message = f"gave up after {bad} unusable answers to polls; last: {outcome.message}"
-        changes = _error(outcome.code, message, completed_at=now, http_status=outcome.http_status)
-        return Transition(RequestStatus.FAILED, now, {**changes, "bad_answers": bad})
-    due = now + _seconds(retry_delay(bad, policy, rng, None))
+    """A poll answered with something we cannot use: polled again with backoff, but a request
+    whose polls keep being answered so fails after ``max_attempts`` of them instead of being
+    polled until its result expires."""
+    strikes = row.poll_strikes + STRIKES_PER_UNUSABLE
+    if strikes >= strike_limit(policy):
+        message = f"unusable answers to polls; last: {outcome.message}"
+        return _gave_up(message, strikes, now, http_status=outcome.http_status)
+    due = now + _seconds(retry_delay(strikes // STRIKES_PER_UNUSABLE, policy, rng, None))
     changes = {
         "poll_count": row.poll_count + 1,
-        "bad_answers": bad,
+        "poll_strikes": strikes,
         "error_message": f"last poll: {outcome.message}"[:2000],
     }
     return Transition(
         RequestStatus.SUBMITTED, _cap_to_expiry(due, expires_at, policy, now), changes
     )
+
+
+def _gave_up(reason: str, strikes: int, now: datetime, *, http_status: int | None) -> Transition:
+    """Polling given up: the request fails as a ``bad_response``, saying why."""
+    changes = _error(
+        BAD_RESPONSE, f"gave up polling: {reason}", completed_at=now, http_status=http_status
+    )
+    return Transition(RequestStatus.FAILED, now, {**changes, "poll_strikes": strikes})
 
 
 def after_lease_expired(row: RowView, *, now: datetime, policy: Policy) -> Transition:
@@ -407,7 +436,7 @@ ROUND_COLUMNS = (
 ROUND_RESETS: Mapping[str, Any] = {
     **dict.fromkeys(ROUND_COLUMNS),
     "usage_clamped": False,
-    "bad_answers": 0,
+    "poll_strikes": 0,
 }
 
 

@@ -21,6 +21,7 @@ from chatbatch.states import ANSWERED_STATUSES, TERMINAL_STATUSES, BatchStatus
 from chatbatch.summary import cost_summary
 from cli.context import handles_errors, ready_database, settings, setup_logging, summarise
 from cli.exporting import export_to
+from cli.interrupts import CleanStop
 from cli.load_cmd import LoadArgs, load_options, perform_load, report_reuse
 from cli.notify import notification, send, validate_url
 from cli.render import print_summary
@@ -136,6 +137,8 @@ def run_command(
     configuration, 1 any other error.
     """
     setup_logging()
+    if not simulate and not load.dry_run:
+        settings().usable_api_key()  # before anything is loaded, not after
     batch = perform_load(file, load)
     if batch is None:  # --dry-run: shown, nothing loaded, nothing to process
         return
@@ -160,6 +163,8 @@ def process_command(
     Exit codes as for `run`.
     """
     setup_logging()
+    if not simulate:
+        settings().usable_api_key()
     with ready_database().begin() as conn:
         row = queries.resolve_batch(conn, batch)
         if queries.reopen_unfinished(conn, row.id):
@@ -185,22 +190,21 @@ def _process_and_report(
 ) -> NoReturn:
     """Drive the batch to its end here with a progress bar, export, summarise (with cost when a
     price table is known), notify, and exit with the code that tells cron what happened."""
+    from worker.inprocess import STOPPED
     from worker.runtime import build_engine
 
     with _engine_settings(simulate) as config:
-        runner = build_engine(config)
+        runner = build_engine(config, batch_id=batch_id)
         try:
-            _run_with_progress(runner, batch_id, total)
+            with CleanStop(lambda: _stop_cleanly(runner)):
+                ended = _run_with_progress(runner, batch_id, total)
         except KeyboardInterrupt:
-            click.echo(
-                f"interrupted: batch {name} is kept as it is; `chatbatch status {name}` shows "
-                f"it, `chatbatch process {name}` continues it, `chatbatch export` writes what "
-                "finished",
-                err=True,
-            )
-            sys.exit(EXIT_INTERRUPTED)
+            ended = STOPPED
         finally:
             runner.close()
+    if ended == STOPPED:
+        click.echo(continue_hint(name, simulate=simulate), err=True)
+        sys.exit(EXIT_INTERRUPTED)
     count = export_to(batch_id, output, fmt) if output else None
     with ready_database().connect() as conn:
         row = queries.resolve_batch(conn, batch_id)
@@ -217,6 +221,29 @@ def _process_and_report(
     sys.exit(code)
 
 
+def _stop_cleanly(runner: Engine) -> None:
+    """The first Ctrl-C: finish what is in flight, send nothing more (runs in a signal
+    handler, so it only asks)."""
+    from worker.engine import STOP_GRACE_SECONDS
+
+    click.echo(
+        f"\nstopping: letting the requests in flight land (at most {STOP_GRACE_SECONDS:g} s); "
+        "Ctrl-C again to quit at once",
+        err=True,
+    )
+    runner.stop()
+
+
+def continue_hint(name: str, *, simulate: bool) -> str:
+    """What an interrupted run prints: the batch is kept, and how to go on with it."""
+    simulated = " --simulate" if simulate else ""
+    return (
+        f"interrupted: batch {name} is kept as it is. Continue it with "
+        f"`chatbatch process {name}{simulated}`; `chatbatch status {name}` shows it, "
+        f"`chatbatch export {name} -o FILE` writes what finished"
+    )
+
+
 def exit_code_for(summary: dict[str, Any]) -> int:
     """0 when every request has an answer (succeeded or reused), 4 when the batch is paused, 3
     when some failed, expired or were cancelled."""
@@ -226,8 +253,8 @@ def exit_code_for(summary: dict[str, Any]) -> int:
     return EXIT_ALL_SUCCEEDED if answered == summary["total"] else EXIT_SOME_FAILED
 
 
-def _run_with_progress(runner: Engine, batch_id: str, total: int) -> None:
-    """Work the batch to its end (or pause) under a live bar."""
+def _run_with_progress(runner: Engine, batch_id: str, total: int) -> str:
+    """Work the batch to its end (or pause, or a stop) under a live bar; how it ended."""
     from worker.inprocess import run_batch
 
     console = Console(stderr=True)
@@ -241,5 +268,6 @@ def _run_with_progress(runner: Engine, batch_id: str, total: int) -> None:
     )
     with Progress(*columns, console=console, transient=False) as progress:
         view = _ProgressView(progress, batch_id, total)
-        run_batch(runner, batch_id, on_progress=view)
+        ended = run_batch(runner, batch_id, on_progress=view)
         view(force=True)
+    return ended

@@ -14,7 +14,7 @@ Settings, and why (see README "Celery and Redis settings"):
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_shutting_down
 
 from chatbatch.settings import Settings
 
@@ -59,3 +59,12 @@ def _after_fork(**_: object) -> None:
     from worker.runtime import reset_after_fork
 
     reset_after_fork()
+
+
+@worker_shutting_down.connect
+def _stop_cleanly(**_: object) -> None:
+    """SIGTERM (a warm shutdown): the engine claims nothing more, lets the calls in flight land,
+    and hands rows it never sent back to the queue, before Celery waits for the task."""
+    from worker.runtime import stop_process_engine
+
+    stop_process_engine()

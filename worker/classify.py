@@ -150,6 +150,9 @@ def _classify_accepted(status: int, text: str) -> Outcome:
 
 def _classify_task(body: dict[str, Any], raw: str, status: int) -> Outcome:
     remote_status = body.get("status")
+    if "choices" not in body and not isinstance(remote_status, str):
+        message = "poll answer has neither a status nor a result"
+        return bad_response(message, http_status=status, maybe_accepted=False)
     kind = normalise_status(remote_status, default="succeed" if "choices" in body else None)
     if kind == "succeed":
         return Completed(raw, body, status)

@@ -11,7 +11,7 @@ import queue
 import random
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -32,14 +32,13 @@ from chatbatch.states import (
     AnswerCheck,
     Policy,
     RequestStatus,
-    RowView,
     Transition,
     after_poll,
     after_submit,
     geometric_polls,
-    held_back,
     unstorable,
 )
+from worker.admission import Admission
 from worker.cost_guard import CostGuard
 from worker.provider import Provider
 from worker.ratelimit import LocalRateLimiter, RateLimiter
@@ -50,9 +49,7 @@ T = TypeVar("T")
 WRITE_RETRIES = 8
 REPLAN_SECONDS = 10.0
 LIMITS_READ_SECONDS = 600.0
-ADMIT_SECONDS = 2.0  # longest a chunk waits for the rate limiter before holding rows back
-MIN_HOLD_SECONDS = 0.2
-HOLD_JITTER_SECONDS = 0.2
+STOP_GRACE_SECONDS = 5.0  # how long calls in flight may take to land after a stop
 FLUSH_SECONDS = 0.05  # outcomes landing this close together are written in one transaction
 MIN_IDLE_SECONDS = 0.01
 MAX_IDLE_SECONDS = 1.0  # look again at least this often: a batch loaded meanwhile is due now
@@ -107,11 +104,15 @@ class Engine:
         settings: Settings,
         limiter: RateLimiter | None = None,
         task_threads: int = 1,
+        batch_id: str | None = None,
     ) -> None:
         self._db = db
         self._provider = provider
         self._settings = settings
         self._limiter = limiter or LocalRateLimiter(limits=parse_limits(settings.rate_limits))
+        self._admission = Admission(self._limiter)
+        self._batch_id = batch_id  # work only this batch (``run``, ``process``); None: all
+        self._stopping = threading.Event()
         self._limits_read_at: float | None = None
         self.policy = Policy.from_settings(settings)
         self._submit_budget = SubmitBudget(settings.concurrency)
@@ -179,13 +180,24 @@ class Engine:
             if self._polls.replan(model, observations):
                 log.debug("replanned polls of %s: %s", model, self._polls.schedule(model))
 
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """A clean stop (callable from any thread, a signal handler too): claim nothing more;
+        calls in flight get ``grace`` seconds to land and are recorded; claimed rows that were
+        never sent go straight back to the queue."""
+        self._stopping.set()
+        self._provider.stop(grace)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def drain(self, budget_seconds: float) -> int:
-        """Work chunks as they fall due until the budget is spent, sleeping in between when the
-        next one is due within it (so a poll is not late by a scheduler tick); returns how
-        many requests were handled."""
+        """Work chunks as they fall due until the budget is spent (or a stop), sleeping in
+        between when the next one is due within it (so a poll is not late by a scheduler
+        tick); returns how many requests were handled."""
         deadline = time.monotonic() + budget_seconds
         handled = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stopping:
             step = self.step()
             handled += step
             if step:
@@ -193,45 +205,89 @@ class Engine:
             wait = self._seconds_until_due()
             if wait is None or time.monotonic() + wait >= deadline:
                 break
+            if wait <= 0:  # due, yet nothing claimed: held by the rate limiter, or taken
+                wait = self._admission.seconds_held() or 0.0
             time.sleep(min(max(wait, MIN_IDLE_SECONDS), MAX_IDLE_SECONDS))
         return handled
 
     def _seconds_until_due(self) -> float | None:
         with self._db.connect() as conn:
-            due = queries.next_claimable_at(conn)
+            due = queries.next_claimable_at(conn, self._batch_id)
             if due is None:
                 return None
             return (due - db_now(conn)).total_seconds()
 
     def step(self) -> int:
-        """Claim, call and record one chunk; returns how many requests it held."""
+        """Claim, call and record one chunk; returns how many requests it held (none once
+        stopping)."""
+        if self.stopping:
+            return 0
         if self._limits_read_at is None:  # before this process's first POST, not its first tick
             self._read_published_limits()
         submit_slots = self._submit_budget.take(self._submit_share)
         try:
+            wanted = self._reserve_submissions(submit_slots)
             with self._db.begin() as conn:
                 clock = DbClock(db_now(conn))
                 lease = self._settings.lease_seconds
                 polls = queries.claim_for_poll(
-                    conn, now=clock.anchor, limit=self.chunk_size, lease_seconds=lease
+                    conn,
+                    now=clock.anchor,
+                    limit=self.chunk_size,
+                    lease_seconds=lease,
+                    batch_id=self._batch_id,
                 )
-                submits = (
-                    queries.claim_for_submit(
-                        conn,
-                        now=clock.anchor,
-                        limit=submit_slots,
-                        lease_seconds=lease,
-                        capped=self._cost_guard.limits(conn),
-                    )
-                    if submit_slots
-                    else []
-                )
+                submits = self._claim_submissions(conn, clock.anchor, wanted)
                 checks = self._learn_checks(conn, polls, submits)
+            self._admission.release_unclaimed(wanted, [claim.model for claim in submits])
             if polls or submits:
                 self._call_and_record(submits, polls, clock, checks)
         finally:
             self._submit_budget.give_back(submit_slots)
         return len(polls) + len(submits)
+
+    def _reserve_submissions(self, slots: int) -> dict[str, int]:
+        """What the rate limiter lets this chunk submit, per model, asked before any row is
+        claimed (so a claimed row is never left waiting on the limiter)."""
+        if not slots:
+            return {}
+        with self._db.connect() as conn:
+            due = queries.due_submission_models(
+                conn,
+                now=db_now(conn),
+                limit=slots,
+                excluding=self._admission.held_models(),
+                batch_id=self._batch_id,
+            )
+        return self._admission.reserve(due, slots) if due else {}
+
+    def _claim_submissions(
+        self, conn: Connection, now: datetime, wanted: Mapping[str, int]
+    ) -> list[queries.SubmitClaim]:
+        """Claim what was reserved, model by model, within the cost caps (what one model's
+        claims take from a capped batch is not there for the next)."""
+        if not wanted:
+            return []
+        capped = self._cost_guard.limits(conn)
+        lease = self._settings.lease_seconds
+        claims: list[queries.SubmitClaim] = []
+        for model, count in wanted.items():
+            taken = queries.claim_for_submit(
+                conn,
+                now=now,
+                limit=count,
+                lease_seconds=lease,
+                capped=capped,
+                model=model,
+                batch_id=self._batch_id,
+            )
+            if capped:
+                capped = {
+                    batch: allowed - sum(c.batch_id == batch for c in taken)
+                    for batch, allowed in capped.items()
+                }
+            claims += taken
+        return claims
 
     def close(self) -> None:
         self._provider.close()
@@ -270,8 +326,7 @@ class Engine:
         returning, whatever the chunk's slowest call is doing."""
         for poll in polls:
             self._planned_at.setdefault(poll.model, 0.0)
-        submits, held = self._admit(submits)
-        writes = [self._held_back_write(claim, wait, clock.now()) for claim, wait in held]
+        writes: list[queries.Write] = []
         landed: queue.Queue[tuple[int, Outcome]] = queue.Queue()
         calls = self._provider.start(
             [claim.body for claim in submits],
@@ -324,18 +379,6 @@ class Engine:
                 break
         return batch
 
-    def _held_back_write(
-        self, claim: queries.SubmitClaim, wait: float, now: datetime
-    ) -> queries.Write:
-        transition = held_back(
-            RowView(status=RequestStatus.SUBMITTING, attempts=claim.attempts),
-            now=now,
-            wait_seconds=wait + self._rng.uniform(0, HOLD_JITTER_SECONDS),
-        )
-        return queries.Write(
-            claim.id, claim.batch_id, RequestStatus.SUBMITTING, claim.lease_token, transition
-        )
-
     def _submit_write(
         self,
         claim: queries.SubmitClaim,
@@ -378,30 +421,6 @@ class Engine:
             transition = unstorable(now, f"{type(exc).__name__} while judging it")
         self._log_outcome(claim.id, outcome, transition)
         return queries.Write(claim.id, claim.batch_id, expected, claim.lease_token, transition)
-
-    def _admit(
-        self, claims: list[queries.SubmitClaim]
-    ) -> tuple[list[queries.SubmitClaim], list[tuple[queries.SubmitClaim, float]]]:
-        """What the rate limiter lets through now, per model, waiting up to ``ADMIT_SECONDS``;
-        the rest are held back with how long to wait before trying again."""
-        by_model: dict[str, list[queries.SubmitClaim]] = defaultdict(list)
-        for claim in claims:
-            by_model[claim.model].append(claim)
-        admitted: list[queries.SubmitClaim] = []
-        held: list[tuple[queries.SubmitClaim, float]] = []
-        deadline = time.monotonic() + ADMIT_SECONDS
-        for model, waiting in by_model.items():
-            granted = 0
-            while granted < len(waiting):
-                left = deadline - time.monotonic()
-                more = self._limiter.acquire(model, len(waiting) - granted, max_wait=max(0, left))
-                if more == 0:
-                    break
-                granted += more
-            admitted += waiting[:granted]
-            wait = max(self._limiter.retry_in(model), MIN_HOLD_SECONDS)
-            held += [(claim, wait) for claim in waiting[granted:]]
-        return admitted, held
 
     def _tell_limiter(self, claims: list[queries.SubmitClaim], outcomes: list[Outcome]) -> None:
         """Hand back concurrency slots and report acceptances and 429s, per model."""

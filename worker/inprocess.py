@@ -15,16 +15,21 @@ IDLE_SLEEP_MAX = 1.0
 IDLE_SLEEP_MIN = 0.02
 
 
+STOPPED = "stopped"
+
+
 def run_batch(
     engine: Engine, batch_id: str, *, on_progress: Callable[[], None] | None = None
 ) -> str:
     """Drive the batch until it is completed, paused or cancelled (a cancelling batch still
-    fetches what it paid for); returns that status."""
+    fetches what it paid for), or the engine is stopped; returns that status, or ``STOPPED``."""
     while True:
         engine.housekeeping()
         handled = engine.drain(budget_seconds=1.0)
         if on_progress:
             on_progress()
+        if engine.stopping:
+            return STOPPED
         with get_engine().begin() as conn:
             status = queries.resolve_batch(conn, batch_id).status
             if status not in (BatchStatus.RUNNING, BatchStatus.CANCELLING):

@@ -26,7 +26,7 @@ import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
 
-from chatbatch.outcomes import Outcome, Retryable
+from chatbatch.outcomes import NotSent, Outcome, Retryable
 from chatbatch.redaction import Redactor
 from chatbatch.settings import Settings
 from worker.classify import (
@@ -89,6 +89,9 @@ class Provider:
             follow_redirects=False,
         )
         self._slots: asyncio.Semaphore | None = None
+        self._stopping = False  # set on the loop's thread by stop()
+        self._waiting: set[asyncio.Task[object]] = set()  # calls waiting for a slot
+        self._sending: set[asyncio.Task[object]] = set()  # calls in flight
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Provider:
@@ -170,20 +173,62 @@ class Provider:
         request = self._client.build_request("GET", f"chat/{quote(remote_id, safe='')}")
         return await self._call(request, is_post=False)
 
+    def stop(self, grace: float) -> None:
+        """Send nothing more (callable from any thread): calls not yet sent end ``NotSent`` at
+        once; calls in flight get ``grace`` seconds to land, then are cut off (a POST cut off
+        may have been accepted, and says so)."""
+
+        def begin() -> None:
+            self._stopping = True
+            for task in list(self._waiting):
+                task.cancel()
+            asyncio.get_running_loop().call_later(grace, self._cut_off)
+
+        self._loop.call_soon(begin)
+
+    def _cut_off(self) -> None:
+        for task in list(self._sending):
+            task.cancel()
+
     async def _call(self, request: httpx.Request, *, is_post: bool) -> Outcome:
+        """Send ``request`` once a connection slot is free, unless stopping: a call that never
+        started is ``NotSent``, one cut off while in flight is possibly accepted."""
+        task = asyncio.current_task()
+        assert task is not None
+        slots = self._in_flight()
+        self._waiting.add(task)
+        try:
+            if self._stopping:
+                return NotSent()
+            await slots.acquire()
+        except asyncio.CancelledError:
+            return NotSent()
+        finally:
+            self._waiting.discard(task)
+        try:
+            if self._stopping:
+                return NotSent()
+            self._sending.add(task)
+            return await self._exchange(request, is_post=is_post)
+        except asyncio.CancelledError:
+            return Retryable("interrupted", "stopped while in flight", maybe_accepted=is_post)
+        finally:
+            self._sending.discard(task)
+            slots.release()
+
+    async def _exchange(self, request: httpx.Request, *, is_post: bool) -> Outcome:
         """Send ``request`` and classify its answer, read within the size cap and the call's
         deadline; transport failures are outcomes too."""
-        async with self._in_flight():
-            try:
-                async with asyncio.timeout(self._call_seconds):
-                    response = await self._client.send(request, stream=True)
-                    try:
-                        raw = await self._read_capped(response)
-                    finally:
-                        await response.aclose()
-            except Exception as exc:
-                failure = _transport_failure(exc, is_post=is_post)
-                return dataclasses.replace(failure, message=self._redact(failure.message))
+        try:
+            async with asyncio.timeout(self._call_seconds):
+                response = await self._client.send(request, stream=True)
+                try:
+                    raw = await self._read_capped(response)
+                finally:
+                    await response.aclose()
+        except Exception as exc:
+            failure = _transport_failure(exc, is_post=is_post)
+            return dataclasses.replace(failure, message=self._redact(failure.message))
         if raw is None:
             message = f"answer larger than {self._max_bytes} bytes, or not decodable"
             return bad_response(message, http_status=response.status_code, maybe_accepted=is_post)

@@ -18,8 +18,11 @@ _engine: Engine | None = None
 TASK_THREADS = 2  # chunk tasks one `chatbatch worker` runs at once; HTTP concurrency is shared
 
 
-def build_engine(settings: Settings, *, task_threads: int = 1) -> Engine:
-    """A new engine for the configured database and provider; needs an API key."""
+def build_engine(
+    settings: Settings, *, task_threads: int = 1, batch_id: str | None = None
+) -> Engine:
+    """A new engine for the configured database and provider (working only ``batch_id``, if
+    given); needs a usable API key."""
     settings.usable_api_key()
     limiter = build_rate_limiter(
         parse_limits(settings.rate_limits),
@@ -33,6 +36,7 @@ def build_engine(settings: Settings, *, task_threads: int = 1) -> Engine:
         settings=settings,
         limiter=limiter,
         task_threads=task_threads,
+        batch_id=batch_id,
     )
 
 
@@ -43,6 +47,14 @@ def process_engine() -> Engine:
         if _engine is None:
             _engine = build_engine(get_settings(), task_threads=TASK_THREADS)
         return _engine
+
+
+def stop_process_engine() -> None:
+    """Stop this process's engine cleanly, if it was built."""
+    with _lock:
+        engine = _engine
+    if engine is not None:
+        engine.stop()
 
 
 def reset_after_fork() -> None:

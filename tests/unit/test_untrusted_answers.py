@@ -36,6 +36,7 @@ from chatbatch.states import (
     after_poll,
     after_submit,
     result_deadline,
+    strike_limit,
 )
 from chatbatch.untrusted import has_controls
 from worker.classify import classify_poll, classify_submit, expires_at_of, parse_retry_after
@@ -229,31 +230,54 @@ def test_usage_is_clamped_into_range_and_flagged() -> None:
 # --- a request whose polls keep being unusable fails within its budget ---------------------------
 
 
-def test_unusable_poll_answers_fail_the_request_within_its_attempt_budget() -> None:
-    garbage = Retryable("bad_response", "poll answer is not JSON", http_status=200)
-    row = RowView(
+def polled_row(strikes: int = 0) -> RowView:
+    return RowView(
         status=RequestStatus.SUBMITTED,
         attempts=1,
         submitted_at=NOW,
         expires_at=WEEK_LATER,
         remote_id="t1",
+        poll_strikes=strikes,
     )
-    for bad in range(1, POLICY.max_attempts):
+
+
+def test_unusable_poll_answers_fail_the_request_within_its_attempt_budget() -> None:
+    garbage = Retryable("bad_response", "poll answer is not JSON", http_status=200)
+    row = polled_row()
+    for _ in range(1, POLICY.max_attempts):
         transition = after_poll(row, garbage, now=NOW, policy=POLICY, rng=RNG)
         assert transition.status == RequestStatus.SUBMITTED
-        assert transition.changes["bad_answers"] == bad
-        row = RowView(**{**row.__dict__, "bad_answers": bad})
+        row = polled_row(transition.changes["poll_strikes"])
     final = after_poll(row, garbage, now=NOW, policy=POLICY, rng=RNG)
     assert final.status == RequestStatus.FAILED
     assert final.changes["error_code"] == "bad_response"
     assert "unusable answers" in final.changes["error_message"]
 
 
+def test_odd_statuses_fail_a_request_only_when_nothing_else_comes_in_a_row() -> None:
+    odd, known = Pending("warming_up", known=False), Pending("running")
+    limit = strike_limit(POLICY)
+    row = polled_row(limit - 2)
+    after_odd = after_poll(row, odd, now=NOW, policy=POLICY, rng=RNG)
+    assert after_odd.status == RequestStatus.SUBMITTED
+    assert after_odd.changes["poll_strikes"] == limit - 1
+    cleared = after_poll(polled_row(limit - 1), known, now=NOW, policy=POLICY, rng=RNG)
+    assert cleared.changes["poll_strikes"] == 0
+    final = after_poll(polled_row(limit - 1), odd, now=NOW, policy=POLICY, rng=RNG)
+    assert final.status == RequestStatus.FAILED and "warming_up" in final.changes["error_message"]
+
+
+def test_a_poll_answer_with_neither_status_nor_result_is_unusable() -> None:
+    for answer in ({"id": "t1"}, {"status": 5}, {"status": None}):
+        outcome = classify_poll(200, {}, body(answer))
+        assert isinstance(outcome, Retryable) and outcome.unusable, answer
+
+
 def test_transient_poll_failures_do_not_count_as_unusable_answers() -> None:
     row = RowView(status=RequestStatus.SUBMITTED, submitted_at=NOW, expires_at=WEEK_LATER)
     for outcome in (Retryable("http_503", "busy", http_status=503), NotFound()):
         transition = after_poll(row, outcome, now=NOW, policy=POLICY, rng=RNG)
-        assert "bad_answers" not in transition.changes
+        assert "poll_strikes" not in transition.changes
     blocked = AccountBlocked("x", "no", 402)
     assert after_poll(row, blocked, now=NOW, policy=POLICY, rng=RNG).pause_batch
     failed = TaskFailed("task_failed", "boom")
