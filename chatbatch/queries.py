@@ -691,12 +691,14 @@ def schema_counts(conn: Connection, batch_id: str) -> dict[str, int]:
 
 def usage_totals(conn: Connection, batch_id: str) -> dict[str, int]:
     """Summed usage of every provider answer the batch got, including outcomes that a retry
-    replaced, plus possible duplicates; exact integers."""
-    totals = dict.fromkeys(USAGE_COLUMNS, 0)
+    replaced, how many of those answers had usage clamped into range, and possible duplicates;
+    exact integers."""
+    totals = dict.fromkeys((*USAGE_COLUMNS, "usage_clamped"), 0)
     for table in (r, past_results):
         sums = [func.coalesce(func.sum(table.c[name]), 0) for name in USAGE_COLUMNS]
-        row = conn.execute(select(*sums).where(table.c.batch_id == batch_id)).one()
-        for name, value in zip(USAGE_COLUMNS, row, strict=True):
+        clamped = func.count().filter(table.c.usage_clamped.is_(True))
+        row = conn.execute(select(*sums, clamped).where(table.c.batch_id == batch_id)).one()
+        for name, value in zip((*USAGE_COLUMNS, "usage_clamped"), row, strict=True):
             totals[name] += int(value)
     duplicates = select(func.coalesce(func.sum(r.c.ambiguous_submits), 0))
     totals["possible_duplicates"] = int(

@@ -27,6 +27,7 @@ def batch_summary(
     """
     usage = queries.usage_totals(conn, batch.id)
     possible_duplicates = usage.pop("possible_duplicates")
+    usage_clamped = usage.pop("usage_clamped")
     now = db_now(conn)
     at_risk, earliest = queries.expiry_risk(conn, batch.id, before=now + expiry_warning)
     summary = {
@@ -38,6 +39,7 @@ def batch_summary(
         "counts": queries.status_counts(conn, batch.id),
         "usage": usage,
         "possible_duplicates": possible_duplicates,
+        "usage_clamped": usage_clamped,
         "expiring": {"count": at_risk, "earliest_deadline": _iso(earliest)},
         "source": batch.source,
         "created_at": _iso(batch.created_at),

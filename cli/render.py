@@ -42,6 +42,11 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"  warning     {summary['possible_duplicates']} submission(s) may have been sent "
             "twice (the provider's answer was lost in flight)"
         )
+    if summary.get("usage_clamped"):
+        click.echo(
+            f"  warning     {summary['usage_clamped']} answer(s) reported usage out of range "
+            "(negative or absurd); stored clamped, so the totals may be off"
+        )
     expiring = summary["expiring"]
     if expiring["count"]:
         click.echo(

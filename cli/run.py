@@ -19,6 +19,7 @@ from chatbatch.db import get_engine
 from chatbatch.settings import Settings
 from chatbatch.states import ANSWERED_STATUSES, TERMINAL_STATUSES, BatchStatus
 from chatbatch.summary import cost_summary
+from chatbatch.untrusted import printable
 from cli.context import handles_errors, ready_database, settings, setup_logging, summarise
 from cli.exporting import export_to
 from cli.interrupts import CleanStop
@@ -171,7 +172,7 @@ def process_command(
             click.echo(f"{row.name} was closed with requests left unfinished: reopened", err=True)
     if row.status == BatchStatus.PAUSED:
         click.echo(
-            f"error: {row.name} is paused ({row.pause_reason}); fix the cause, then "
+            f"error: {row.name} is paused ({printable(row.pause_reason)}); fix the cause, then "
             f"`chatbatch resume {row.name}`",
             err=True,
         )

@@ -9,7 +9,9 @@ import click
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from chatbatch.untrusted import printable
 from cli.context import handles_errors, ready_database, settings, setup_logging
 from cli.render import unpriced_text
 
@@ -109,7 +111,8 @@ def print_usage(result: dict[str, Any], *, priced: bool) -> None:
         cost_total = _money(total, places)
         table.add_column(f"cost ({result['currency']})", justify="right", footer=cost_total)
     for row in result["rows"]:
-        cells = [str(row["key"]), f"{row['answers']:,}"]
+        # A model name comes from the provider's answer: no escapes, no rich markup.
+        cells: list[str | Text] = [Text(printable(row["key"])), f"{row['answers']:,}"]
         cells += [f"{row[key]:,}" for _, key in TOKEN_COLUMNS]
         table.add_row(*cells, *([_money(row, places)] if priced else []))
     if not result["rows"]:

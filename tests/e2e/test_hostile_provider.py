@@ -78,6 +78,7 @@ def test_a_hostile_provider_hurts_no_neighbour_and_learns_no_secret(
             stop(worker)
     worker_logs = "".join(log.read_text(errors="replace") for log in logs)
     assert status["status"] == "completed", worker_logs[-3000:]
+    assert status["usage_clamped"] == 2 * PER_KIND  # usage_huge and usage_negative
     assert all(peak < PEAK_RSS_MB for peak in peaks), peaks
     assert "Traceback" not in worker_logs, worker_logs[-3000:]
 
