@@ -1,9 +1,10 @@
 """The API key kept out of everything we store, log, export or print.
 
 A provider may echo the ``Authorization`` header back: raw, JSON-escaped (``\\u0073k-…``,
-``\\/``) or URL-encoded (``%73k-…``), or any mix of them. ``Redactor`` matches the key one
-character at a time, each in any of those spellings, and replaces it. It is applied where
-provider text enters (``worker.provider``) and in the log filter.
+``\\/``) or URL-encoded (``%73k-…``), once or several times over, or any mix of them.
+``Redactor`` matches the key one character at a time, each in any of those spellings, and
+replaces it. It is applied where provider text enters (``worker.provider``) and in the log
+filter.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ def check_key(key: str, *, name: str = "CHATBATCH_API_KEY") -> str:
 def _spellings(char: str) -> str:
     """A regex for one character of the key as it may appear in echoed text."""
     code = ord(char)
-    forms = [re.escape(char), rf"(?i:\\u{code:04x})"]
+    # Escaped once or many times over: \u0073, \\u0073, %73, %2573 …
+    forms = [re.escape(char), rf"(?i:\\+u{code:04x})"]
     if code < 0x100:
-        forms.append(f"(?i:%{code:02x})")
+        forms.append(f"(?i:%(?:25)*{code:02x})")
     if char == "/":
-        forms.append(r"\\/")
+        forms.append(r"\\+/")
     return "(?:" + "|".join(forms) + ")"
 
 

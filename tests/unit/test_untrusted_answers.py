@@ -299,6 +299,8 @@ def spellings(key: str) -> list[str]:
         urllib.parse.quote(key, safe=""),
         "".join(f"%{ord(c):02X}" for c in key),
         key[:5] + f"\\u{ord(key[5]):04x}" + key[6:9] + f"%{ord(key[9]):02X}" + key[10:],  # mixed
+        "".join(f"\\\\u{ord(c):04x}" for c in key),  # JSON-escaped twice
+        "".join(f"%25{ord(c):02x}" for c in key),  # URL-encoded twice
     ]
 
 
