@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Row, func, insert, literal, select, update
+from sqlalchemy import delete as delete_rows
 
 from chatbatch import queries
 from chatbatch.completions import USAGE_COLUMNS
@@ -170,6 +171,29 @@ def resume(conn: Connection, ref: str, *, max_cost: Decimal | None = None) -> Co
         message = "resumed without a cost limit"
     conn.execute(update(b).where(b.c.id == batch.id).values(**changes))
     return CommandResult(batch.name, BatchStatus.RUNNING, 1, message)
+
+
+IN_FLIGHT = (RequestStatus.SUBMITTING, RequestStatus.SUBMITTED)
+
+
+def delete(conn: Connection, ref: str) -> CommandResult:
+    """Delete a batch with its requests and their history. Refused while it may still be
+    worked (running or cancelling) or has requests in flight: their results are paid for."""
+    batch = lock_batch(conn, ref)
+    if batch.status in (BatchStatus.RUNNING, BatchStatus.CANCELLING):
+        raise ChatbatchError(
+            f"{batch.name} is {batch.status}; cancel it first (`chatbatch cancel {batch.name}`)"
+        )
+    in_flight = _count(conn, batch.id, IN_FLIGHT)
+    if in_flight:
+        raise ChatbatchError(
+            f"{batch.name} has {in_flight} request(s) in flight whose results are paid for; "
+            f"`chatbatch cancel {batch.name} --discard` first if you do not want them"
+        )
+    conn.execute(delete_rows(p).where(p.c.batch_id == batch.id))
+    deleted = conn.execute(delete_rows(r).where(r.c.batch_id == batch.id)).rowcount
+    conn.execute(delete_rows(b).where(b.c.id == batch.id))
+    return CommandResult(batch.name, "deleted", deleted, f"deleted with {deleted} request(s)")
 
 
 def _count(conn: Connection, batch_id: str, statuses: Collection[RequestStatus]) -> int:

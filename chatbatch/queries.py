@@ -659,6 +659,11 @@ def resolve_batch(conn: Connection, ref: str) -> Row[Any]:
     return row
 
 
+def batch_name_of(conn: Connection, batch_id: str) -> str:
+    """The name of the batch with ``batch_id``."""
+    return str(conn.execute(select(b.c.name).where(b.c.id == batch_id)).scalar_one())
+
+
 def list_batches(conn: Connection) -> Sequence[Row[Any]]:
     """All batches, newest first."""
     return conn.execute(select(b).order_by(b.c.created_at.desc(), b.c.id)).all()

@@ -11,10 +11,12 @@ from sqlalchemy import Connection, Row
 from chatbatch import queries
 from chatbatch.db import db_now
 from chatbatch.pricing import PriceTable, format_money
+from chatbatch.report_data import error_groups
 from chatbatch.states import TERMINAL_STATUSES
 from chatbatch.usage import Grouping, usage_report
 
 PROJECTION_EXPONENT = -6
+TOP_FAILURES = 3
 
 
 def batch_summary(
@@ -45,9 +47,29 @@ def batch_summary(
         "created_at": _iso(batch.created_at),
         "finished_at": _iso(batch.finished_at),
     }
+    summary["failures"] = top_failures(conn, batch.id)
     if batch.response_schema:
         summary["schema"] = schema_summary(conn, batch.id)
     return summary
+
+
+def top_failures(conn: Connection, batch_id: str) -> list[dict[str, Any]]:
+    """The most frequent reasons requests failed or expired (answers that broke the schema
+    too), each with a count and one example."""
+    groups = error_groups(conn, batch_id, examples=1)[:TOP_FAILURES]
+    return [
+        {
+            "code": group.code,
+            "count": group.count,
+            "example": {
+                "custom_id": group.examples[0].custom_id,
+                "message": group.examples[0].message,
+            }
+            if group.examples
+            else None,
+        }
+        for group in groups
+    ]
 
 
 def schema_summary(conn: Connection, batch_id: str) -> dict[str, Any]:

@@ -33,6 +33,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"total {usage['total_tokens']:,} · reasoning {usage['reasoning_tokens']:,} · "
         f"cached {usage['cached_tokens']:,} · billed units {usage['billed_units']:,}"
     )
+    for failure in summary.get("failures", []):
+        click.echo("  failures    " + failure_text(failure))
     if summary.get("schema"):
         click.echo("  schema      " + schema_text(summary["schema"]))
     if "cost" in summary:
@@ -58,6 +60,16 @@ def print_summary(summary: dict[str, Any]) -> None:
     click.echo(f"  created     {summary['created_at']}")
     if summary["finished_at"]:
         click.echo(f"  finished    {summary['finished_at']}")
+
+
+def failure_text(failure: dict[str, Any]) -> str:
+    """``bad_response × 3, e.g. r17: poll answer is not JSON`` (provider text made printable)."""
+    text = f"{failure['code']} × {failure['count']}"
+    example = failure["example"]
+    if example and example["message"]:
+        message = printable(example["message"]).replace("\n", " ")
+        text += f", e.g. {printable(example['custom_id'])}: {message[:120]}"
+    return text
 
 
 def schema_text(schema: dict[str, Any]) -> str:

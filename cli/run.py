@@ -6,18 +6,26 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+import orjson
 from pydantic import SecretStr
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from chatbatch import queries
 from chatbatch.db import get_engine
 from chatbatch.settings import Settings
-from chatbatch.states import ANSWERED_STATUSES, TERMINAL_STATUSES, BatchStatus
+from chatbatch.states import ACTIVE_STATUSES, ANSWERED_STATUSES, TERMINAL_STATUSES, BatchStatus
 from chatbatch.summary import cost_summary
 from chatbatch.untrusted import printable
 from cli.context import handles_errors, ready_database, settings, setup_logging, summarise
@@ -38,6 +46,7 @@ EXIT_SOME_FAILED = 3
 EXIT_PAUSED = 4
 EXIT_INTERRUPTED = 130
 PROGRESS_EVERY_SECONDS = 0.3
+BAR_WIDTH = 20  # with the counts and the cost the line stays inside 80 columns
 COST_EVERY_SECONDS = 2.0  # summing usage reads every finished row of the batch
 SIMULATOR_KEY = "sk-simulator"  # the simulator's default key; not a secret
 
@@ -79,12 +88,22 @@ class _ProgressView:
                 self._last_cost = now
                 self._progress.update(self._task, cost=_cost_text(conn, self._batch_id))
         done = sum(counts[s] for s in TERMINAL_STATUSES)
-        text = " ".join(f"{k}={v}" for k, v in counts.items() if v)
-        self._progress.update(self._task, completed=done, counts=text)
+        self._progress.update(self._task, completed=done, counts=counts_text(counts))
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """``ok 980 · failed 3 · open 17``: short enough for the bar to fit 80 columns."""
+    groups = {
+        "ok": sum(counts[s] for s in ANSWERED_STATUSES),
+        "failed": sum(counts[s] for s in TERMINAL_STATUSES if s not in ANSWERED_STATUSES),
+        "open": sum(counts[s] for s in ACTIVE_STATUSES),
+    }
+    return " · ".join(f"{name} {count}" for name, count in groups.items() if count)
 
 
 def _cost_text(conn: Connection, batch_id: str) -> str:
-    """``cost 0.12 USD → 0.50`` (so far, projected), or nothing without a price table."""
+    """``0.123456 USD`` so far (the projection is in the summary), or nothing without a price
+    table."""
     row = queries.resolve_batch(conn, batch_id)
     prices = prices_for_batch(row)
     if prices is None:
@@ -92,9 +111,13 @@ def _cost_text(conn: Connection, batch_id: str) -> str:
     cost = cost_summary(conn, row, prices=prices)
     if cost["so_far"] is None:
         return "cost unknown"
-    projected = cost["projected_total"]
-    tail = f" → {projected}" if projected not in (None, cost["so_far"]) else ""
-    return f"cost {cost['so_far']}{tail} {cost['currency']}"
+    return f"{_short_money(cost['so_far'])} {cost['currency']}"
+
+
+def _short_money(amount: str) -> str:
+    """Money text cut to six decimals for the bar (exact figures are in the summary)."""
+    whole, _, cents = amount.partition(".")
+    return f"{whole}.{cents[:6]}" if cents else whole
 
 
 format_option = click.option(
@@ -113,6 +136,23 @@ notify_option = click.option(
     callback=validate_url,
     help="POST a JSON summary here when the batch finishes (for cron jobs and chat hooks).",
 )
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the final status object as JSON on stdout (instead of the summary).",
+)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """What to do once the batch has been worked: export, report, notify."""
+
+    output: Path | None
+    fmt: str | None
+    simulate: bool
+    notify: str | None
+    as_json: bool
 
 
 @click.command("run")
@@ -122,6 +162,7 @@ notify_option = click.option(
 @format_option
 @simulate_option
 @notify_option
+@json_option
 @handles_errors
 def run_command(
     file: Path,
@@ -130,12 +171,14 @@ def run_command(
     fmt: str | None,
     simulate: bool,
     notify: str | None,
+    as_json: bool,
 ) -> None:
-    """Load FILE, process it in this process, show progress and export the results. FILE and the
-    load options are as for `chatbatch load` (a CSV or record file with --template).
+    """Load FILE, work it in this process (this batch only, not others in the database), show
+    progress and export the results. FILE and the load options are as for `chatbatch load` (a
+    CSV or record file with --template). Ctrl-C stops cleanly and says how to continue.
 
     Exit code: 0 all succeeded, 3 some failed or expired, 4 the batch was paused, 2 bad usage or
-    configuration, 1 any other error.
+    configuration, 130 interrupted, 1 any other error.
     """
     setup_logging()
     if not simulate and not load.dry_run:
@@ -145,7 +188,8 @@ def run_command(
         return
     click.echo(f"loaded {batch.total} request(s) as {batch.name} ({batch.id})", err=True)
     report_reuse(load, batch)
-    _process_and_report(batch.id, batch.name, batch.total, output, fmt, simulate, notify)
+    finish = Finish(output, fmt, simulate, notify, as_json)
+    _process_and_report(batch.id, batch.name, batch.total, finish)
 
 
 @click.command("process")
@@ -154,12 +198,19 @@ def run_command(
 @format_option
 @simulate_option
 @notify_option
+@json_option
 @handles_errors
 def process_command(
-    batch: str, output: Path | None, fmt: str | None, simulate: bool, notify: str | None
+    batch: str,
+    output: Path | None,
+    fmt: str | None,
+    simulate: bool,
+    notify: str | None,
+    as_json: bool,
 ) -> None:
-    """Work an existing batch in this process until it is finished: how the embedded default
-    continues after `resume` or `retry`, or an extra hand next to running workers.
+    """Work BATCH (and only it) in this process until it is finished: how the embedded default
+    continues after `resume`, `retry` or an interrupted `run`, or an extra hand next to running
+    workers. Ctrl-C stops cleanly.
 
     Exit codes as for `run`.
     """
@@ -177,24 +228,17 @@ def process_command(
             err=True,
         )
         sys.exit(EXIT_PAUSED)
-    _process_and_report(row.id, row.name, row.total, output, fmt, simulate, notify)
+    finish = Finish(output, fmt, simulate, notify, as_json)
+    _process_and_report(row.id, row.name, row.total, finish)
 
 
-def _process_and_report(
-    batch_id: str,
-    name: str,
-    total: int,
-    output: Path | None,
-    fmt: str | None,
-    simulate: bool,
-    notify: str | None,
-) -> NoReturn:
+def _process_and_report(batch_id: str, name: str, total: int, finish: Finish) -> NoReturn:
     """Drive the batch to its end here with a progress bar, export, summarise (with cost when a
     price table is known), notify, and exit with the code that tells cron what happened."""
     from worker.inprocess import STOPPED
     from worker.runtime import build_engine
 
-    with _engine_settings(simulate) as config:
+    with _engine_settings(finish.simulate) as config:
         runner = build_engine(config, batch_id=batch_id)
         try:
             with CleanStop(lambda: _stop_cleanly(runner)):
@@ -204,21 +248,32 @@ def _process_and_report(
         finally:
             runner.close()
     if ended == STOPPED:
-        click.echo(continue_hint(name, simulate=simulate), err=True)
+        click.echo(continue_hint(name, simulate=finish.simulate), err=True)
         sys.exit(EXIT_INTERRUPTED)
-    count = export_to(batch_id, output, fmt) if output else None
+    _report(batch_id, finish)
+
+
+def _report(batch_id: str, finish: Finish) -> NoReturn:
+    """Export, print the summary (or its JSON), notify, and exit with the code that tells cron
+    what happened."""
+    output = finish.output
+    count = export_to(batch_id, output, finish.fmt) if output else None
     with ready_database().connect() as conn:
         row = queries.resolve_batch(conn, batch_id)
         summary = summarise(conn, row)
         prices = prices_for_batch(row)
         if prices is not None:
             summary["cost"] = cost_summary(conn, row, prices=prices)
-    print_summary(summary)
+    if finish.as_json:
+        click.echo(orjson.dumps(summary))
+    else:
+        print_summary(summary)
     if output:
-        click.echo(f"wrote {count} result(s) to {output}")
+        click.echo(f"wrote {count} result(s) to {output}", err=finish.as_json)
     code = exit_code_for(summary)
-    if notify:
-        send(notify, notification(summary, exit_code=code, output=str(output) if output else None))
+    if finish.notify:
+        body = notification(summary, exit_code=code, output=str(output) if output else None)
+        send(finish.notify, body)
     sys.exit(code)
 
 
@@ -254,20 +309,25 @@ def exit_code_for(summary: dict[str, Any]) -> int:
     return EXIT_ALL_SUCCEEDED if answered == summary["total"] else EXIT_SOME_FAILED
 
 
+def progress_bar(console: Console) -> Progress:
+    """The live bar: bar, percentage, elapsed time, counts, cost so far (80 columns wide at
+    most, a million requests included)."""
+    return Progress(
+        BarColumn(bar_width=BAR_WIDTH),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TextColumn("{task.fields[cost]}"),
+        console=console,
+        transient=False,
+    )
+
+
 def _run_with_progress(runner: Engine, batch_id: str, total: int) -> str:
     """Work the batch to its end (or pause, or a stop) under a live bar; how it ended."""
     from worker.inprocess import run_batch
 
-    console = Console(stderr=True)
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[counts]}"),
-        TextColumn("{task.fields[cost]}"),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with progress_bar(Console(stderr=True)) as progress:
         view = _ProgressView(progress, batch_id, total)
         ended = run_batch(runner, batch_id, on_progress=view)
         view(force=True)

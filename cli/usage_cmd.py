@@ -70,15 +70,18 @@ def usage_command(
     batch: str | None, by: str | None, prices_path: Path | None, as_json: bool
 ) -> None:
     """Tokens and cost of one batch (id or name) or of all batches. Retried answers count too:
-    the provider billed them."""
+    the provider billed them. One batch is priced with --prices/CHATBATCH_PRICES, else with the
+    table stored by `load --prices`."""
     from chatbatch import queries
     from chatbatch.usage import Grouping, usage_report
 
     setup_logging()
-    prices = price_table(prices_path)
     grouping = Grouping(by or ("model" if batch else "batch"))
     with ready_database().connect() as conn:
-        batch_id = queries.resolve_batch(conn, batch).id if batch else None
+        row = queries.resolve_batch(conn, batch) if batch else None
+        # One batch: the table given, else the one stored with it at load time, as status does.
+        prices = prices_for_batch(row, prices_path) if row else price_table(prices_path)
+        batch_id = row.id if row else None
         report = usage_report(conn, by=grouping, batch_id=batch_id, prices=prices)
     result = report.as_dict()
     if report.unpriced:

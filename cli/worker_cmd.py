@@ -9,7 +9,7 @@ import socket
 import click
 
 from chatbatch.errors import ConfigError
-from chatbatch.settings import get_settings
+from chatbatch.settings import Settings, get_settings
 from cli.context import handles_errors, ready_database, settings, setup_logging
 
 
@@ -41,11 +41,14 @@ def worker_command(concurrency: int | None, loglevel: str) -> None:
 
     process_engine()  # fail now, not in the first task, when the key is missing
     app = configure(config)
+    hostname = f"chatbatch-{os.getpid()}@{socket.gethostname()}"
+    click.echo(banner(hostname, config), err=True)
     ticker = Ticker(app, config, slots=TASK_THREADS)
     ticker.start()
     try:
         app.worker_main(
             [
+                "--quiet",  # Celery's banner shows its own thread count, not ours: ours instead
                 "worker",
                 "--pool=threads",
                 f"--concurrency={TASK_THREADS}",
@@ -55,8 +58,28 @@ def worker_command(concurrency: int | None, loglevel: str) -> None:
                 "--queues",
                 config.queue,
                 "--hostname",
-                f"chatbatch-{os.getpid()}@{socket.gethostname()}",
+                hostname,
             ]
         )
     finally:
         ticker.stop()
+
+
+def banner(hostname: str, config: Settings) -> str:
+    """What the worker says on start: its name, its HTTP concurrency, and where it works
+    (passwords masked)."""
+    return (
+        f"chatbatch worker {hostname}: up to {config.concurrency} HTTP requests in flight, "
+        f"queue {config.queue}, broker {_masked(config.broker_url or '')}, "
+        f"database {_masked(config.database_url)}, provider {config.api_base}"
+    )
+
+
+def _masked(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unreadable URL)"

@@ -22,7 +22,13 @@ ADMIN_URL = os.environ.get(
     "CHATBATCH_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("CHATBATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openai-batch"
+# Real OpenAI Batch files written by other people; they live beside the repository, not in it.
+FIXTURES = Path(
+    os.environ.get(
+        "CHATBATCH_FIXTURES_DIR",
+        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openai-batch",
+    )
+)
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -141,7 +147,16 @@ def pg(db: Engine, monkeypatch: pytest.MonkeyPatch, sim) -> Engine:
 
 @pytest.fixture
 def fixtures_dir() -> Path:
-    assert FIXTURES.is_dir(), f"conformance fixtures missing at {FIXTURES}"
+    """The real OpenAI Batch files: a clone of the repository alone lacks them, so tests that
+    read them skip there (saying where they are looked for); under CI they must be present."""
+    if not FIXTURES.is_dir():
+        message = (
+            f"the real OpenAI Batch files are expected at {FIXTURES} "
+            "(set CHATBATCH_FIXTURES_DIR to point elsewhere)"
+        )
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
     return FIXTURES
 
 
