@@ -33,7 +33,7 @@ class CsvRecords:
     def __init__(self, path: Path, *, max_line_bytes: int, id_column: str | None = None) -> None:
         self.path = path
         self.columns: list[str] = []
-        self._max_line_bytes = max_line_bytes
+        self.max_line_bytes = max_line_bytes
         self._id_column = id_column
 
     def read(self, on_bytes: ByteProgress | None = None) -> Iterator[RecordItem]:
@@ -41,7 +41,7 @@ class CsvRecords:
         is unusable (nothing else can be read then)."""
         line_problems: list[tuple[int, str]] = []
         lines = self._text_lines(line_problems, on_bytes)
-        with _field_size_limit(self._max_line_bytes):
+        with _field_size_limit(self.max_line_bytes):
             reader = csv.reader(lines, strict=True)  # an unclosed quote is an error, not a merge
             self.columns = self._header(reader, line_problems)
             width = len(self.columns)
@@ -76,9 +76,7 @@ class CsvRecords:
     ) -> Iterator[str]:
         """The file's physical lines as text, one per line so csv's line count stays the file's;
         undecodable or over-long lines are noted in ``problems`` (and stand in as best they can)."""
-        raw_lines = iter_raw_lines(
-            self.path, max_line_bytes=self._max_line_bytes, on_bytes=on_bytes
-        )
+        raw_lines = iter_raw_lines(self.path, max_line_bytes=self.max_line_bytes, on_bytes=on_bytes)
         for line_no, raw, problem in raw_lines:
             if raw is None:
                 problems.append((line_no, problem or "unreadable line"))
@@ -137,7 +135,7 @@ class JsonlRecords:
     def __init__(self, path: Path, *, max_line_bytes: int) -> None:
         self.path = path
         self._columns: dict[str, None] = {}
-        self._max_line_bytes = max_line_bytes
+        self.max_line_bytes = max_line_bytes
 
     @property
     def columns(self) -> list[str]:
@@ -149,7 +147,7 @@ class JsonlRecords:
         columns: dict[str, None] = {}
         self._columns = columns
         row_no = 0
-        lines = iter_raw_lines(self.path, max_line_bytes=self._max_line_bytes, on_bytes=on_bytes)
+        lines = iter_raw_lines(self.path, max_line_bytes=self.max_line_bytes, on_bytes=on_bytes)
         for line_no, raw, problem in lines:
             if raw is None:
                 row_no += 1
@@ -225,18 +223,20 @@ class RecordRequests:
         """(line number, (custom_id, model, body, record JSON), None) per record, or (line
         number, None, reason) for a record that cannot become a request."""
         kind = self._records.kind
+        max_bytes = self._records.max_line_bytes
         for line_no, row_no, record, problem in self._records.read(on_bytes):
             if record is None:
                 yield line_no, None, problem
                 continue
+            source = orjson.dumps(record)  # as read: whatever a template tries, this is stored
             try:
                 custom_id = self._custom_id(record, row_no)
-                messages = self._template.messages(record, kind=kind)
+                messages = self._template.messages(record, kind=kind, max_bytes=max_bytes)
             except RenderError as exc:
                 yield line_no, None, str(exc)
                 continue
             body = {"model": self._model, "messages": messages, **self._params}
-            yield line_no, (custom_id, self._model, body, orjson.dumps(record)), None
+            yield line_no, (custom_id, self._model, body, source), None
 
     def duplicate(self, custom_id: str, first_line: int) -> str:
         """The problem to report for a repeated id."""

@@ -213,6 +213,49 @@ def test_a_missing_column_names_file_line_and_column(store: Engine, tmp_path: Pa
     assert error.total_problems == 2
 
 
+def test_a_template_that_changes_its_record_is_refused_line_by_line(
+    store: Engine, tmp_path: Path
+) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("id,text\n1,a\n2,b\n")
+    error = refusal(store, path, template="{{ row.update({'text': 'x'}) }}{{ text }}")
+    problem = (
+        "template failed: SecurityError: templates cannot change values: 'update' would "
+        "modify the dict"
+    )
+    assert error.problems == [(2, problem), (3, problem)]
+
+
+def test_the_stored_record_is_the_record_as_read(store: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"text": "a", "tags": ["x"]}\n')
+    batch = load_records(store, path, "{{ text }} {{ tags | list + ['y'] }} {{ dict(row, z=1) }}")
+    row = stored(store, batch.id)[0]
+    assert orjson.loads(row["record"]) == {"text": "a", "tags": ["x"]}
+    content = orjson.loads(row["body"])["messages"][0]["content"]
+    assert content == "a ['x', 'y'] {'text': 'a', 'tags': ['x'], 'z': 1}"
+
+
+def test_a_rendered_message_may_be_no_longer_than_a_line(store: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("id,text\n1,ab\n2,abc\n")
+    source = RecordRequests(
+        CsvRecords(path, max_line_bytes=2048),
+        prompt_template("{{ text * 1000 }}", system=None),
+        model="m",
+    )
+    with pytest.raises(InputError) as info, store.begin() as conn:
+        load_source(conn, source, name=None)
+    assert info.value.problems == [
+        (
+            3,
+            "template stopped: it would build a text longer than the limit of 2048 bytes "
+            "(CHATBATCH_MAX_LINE_BYTES)",
+        )
+    ]
+    assert counts(store) == (0, 0)
+
+
 def test_duplicate_ids_are_listed_by_line_and_nothing_loads(
     store: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
