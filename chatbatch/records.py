@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 # bad, and then problem says why. Row numbers count the data rows (1 for the first), bad ones
 # included, blank lines not.
 RecordItem = tuple[int, int, dict[str, Any] | None, str | None]
+# Called with a CSV file's column names and the header's line number before any row is read.
+HeaderCheck = Callable[[list[str], int], None]
 
 
 class CsvRecords:
@@ -36,14 +38,18 @@ class CsvRecords:
         self.max_line_bytes = max_line_bytes
         self._id_column = id_column
 
-    def read(self, on_bytes: ByteProgress | None = None) -> Iterator[RecordItem]:
+    def read(
+        self, on_bytes: ByteProgress | None = None, on_header: HeaderCheck | None = None
+    ) -> Iterator[RecordItem]:
         """Every data row as a record keyed by the header; InputError when the header itself
-        is unusable (nothing else can be read then)."""
+        is unusable (nothing else can be read then), or from ``on_header``."""
         line_problems: list[tuple[int, str]] = []
         lines = self._text_lines(line_problems, on_bytes)
         with _field_size_limit(self.max_line_bytes):
             reader = csv.reader(lines, strict=True)  # an unclosed quote is an error, not a merge
             self.columns = self._header(reader, line_problems)
+            if on_header is not None:
+                on_header(self.columns, reader.line_num)
             width = len(self.columns)
             read_so_far = reader.line_num
             row_no = 0
@@ -142,8 +148,11 @@ class JsonlRecords:
         """The field names seen so far."""
         return list(self._columns)
 
-    def read(self, on_bytes: ByteProgress | None = None) -> Iterator[RecordItem]:
-        """Every non-blank line as a record, or the reason it is not one."""
+    def read(
+        self, on_bytes: ByteProgress | None = None, on_header: HeaderCheck | None = None
+    ) -> Iterator[RecordItem]:
+        """Every non-blank line as a record, or the reason it is not one (there is no header:
+        ``on_header`` is never called)."""
         columns: dict[str, None] = {}
         self._columns = columns
         row_no = 0
@@ -224,7 +233,7 @@ class RecordRequests:
         number, None, reason) for a record that cannot become a request."""
         kind = self._records.kind
         max_bytes = self._records.max_line_bytes
-        for line_no, row_no, record, problem in self._records.read(on_bytes):
+        for line_no, row_no, record, problem in self._records.read(on_bytes, self._check_header):
             if record is None:
                 yield line_no, None, problem
                 continue
@@ -248,6 +257,13 @@ class RecordRequests:
     def record_columns(self) -> list[str]:
         """The header (CSV) or every field seen (JSONL), in order; complete after a full read."""
         return self._records.columns
+
+    def _check_header(self, columns: list[str], line_no: int) -> None:
+        """InputError at the header when the templates use columns it lacks: one message for
+        the file, with a suggestion for each, rather than one per row."""
+        problems = self._template.unknown_columns(columns, kind=self._records.kind)
+        if problems:
+            raise InputError(str(self.path), [(line_no, p) for p in problems], len(problems))
 
     def _custom_id(self, record: dict[str, Any], row_no: int) -> str:
         """The row number, or the ``--id-column`` value; RenderError when that is unusable."""

@@ -16,6 +16,7 @@ at the clock.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 from string import Formatter
 from typing import Any, cast
 
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, nodes
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, meta, nodes
 from jinja2.nodes import EvalContext
 from jinja2.runtime import Context, Undefined, markup_join, str_join
 from jinja2.sandbox import (
@@ -625,10 +626,12 @@ def read_template_text(value: str, *, option: str) -> TemplateText:
 
 @dataclass(frozen=True)
 class RecordTemplate:
-    """One compiled template; ``label`` names it in messages ("template", "system template")."""
+    """One compiled template; ``label`` names it in messages ("template", "system template");
+    ``names`` are the top-level fields it uses without testing for them, in order."""
 
     template: Template
     label: str
+    names: tuple[str, ...] = ()
 
     def render(self, record: Mapping[str, Any], *, kind: str, limits: RenderLimits) -> str:
         """The text for ``record``; RenderError saying what went wrong (``kind``, "column" or
@@ -656,6 +659,29 @@ class RecordTemplate:
             raise RenderError(f"{self.label} stopped: it ran out of memory") from None
         except Exception as exc:  # the user's template, sandboxed: any failure is this record's
             raise RenderError(f"{self.label} failed: {type(exc).__name__}: {exc}") from None
+
+    def header_problem(self, columns: list[str], *, kind: str) -> str | None:
+        """The problem with a header that lacks names this template uses (each with the
+        closest column, if any), or None."""
+        known = set(columns)
+        unknown = [name for name in self.names if name not in known]
+        if not unknown:
+            return None
+        named = [_unknown_name(name, columns) for name in unknown]
+        plural = "s" if len(named) > 1 else ""
+        listed = ", ".join(named[:-1]) + " and " + named[-1] if plural else named[0]
+        return (
+            f"{self.label} uses {kind}{plural} {listed}, which {_which(kind)} does not have "
+            f"({kind}s: {names_text(columns)})"
+        )
+
+
+def _unknown_name(name: str, columns: list[str]) -> str:
+    """A name the header lacks, for a message: with the closest column, if one is close."""
+    if name in GLOBALS_LEFT_OUT:
+        return f"{name!r} (not offered in chatbatch templates)"
+    close = difflib.get_close_matches(name, columns, n=1)
+    return f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 def _rendered(template: Template, context: dict[str, Any], limits: RenderLimits) -> str:
@@ -686,14 +712,31 @@ def _rendered(template: Template, context: dict[str, Any], limits: RenderLimits)
 def compile_template(source: TemplateText, *, label: str) -> RecordTemplate:
     """Compile ``source``; InputError naming its origin and line on a syntax error."""
     try:
-        template = _ENVIRONMENT.from_string(source.text)
+        tree = _ENVIRONMENT.parse(source.text)
+        names = _required_names(tree)
+        template = _ENVIRONMENT.from_string(tree)
     except TemplateSyntaxError as exc:
         problem = f"{label} syntax error: {exc.message}"
         raise InputError(source.origin, [(exc.lineno, problem)], 1) from None
     # Jinja copies the globals into every render's context; a plain dict copies several times
     # faster than the ChainMap it keeps them in, which matters at a million rows.
     template.globals = dict(template.globals)
-    return RecordTemplate(template, label)
+    return RecordTemplate(template, label, names)
+
+
+def _required_names(tree: nodes.Template) -> tuple[str, ...]:
+    """The top-level names a parsed template takes from every record, in order of use: not
+    ``row``, the globals, or names it tests (``is defined``) or gives a ``default``."""
+    undeclared = meta.find_undeclared_variables(tree) - set(_ENVIRONMENT.globals) - {RECORD_NAME}
+    optional = {
+        node.node.name
+        for node in (*tree.find_all(nodes.Test), *tree.find_all(nodes.Filter))
+        if isinstance(node.node, nodes.Name)
+        and node.name in ("defined", "undefined", "default", "d")
+    }
+    required = undeclared - optional
+    used = (node.name for node in tree.find_all(nodes.Name))
+    return tuple(dict.fromkeys(name for name in used if name in required))
 
 
 @dataclass(frozen=True)
@@ -724,6 +767,12 @@ class PromptTemplate:
             raise RenderError(f"{self.user.label} rendered an empty message")
         messages.append({"role": "user", "content": content})
         return messages
+
+    def unknown_columns(self, columns: list[str], *, kind: str) -> list[str]:
+        """One problem per template that uses names missing from ``columns`` (a header)."""
+        templates = (self.system, self.user) if self.system is not None else (self.user,)
+        found = (template.header_problem(columns, kind=kind) for template in templates)
+        return [problem for problem in found if problem is not None]
 
 
 def prompt_template(template: str, *, system: str | None) -> PromptTemplate:

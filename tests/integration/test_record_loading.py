@@ -202,15 +202,69 @@ def test_progress_hears_every_byte_read(db: Engine, tmp_path: Path) -> None:
 # --- refusals --------------------------------------------------------------------------------
 
 
-def test_a_missing_column_names_file_line_and_column(store: Engine, tmp_path: Path) -> None:
+def test_a_missing_column_is_refused_once_at_the_header(store: Engine, tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
-    path.write_text("id,text\n1,a\n2,b\n")
+    path.write_text("id,product,text\n1,kettle,a\n2,lamp,b\n")
     error = refusal(store, path, template="Label: {{ txt }}")
-    assert (
-        f"{path}:2: template uses column 'txt', which the file does not have (columns: id, text)"
-        in str(error)
+    problem = (
+        "template uses column 'txt' (did you mean 'text'?), which the file does not have "
+        "(columns: id, product, text)"
     )
-    assert error.total_problems == 2
+    assert error.problems == [(1, problem)]
+    assert error.total_problems == 1
+    assert f"{path}:1: {problem}" in str(error)
+
+
+def test_every_unknown_column_of_both_templates_is_named_at_the_header(
+    store: Engine, tmp_path: Path
+) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("\n\nid,product,text\n1,kettle,a\n")  # the header is on line 3
+    error = refusal(
+        store,
+        path,
+        template="{{ prodct }}: {{ txt }} {{ zzz }} {{ row.id }}",
+        system="You are {{ persona }}",
+    )
+    assert error.problems == [
+        (
+            3,
+            "system template uses column 'persona', which the file does not have "
+            "(columns: id, product, text)",
+        ),
+        (
+            3,
+            "template uses columns 'prodct' (did you mean 'product'?), 'txt' (did you mean "
+            "'text'?) and 'zzz', which the file does not have (columns: id, product, text)",
+        ),
+    ]
+
+
+def test_the_header_is_checked_before_any_row(store: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("id,text\n1,a,extra\n1,b\n")
+    error = refusal(store, path, template="{{ txt }}", id_column="id")
+    assert [line for line, _ in error.problems] == [1]
+
+
+def test_columns_a_template_tests_for_may_be_missing(store: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("id,text\n1,a\n")
+    template = "{{ text }}{% if note is defined %} ({{ note }}){% endif %}{{ tag | default('') }}"
+    batch = load_records(store, path, template)
+    assert orjson.loads(stored(store, batch.id)[0]["body"])["messages"][0]["content"] == "a"
+
+
+def test_record_files_have_no_header_so_each_record_is_checked(
+    store: Engine, tmp_path: Path
+) -> None:
+    path = tmp_path / "records.jsonl"
+    path.write_text('{"text": "a"}\n{"txt": "b"}\n{"text": "c"}\n')
+    error = refusal(store, path, template="{{ txt }}")
+    assert error.problems == [
+        (1, "template uses field 'txt', which this record does not have (fields: text)"),
+        (3, "template uses field 'txt', which this record does not have (fields: text)"),
+    ]
 
 
 def test_a_template_that_changes_its_record_is_refused_line_by_line(

@@ -429,3 +429,27 @@ def test_the_example_prompt_renders_as_before() -> None:
     for row in rows:
         expected = plain.from_string(source).render({"row": row, **row})
         assert template.messages(row, kind="column", max_bytes=LIMIT)[0]["content"] == expected
+
+
+# --- columns the template uses, checked against a header --------------------------------------
+
+
+def test_unknown_columns_are_named_once_with_suggestions() -> None:
+    template = prompt_template("{{ txt }} {{ prodct }} {{ row.id }} {{ zzz }}", system="{{ txt }}")
+    assert template.unknown_columns(["id", "product", "text"], kind="column") == [
+        "system template uses column 'txt' (did you mean 'text'?), which the file does not have "
+        "(columns: id, product, text)",
+        "template uses columns 'txt' (did you mean 'text'?), 'prodct' (did you mean "
+        "'product'?) and 'zzz', which the file does not have (columns: id, product, text)",
+    ]
+    assert template.unknown_columns(["txt", "prodct", "zzz", "id"], kind="column") == []
+
+
+def test_names_tested_for_set_or_global_are_not_columns() -> None:
+    source = (
+        "{{ text }}{% if note is defined %}{{ note }}{% endif %}{{ extra | default('') }}"
+        "{% set local = 1 %}{{ local }}{% for x in range(2) %}{{ x }}{{ loop.index }}{% endfor %}"
+        "{{ row['any'] }}{{ dict(a=1) }}"
+    )
+    template = prompt_template(source, system=None)
+    assert template.unknown_columns(["text"], kind="column") == []
