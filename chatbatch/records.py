@@ -14,7 +14,7 @@ import orjson
 
 from chatbatch.errors import InputError
 from chatbatch.jsonl_input import MAX_CUSTOM_ID_CHARS, ByteProgress, iter_raw_lines
-from chatbatch.templating import PromptTemplate, RenderError, names_text
+from chatbatch.templating import PromptTemplate, RenderError, RenderTimeout, names_text
 
 if TYPE_CHECKING:
     from chatbatch.loading import SourceItem
@@ -241,6 +241,10 @@ class RecordRequests:
             try:
                 custom_id = self._custom_id(record, row_no)
                 messages = self._template.messages(record, kind=kind, max_bytes=max_bytes)
+            except RenderTimeout as exc:
+                # Most likely every record would take as long: stop rather than wait for each.
+                yield line_no, None, f"{exc}; the rest of the file was not read"
+                return
             except RenderError as exc:
                 yield line_no, None, str(exc)
                 continue

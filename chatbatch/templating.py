@@ -95,8 +95,16 @@ class RenderError(ValueError):
     """A record the template cannot be rendered with; the message says why."""
 
 
+class RenderTimeout(RenderError):
+    """A record whose messages took longer than the time limit to render."""
+
+
 class _OverLimit(Exception):
     """A render went past one of its limits; the message (a predicate) names the limit."""
+
+
+class _OutOfTime(_OverLimit):
+    """A render went past its time limit."""
 
 
 class _StrictFields(StrictUndefined):
@@ -125,7 +133,7 @@ class RenderLimits:
 
     __slots__ = ("budget", "deadline", "max_bytes", "seconds")
 
-    def __init__(self, max_bytes: int, seconds: float = RENDER_SECONDS) -> None:
+    def __init__(self, max_bytes: int, seconds: float) -> None:
         self.max_bytes = max_bytes
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
@@ -134,7 +142,7 @@ class RenderLimits:
     def check_clock(self) -> None:
         """_OverLimit once the render has run longer than its time limit."""
         if time.monotonic() > self.deadline:
-            raise _OverLimit(f"took longer than the limit of {self.seconds:g} s per record")
+            raise _OutOfTime(f"took longer than the limit of {self.seconds:g} s per record")
 
     def check_size(self, size: int) -> None:
         """_OverLimit when a value of ``size`` would be longer than a prompt may be."""
@@ -639,6 +647,8 @@ class RecordTemplate:
         context = {RECORD_NAME: record, **record}
         try:
             return _rendered(self.template, context, limits)
+        except _OutOfTime as exc:
+            raise RenderTimeout(f"{self.label} stopped: it {exc}") from None
         except _OverLimit as exc:
             raise RenderError(f"{self.label} stopped: it {exc}") from None
         except MissingField as exc:
@@ -752,12 +762,12 @@ class PromptTemplate:
         *,
         kind: str,
         max_bytes: int,
-        seconds: float = RENDER_SECONDS,
+        seconds: float | None = None,
     ) -> list[dict[str, str]]:
         """The chat messages for ``record``, each at most ``max_bytes`` long and all rendered
-        within ``seconds``; RenderError when a template fails, goes past a limit or renders an
-        empty user message."""
-        limits = RenderLimits(max_bytes, seconds)
+        within ``seconds`` (RENDER_SECONDS); RenderError when a template fails, goes past a
+        limit (RenderTimeout: the time limit) or renders an empty user message."""
+        limits = RenderLimits(max_bytes, RENDER_SECONDS if seconds is None else seconds)
         messages = []
         if self.system is not None:
             system = self.system.render(record, kind=kind, limits=limits)

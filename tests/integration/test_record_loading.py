@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -288,6 +289,26 @@ def test_the_stored_record_is_the_record_as_read(store: Engine, tmp_path: Path) 
     assert orjson.loads(row["record"]) == {"text": "a", "tags": ["x"]}
     content = orjson.loads(row["body"])["messages"][0]["content"]
     assert content == "a ['x', 'y'] {'text': 'a', 'tags': ['x'], 'z': 1}"
+
+
+def test_a_template_that_runs_out_of_time_stops_the_read(
+    store: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every row would most likely take as long: the file is refused at the first."""
+    monkeypatch.setattr("chatbatch.templating.RENDER_SECONDS", 0.2)
+    path = tmp_path / "data.csv"
+    path.write_text("id,text\n" + "".join(f"{i},t\n" for i in range(50)))
+    slow = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    started = time.monotonic()
+    error = refusal(store, path, template=slow + "{{ text }}")
+    assert time.monotonic() - started < 5
+    assert error.problems == [
+        (
+            2,
+            "template stopped: it took longer than the limit of 0.2 s per record; the rest of "
+            "the file was not read",
+        )
+    ]
 
 
 def test_a_rendered_message_may_be_no_longer_than_a_line(store: Engine, tmp_path: Path) -> None:
