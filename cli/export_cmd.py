@@ -12,12 +12,18 @@ from cli.context import handles_errors, ready_database, setup_logging
 
 @click.command("export")
 @click.argument("batch")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The file to write (atomically), or - for standard output.",
+)
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["jsonl", "csv"]),
-    help="Output format (default: from the file extension, else jsonl).",
+    help="Output format (default: from the file extension, else jsonl; jsonl for -).",
 )
 @click.option(
     "--columns",
@@ -28,22 +34,27 @@ from cli.context import handles_errors, ready_database, setup_logging
 @click.option("--bom", is_flag=True, help="CSV only: start with a UTF-8 byte-order mark (Excel).")
 @handles_errors
 def export_command(
-    batch: str, output: Path, fmt: str | None, columns: str | None, bom: bool
+    batch: str,
+    output: Path,
+    fmt: str | None,
+    columns: str | None,
+    bom: bool,
 ) -> None:
     """Write one line (or CSV row) per request, in input order.
 
     A CSV of a CSV or record file starts with its columns; with a JSON schema, the answer's
     top-level fields follow (answer.NAME when the name is taken), then schema_valid,
-    schema_error and the output columns."""
+    schema_error and the output columns. Everything but the export itself goes to stderr."""
     from chatbatch import queries
-    from cli.exporting import export_to
+    from cli.exporting import check_output, export_to, shown_output
 
     setup_logging()
-    with ready_database().connect() as conn:
-        batch_id = queries.resolve_batch(conn, batch).id
+    check_output(output)  # before anything else is done
     chosen = parse_columns(columns) if columns is not None else None
-    count = export_to(batch_id, output, fmt, columns=chosen, bom=bom)
-    click.echo(f"wrote {count} result(s) to {output}", err=True)
+    with ready_database().connect() as conn:
+        row = queries.resolve_batch(conn, batch)
+    count = export_to(row.id, output, fmt, columns=chosen, bom=bom)
+    click.echo(f"wrote {count} result(s) to {shown_output(output)}", err=True)
 
 
 def parse_columns(text: str) -> list[str]:

@@ -1,5 +1,7 @@
-"""Write a batch's export to a file atomically, so a reader never sees half a file, with a
-progress bar on stderr when it is a terminal."""
+"""Write a batch's export to a file atomically, so a reader never sees half a file, or to
+standard output (``-o -``), with a progress bar on stderr when it is a terminal. The output path
+is checked before any work (``check_output``), so a batch is never worked for a file that
+cannot be written."""
 
 from __future__ import annotations
 
@@ -9,12 +11,70 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 from sqlalchemy import Connection, select
 
 from chatbatch.db import get_engine
-from chatbatch.export import export_batch
+from chatbatch.errors import ChatbatchError
+from chatbatch.export import ExportError, export_batch
 from chatbatch.models import batches_table
+
+STDOUT = "-"  # ``-o -``: standard output
+
+
+def is_stdout(output: Path) -> bool:
+    """Whether ``output`` is ``-``, standard output."""
+    return str(output) == STDOUT
+
+
+def shown_output(output: Path) -> str:
+    """``output`` as messages name it."""
+    return "standard output" if is_stdout(output) else str(output)
+
+
+def check_output(output: Path) -> None:
+    """Refuse, before any work, an output the export could not write: an existing directory
+    or other non-file, a parent that is missing or no directory, a directory we may not write
+    in (a temporary sibling is made and removed, as the atomic write will make one).
+    ExportError (exit code 2) naming the path; ``-`` is standard output and always fine."""
+    if is_stdout(output):
+        return
+    try:
+        problem = _output_problem(output)
+        if problem is None:
+            fd, tmp = _temporary_sibling(output)
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    if problem is not None:
+        raise ExportError(f"cannot write {output}: {problem}")
+
+
+def _output_problem(output: Path) -> str | None:
+    """Why ``output`` cannot be a file we write, as far as its path tells; None when it can."""
+    if output.is_dir():
+        return "it is a directory"
+    if output.exists() and not output.is_file():
+        return f"it is not a regular file (`-o {STDOUT}` writes to standard output)"
+    parent = output.parent
+    if not parent.exists():
+        return f"directory {parent} does not exist"
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    return None
+
+
+def _temporary_sibling(output: Path) -> tuple[int, str]:
+    """A new private file beside ``output`` (its descriptor and path): the atomic write's
+    first step, which ``check_output`` tries out."""
+    return tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+
+
+def output_format(output: Path, fmt: str | None) -> str:
+    """``fmt``, else ``csv`` for a ``.csv`` file and ``jsonl`` for anything else (stdout too)."""
+    return fmt or ("csv" if output.suffix.lower() == ".csv" else "jsonl")
 
 
 def export_to(
@@ -26,20 +86,19 @@ def export_to(
     bom: bool = False,
     progress: bool | None = None,
 ) -> int:
-    """Export atomically: write a temporary file beside ``output``, then rename it into place.
-    ``columns`` and ``bom`` are for CSV; ``progress`` None shows a bar when stderr is a TTY."""
-    fmt = fmt or ("csv" if output.suffix.lower() == ".csv" else "jsonl")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    """Export atomically: write a temporary file beside ``output``, then rename it into place;
+    ``-`` streams to standard output. ``columns`` and ``bom`` are for CSV; ``progress`` None
+    shows a bar when stderr is a TTY. The path is
+    checked again first (``check_output``), so a refusal is a usage error, not a traceback."""
+    check_output(output)
+    options: dict[str, Any] = {"columns": columns, "bom": bom}
+    fmt = output_format(output, fmt)
+    if is_stdout(output):
+        return _export_to_stdout(batch_id, fmt, options, progress)
+    fd, tmp = _temporary_sibling(output)
     try:
-        with (
-            os.fdopen(fd, "wb") as out,
-            get_engine().connect() as conn,
-            _progress_bar(conn, batch_id, output, progress) as on_rows,
-        ):
-            count = export_batch(
-                conn, batch_id, out, fmt, columns=columns, bom=bom, on_rows=on_rows
-            )
+        with os.fdopen(fd, "wb") as out:
+            count = _export(batch_id, out, fmt, options, output, progress)
         os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; honour the umask
         os.replace(tmp, output)
     except BaseException:
@@ -47,6 +106,41 @@ def export_to(
             os.unlink(tmp)
         raise
     return count
+
+
+def _export_to_stdout(
+    batch_id: str, fmt: str, options: dict[str, Any], progress: bool | None
+) -> int:
+    """Stream the export to standard output as bytes; a reader that closes the pipe early (as
+    ``head`` does) ends it with an error, not a traceback."""
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    try:
+        count = _export(batch_id, out, fmt, options, Path(STDOUT), progress)
+        out.flush()
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and fail once more: point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        raise ChatbatchError("standard output was closed before the export ended") from None
+    return count
+
+
+def _export(
+    batch_id: str,
+    out: IO[bytes],
+    fmt: str,
+    options: dict[str, Any],
+    output: Path,
+    progress: bool | None,
+) -> int:
+    """The export into ``out``, with the progress bar; the count."""
+    with (
+        get_engine().connect() as conn,
+        _progress_bar(conn, batch_id, output, progress) as on_rows,
+    ):
+        return export_batch(conn, batch_id, out, fmt, **options, on_rows=on_rows)
 
 
 @contextlib.contextmanager
@@ -78,7 +172,8 @@ def _progress_bar(
         TimeElapsedColumn(),
     )
     bar = Progress(*columns, console=Console(stderr=True), transient=False)
-    task = bar.add_task(f"export {output.name}", total=total)
+    label = "stdout" if is_stdout(output) else output.name
+    task = bar.add_task(f"export {label}", total=total)
 
     def advance(rows: int) -> None:
         if not bar.live.is_started:  # shown from the first rows: an export refused shows none

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -468,3 +469,59 @@ def test_export_to_shows_a_progress_bar_of_rows(
     assert "7/7" in capsys.readouterr().err
     assert export_to(batch_id, tmp_path / "o.jsonl", None) == 7  # stderr is no terminal here
     assert capsys.readouterr().err == ""
+
+
+def unwritable(*args: Any, **kwargs: Any) -> Any:
+    raise PermissionError(13, "Permission denied")
+
+
+@pytest.mark.parametrize(
+    ("where", "says"),
+    [
+        ("dir", "it is a directory"),
+        ("dir/missing/child.jsonl", "directory {tmp}/dir/missing does not exist"),
+        ("file.jsonl/child.jsonl", "{tmp}/file.jsonl is not a directory"),
+        ("fifo", "it is not a regular file (`-o -` writes to standard output)"),
+        ("locked/out.jsonl", "Permission denied"),
+    ],
+)
+def test_export_command_refuses_an_output_it_cannot_write_before_anything_else(
+    db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, says: str
+) -> None:
+    """Exit 2 naming the path, nothing written, and before the batch is even looked up (the
+    batch named here does not exist). ``locked`` is a directory we may not write in: as root
+    every directory is writable, so making the temporary file there is refused instead."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "file.jsonl").write_text("kept\n")
+    os.mkfifo(tmp_path / "fifo")
+    if where.startswith("locked"):
+        monkeypatch.setattr("cli.exporting.tempfile.mkstemp", unwritable)
+    before = sorted(tmp_path.rglob("*"))
+    result = run_export("no-such-batch", "-o", str(tmp_path / where))
+    assert result.exit_code == 2
+    assert result.stderr == f"error: cannot write {tmp_path / where}: {says.format(tmp=tmp_path)}\n"
+    assert result.stdout == ""
+    assert (
+        sorted(tmp_path.rglob("*")) == before and (tmp_path / "file.jsonl").read_text() == "kept\n"
+    )
+
+
+@pytest.mark.parametrize("fmt", [None, "csv"])
+def test_export_command_streams_to_stdout_with_nothing_else_there(
+    db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str | None
+) -> None:
+    """``-o -``: the export alone on stdout (JSONL unless --format says otherwise), the same
+    bytes as a file gets; messages on stderr; no file named ``-``."""
+    with db.begin() as conn:
+        batch_id = insert_rows(conn, record_rows(CSV_RECORDS), **RECORD_BATCH)
+    monkeypatch.chdir(tmp_path)
+    options = ["--format", fmt] if fmt else []
+    result = run_export(batch_id, "-o", "-", *options)
+    assert result.exit_code == 0, result.output
+    expected = io.BytesIO()
+    with db.connect() as conn:
+        export_batch(conn, batch_id, expected, fmt or "jsonl")
+    assert result.stdout_bytes == expected.getvalue()
+    assert "wrote 7 result(s) to standard output" in result.stderr
+    assert list(tmp_path.iterdir()) == []
