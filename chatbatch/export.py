@@ -27,7 +27,7 @@ from chatbatch.completions import USAGE_COLUMNS
 from chatbatch.errors import ChatbatchError
 from chatbatch.models import batches_table as b
 from chatbatch.models import requests_table as r
-from chatbatch.states import ANSWERED_STATUSES
+from chatbatch.states import ANSWERED_STATUSES, RequestStatus
 from chatbatch.structured import answer_fields
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ STREAM_ROWS = 2000
 BOM = b"\xef\xbb\xbf"
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\x00")
 ANSWERED = frozenset(str(s) for s in ANSWERED_STATUSES)
+STATUS_NAMES = tuple(s.value for s in RequestStatus)
 CSV_COLUMNS = (
     "custom_id",
     "status",
@@ -117,6 +118,23 @@ class CsvLayout:
         return CsvLayout(tuple(by_name[name] for name in names))
 
 
+def parse_statuses(text: str) -> tuple[str, ...]:
+    """``failed, expired`` → ``("failed", "expired")``: request statuses, checked, each once."""
+    return check_statuses([part.strip().lower() for part in text.split(",") if part.strip()])
+
+
+def check_statuses(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` as known request statuses, each once; ExportError listing the statuses when
+    one is unknown or none is given."""
+    unknown = [name for name in names if name not in STATUS_NAMES]
+    if unknown or not names:
+        raise ExportError(
+            f"--status: {', '.join(unknown) or 'nothing given'}; choose from "
+            f"{', '.join(STATUS_NAMES)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
 def layout_for(record_columns: Sequence[str] | None, properties: Sequence[str] | None) -> CsvLayout:
     """The default columns of a batch with these record columns (None: a plain request file) and
     these schema properties (None: no schema). Record columns keep their names; an output
@@ -173,8 +191,11 @@ def begin_export(
     *,
     columns: Sequence[str] | None = None,
     bom: bool = False,
+    statuses: Sequence[str] | None = None,
 ) -> CsvLayout | None:
     """Check the options, write the BOM and CSV header; the CSV layout (None for JSONL)."""
+    if statuses is not None:
+        check_statuses(statuses)
     if fmt == "jsonl":
         if columns is not None or bom:
             raise ExportError("--columns and --bom are for CSV exports")
@@ -188,10 +209,23 @@ def begin_export(
     return layout
 
 
-def iter_results(conn: Connection, batch_id: str) -> Iterator[Row[Any]]:
-    """Rows in input order from a server-side cursor, so memory does not grow with the batch."""
-    stmt = select(*_selected()).where(r.c.batch_id == batch_id).order_by(r.c.line_no)
-    result = conn.execution_options(yield_per=STREAM_ROWS).execute(stmt)
+def iter_results(
+    conn: Connection, batch_id: str, statuses: Sequence[str] | None = None
+) -> Iterator[Row[Any]]:
+    """Rows in input order (only those in ``statuses`` when given) from a server-side cursor,
+    so memory does not grow with the batch. ``reused_from`` is ``<batch name>/<custom_id>`` of
+    the request a reused answer came from (None when that request is gone)."""
+    source = r.alias("source")
+    source_batch = b.alias("source_batch")
+    reused_from = (source_batch.c.name + "/" + source.c.custom_id).label("reused_from")
+    joined = r.outerjoin(source, source.c.id == r.c.reused_from).outerjoin(
+        source_batch, source_batch.c.id == source.c.batch_id
+    )
+    selected: tuple[Any, ...] = (*_selected(), reused_from)
+    stmt = select(*selected).select_from(joined).where(r.c.batch_id == batch_id)
+    if statuses is not None:
+        stmt = stmt.where(r.c.status.in_(list(statuses)))
+    result = conn.execution_options(yield_per=STREAM_ROWS).execute(stmt.order_by(r.c.line_no))
     yield from result
 
 
@@ -215,7 +249,6 @@ def _selected() -> tuple[Any, ...]:
         r.c.attempts,
         r.c.retries,
         r.c.ambiguous_submits,
-        r.c.reused_from,
         r.c.schema_valid,
         r.c.schema_error,
         r.c.record,
@@ -362,7 +395,7 @@ def output_cells(row: Any) -> list[Any]:
         row.attempts,
         row.retries,
         row.ambiguous_submits,
-        None if row.reused_from is None else f"batch_req_{row.reused_from}",
+        _safe(row.reused_from),
         None if row.schema_valid is None else ("true" if row.schema_valid else "false"),
         _safe(row.schema_error),
     ]
@@ -416,16 +449,18 @@ def export_batch(
     *,
     columns: Sequence[str] | None = None,
     bom: bool = False,
+    statuses: Sequence[str] | None = None,
     on_rows: OnRows | None = None,
 ) -> int:
-    """Write every request of the batch to ``out`` in ``fmt`` (jsonl or csv); returns the count.
-    ``on_rows`` hears how many rows each block wrote. On PostgreSQL the lines are built by the
-    database (``chatbatch.export_sql``)."""
+    """Write every request of the batch (only those in ``statuses`` when given) to ``out`` in
+    ``fmt`` (jsonl or csv); returns the count. ``on_rows`` hears how many rows each block
+    wrote. On PostgreSQL the lines are built by the database (``chatbatch.export_sql``)."""
+    options: dict[str, Any] = {"columns": columns, "bom": bom, "statuses": statuses}
     if conn.dialect.name == "postgresql":
         from chatbatch.export_sql import export_postgres  # it builds on this module
 
-        return export_postgres(conn, batch_id, out, fmt, columns=columns, bom=bom, on_rows=on_rows)
-    return export_python(conn, batch_id, out, fmt, columns=columns, bom=bom, on_rows=on_rows)
+        return export_postgres(conn, batch_id, out, fmt, **options, on_rows=on_rows)
+    return export_python(conn, batch_id, out, fmt, **options, on_rows=on_rows)
 
 
 def export_python(
@@ -436,11 +471,12 @@ def export_python(
     *,
     columns: Sequence[str] | None = None,
     bom: bool = False,
+    statuses: Sequence[str] | None = None,
     on_rows: OnRows | None = None,
 ) -> int:
     """``export_batch`` with every line built here (SQLite, and the reference for the SQL)."""
-    layout = begin_export(conn, batch_id, out, fmt, columns=columns, bom=bom)
-    rows = iter_results(conn, batch_id)
+    layout = begin_export(conn, batch_id, out, fmt, columns=columns, bom=bom, statuses=statuses)
+    rows = iter_results(conn, batch_id, statuses)
     if layout is None:
         return write_jsonl(rows, out, on_rows)
     text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
-from typing import IO, Any, cast
+from typing import IO, Any, NamedTuple, cast
 
 import orjson
 import psycopg
@@ -66,12 +66,24 @@ def _one_line(expr: str) -> str:
     )
 
 
-_SUCCEEDED = "status IN (" + ", ".join(f"'{s}'" for s in sorted(ANSWERED)) + ")"
+def _status_in(statuses: frozenset[str]) -> str:
+    """SQL true for a row in one of ``statuses``."""
+    return "status IN (" + ", ".join(f"'{s}'" for s in sorted(statuses)) + ")"
+
+
+_SUCCEEDED = _status_in(ANSWERED)
 _ERROR_CODE = _json("COALESCE(NULLIF(error_code, ''), status)")
 _ERROR_MESSAGE = _json("COALESCE(NULLIF(error_message, ''), 'request is ' || status)")
 _ERROR = (
-    f"CASE WHEN {_SUCCEEDED} THEN 'null' ELSE '{{\"code\":' || {_ERROR_CODE} || "
-    f"',\"message\":' || {_ERROR_MESSAGE} || '}}' END"
+    f"CASE WHEN {_SUCCEEDED} THEN 'null' "
+    f"ELSE '{{\"code\":' || {_ERROR_CODE} || ',\"message\":' || {_ERROR_MESSAGE} || '}}' END"
+)
+# The batch name and custom_id of the request a reused answer came from (``reused_source``),
+# joined only when a CSV shows them: ``requests`` inside is the exported row.
+_REUSED_SOURCE_JOIN = (
+    "LEFT JOIN LATERAL (SELECT source_batch.name || '/' || source.custom_id AS reused_source "
+    "FROM requests AS source JOIN batches AS source_batch ON source_batch.id = source.batch_id "
+    "WHERE source.id = requests.reused_from) AS reused ON true"
 )
 
 
@@ -168,7 +180,7 @@ def _csv_cells(task_id: str) -> dict[str, str]:
         "attempts": _number("attempts"),
         "retries": _number("retries"),
         "possible_duplicates": _number("ambiguous_submits"),
-        "reused_from": "COALESCE('batch_req_' || reused_from, '')",
+        "reused_from": _csv_text("reused_source"),
         "schema_valid": "CASE WHEN schema_valid THEN 'true' WHEN NOT schema_valid THEN 'false' "
         "ELSE '' END",
         "schema_error": _csv_text("schema_error"),
@@ -190,6 +202,27 @@ def csv_row_sql(layout: CsvLayout, cells: dict[str, str] = CSV_CELLS) -> str:
 CSV_ROW = csv_row_sql(layout_for(None, None))
 
 
+class Wanted(NamedTuple):
+    """Which requests an export reads: the batch's, only ``statuses`` when given; with
+    ``reused_source`` (the source of a reused answer) joined when a cell needs it."""
+
+    batch_id: str
+    statuses: tuple[str, ...] | None = None
+    reused_source: bool = False
+
+    def query(self, selected: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+        """The SELECT of ``selected`` expressions over these requests in input order, and its
+        parameters."""
+        joined = f" {_REUSED_SOURCE_JOIN}" if self.reused_source else ""
+        where = "batch_id = %s"
+        params: list[Any] = [self.batch_id]
+        if self.statuses is not None:
+            where += " AND status = ANY(%s)"
+            params.append(list(self.statuses))
+        text = f"SELECT {', '.join(selected).replace('%', '%%')} FROM requests{joined} "
+        return text + f"WHERE {where} ORDER BY line_no", tuple(params)
+
+
 def export_postgres(
     conn: Connection,
     batch_id: str,
@@ -198,18 +231,23 @@ def export_postgres(
     *,
     columns: Sequence[str] | None = None,
     bom: bool = False,
+    statuses: Sequence[str] | None = None,
     on_rows: OnRows | None = None,
 ) -> int:
-    """Write the batch's lines (``fmt`` jsonl or csv) to ``out`` in input order; the count.
-    ``on_rows`` hears how many rows each block wrote."""
-    layout = begin_export(conn, batch_id, out, fmt, columns=columns, bom=bom)
+    """Write the batch's lines (``fmt`` jsonl or csv; only requests in ``statuses`` when given)
+    to ``out`` in input order; the count. ``on_rows`` hears how many rows each block wrote."""
+    layout = begin_export(conn, batch_id, out, fmt, columns=columns, bom=bom, statuses=statuses)
+    wanted = Wanted(batch_id, tuple(statuses) if statuses is not None else None)
     blocks: Iterator[tuple[bytes, int]]
     if layout is None:
-        blocks = iter_blocks(conn, batch_id, JSONL_LINE)
-    elif layout.needs_record or layout.needs_answer:
-        blocks = _assembled_blocks(conn, batch_id, layout, CSV_CELLS)
+        blocks = iter_blocks(conn, wanted, JSONL_LINE)
     else:
-        blocks = iter_blocks(conn, batch_id, csv_row_sql(layout, CSV_CELLS))
+        shows_source = any(c.kind == "output" and c.key == "reused_from" for c in layout.columns)
+        wanted = wanted._replace(reused_source=shows_source)
+        if layout.needs_record or layout.needs_answer:
+            blocks = _assembled_blocks(conn, wanted, layout, CSV_CELLS)
+        else:
+            blocks = iter_blocks(conn, wanted, csv_row_sql(layout, CSV_CELLS))
     count = 0
     for block, rows in blocks:
         # (a CSV cell may hold the marker byte; only JSONL lines are ever marked)
@@ -221,7 +259,7 @@ def export_postgres(
 
 
 def _assembled_blocks(
-    conn: Connection, batch_id: str, layout: CsvLayout, cells: dict[str, str]
+    conn: Connection, wanted: Wanted, layout: CsvLayout, cells: dict[str, str]
 ) -> Iterator[tuple[bytes, int]]:
     """CSV lines whose record and answer cells are made here: SQL builds each run of output
     columns as one piece, and sends the record and the answer as they are stored."""
@@ -243,7 +281,7 @@ def _assembled_blocks(
         *(("content", "schema_valid") if needs_answer else ("NULL", "NULL")),
     ]
     lone = len(layout.columns) == 1
-    for rows in _row_blocks(conn, batch_id, selected):
+    for rows in _row_blocks(conn, wanted, selected):
         lines = []
         for row in rows:
             record = parse_record(row[record_at]) if needs_record else {}
@@ -269,40 +307,37 @@ def _quoted(cell: str | None) -> str:
     return cell
 
 
-def iter_blocks(conn: Connection, batch_id: str, line_sql: str) -> Iterator[tuple[bytes, int]]:
-    """The batch's lines, as built by ``line_sql``, joined in blocks of up to ``FETCH_ROWS``."""
-    for rows in _row_blocks(conn, batch_id, [f"convert_to({line_sql}, 'UTF8')"]):
+def iter_blocks(conn: Connection, wanted: Wanted, line_sql: str) -> Iterator[tuple[bytes, int]]:
+    """The requests' lines, as built by ``line_sql``, joined in blocks of up to ``FETCH_ROWS``."""
+    for rows in _row_blocks(conn, wanted, [f"convert_to({line_sql}, 'UTF8')"]):
         yield b"".join([row[0] for row in rows]), len(rows)
 
 
 def _row_blocks(
-    conn: Connection, batch_id: str, selected: Sequence[str]
+    conn: Connection, wanted: Wanted, selected: Sequence[str]
 ) -> Iterator[list[tuple[Any, ...]]]:
-    """The batch's rows of ``selected`` expressions in input order, up to ``FETCH_ROWS`` at a
+    """The requests' rows of ``selected`` expressions in input order, up to ``FETCH_ROWS`` at a
     time; one query (one snapshot) in the caller's transaction, in constant memory."""
     conn.exec_driver_sql("SELECT 1")  # the query runs in a transaction SQLAlchemy knows of
     dbapi = cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
-    query = (
-        f"SELECT {', '.join(selected).replace('%', '%%')} FROM requests "
-        "WHERE batch_id = %s ORDER BY line_no"
-    )
+    query, params = wanted.query(selected)
     if CHUNKED_ROWS:
-        yield from _streamed_rows(dbapi, query, batch_id)
+        yield from _streamed_rows(dbapi, query, params)
         return
     with dbapi.cursor("chatbatch_export", binary=True) as cursor:
-        cursor.execute(query, (batch_id,))
+        cursor.execute(query, params)
         while rows := cursor.fetchmany(FETCH_ROWS):
             yield rows
 
 
 def _streamed_rows(
-    dbapi: psycopg.Connection[Any], query: str, batch_id: str
+    dbapi: psycopg.Connection[Any], query: str, params: tuple[Any, ...]
 ) -> Iterator[list[tuple[Any, ...]]]:
     """Rows as the server sends them, ``FETCH_ROWS`` per result (libpq's chunked-rows mode): no
     round trip per block, and unlike a cursor (DECLARE) the query may use a parallel plan."""
     block: list[tuple[Any, ...]] = []
     with dbapi.cursor(binary=True) as cursor:
-        for row in cursor.stream(query, (batch_id,), size=FETCH_ROWS):
+        for row in cursor.stream(query, params, size=FETCH_ROWS):
             block.append(row)
             if len(block) == FETCH_ROWS:
                 yield block

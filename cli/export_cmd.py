@@ -26,6 +26,13 @@ from cli.context import handles_errors, ready_database, setup_logging
     help="Output format (default: from the file extension, else jsonl; jsonl for -).",
 )
 @click.option(
+    "--status",
+    "statuses",
+    metavar="S,S",
+    help="Only requests in these states (comma-separated): "
+    "queued, submitting, submitted, succeeded, failed, expired, cancelled, reused.",
+)
+@click.option(
     "--columns",
     metavar="A,B,C",
     help="CSV only: these columns, in this order (record columns, answer fields, output "
@@ -37,6 +44,7 @@ def export_command(
     batch: str,
     output: Path,
     fmt: str | None,
+    statuses: str | None,
     columns: str | None,
     bom: bool,
 ) -> None:
@@ -46,14 +54,16 @@ def export_command(
     top-level fields follow (answer.NAME when the name is taken), then schema_valid,
     schema_error and the output columns. Everything but the export itself goes to stderr."""
     from chatbatch import queries
+    from chatbatch.export import parse_statuses
     from cli.exporting import check_output, export_to, shown_output
 
     setup_logging()
     check_output(output)  # before anything else is done
+    chosen_statuses = parse_statuses(statuses) if statuses is not None else None
     chosen = parse_columns(columns) if columns is not None else None
     with ready_database().connect() as conn:
         row = queries.resolve_batch(conn, batch)
-    count = export_to(row.id, output, fmt, columns=chosen, bom=bom)
+    count = export_to(row.id, output, fmt, columns=chosen, bom=bom, statuses=chosen_statuses)
     click.echo(f"wrote {count} result(s) to {shown_output(output)}", err=True)
 
 

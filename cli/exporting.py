@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from chatbatch.db import get_engine
 from chatbatch.errors import ChatbatchError
 from chatbatch.export import ExportError, export_batch
-from chatbatch.models import batches_table
+from chatbatch.models import batches_table, requests_table
 
 STDOUT = "-"  # ``-o -``: standard output
 
@@ -84,14 +84,15 @@ def export_to(
     *,
     columns: Sequence[str] | None = None,
     bom: bool = False,
+    statuses: Sequence[str] | None = None,
     progress: bool | None = None,
 ) -> int:
     """Export atomically: write a temporary file beside ``output``, then rename it into place;
-    ``-`` streams to standard output. ``columns`` and ``bom`` are for CSV; ``progress`` None
-    shows a bar when stderr is a TTY. The path is
+    ``-`` streams to standard output. ``columns`` and ``bom`` are for CSV, ``statuses`` keeps
+    only requests in them; ``progress`` None shows a bar when stderr is a TTY. The path is
     checked again first (``check_output``), so a refusal is a usage error, not a traceback."""
     check_output(output)
-    options: dict[str, Any] = {"columns": columns, "bom": bom}
+    options: dict[str, Any] = {"columns": columns, "bom": bom, "statuses": statuses}
     fmt = output_format(output, fmt)
     if is_stdout(output):
         return _export_to_stdout(batch_id, fmt, options, progress)
@@ -138,16 +139,20 @@ def _export(
     """The export into ``out``, with the progress bar; the count."""
     with (
         get_engine().connect() as conn,
-        _progress_bar(conn, batch_id, output, progress) as on_rows,
+        _progress_bar(conn, batch_id, output, progress, options["statuses"]) as on_rows,
     ):
         return export_batch(conn, batch_id, out, fmt, **options, on_rows=on_rows)
 
 
 @contextlib.contextmanager
 def _progress_bar(
-    conn: Connection, batch_id: str, output: Path, show: bool | None
+    conn: Connection,
+    batch_id: str,
+    output: Path,
+    show: bool | None,
+    statuses: Sequence[str] | None = None,
 ) -> Iterator[Callable[[int], None] | None]:
-    """A callback advancing a bar of rows written out of the batch's total (None: no bar)."""
+    """A callback advancing a bar of rows written out of those to export (None: no bar)."""
     if show is None:
         show = sys.stderr.isatty()
     if not show:
@@ -162,9 +167,7 @@ def _progress_bar(
         TimeElapsedColumn,
     )
 
-    total = conn.execute(
-        select(batches_table.c.total).where(batches_table.c.id == batch_id)
-    ).scalar_one_or_none()
+    total = _rows_to_export(conn, batch_id, statuses)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -184,6 +187,17 @@ def _progress_bar(
         yield advance
     finally:
         bar.stop()
+
+
+def _rows_to_export(conn: Connection, batch_id: str, statuses: Sequence[str] | None) -> int | None:
+    """How many rows the export writes: the batch's total, or those in ``statuses``."""
+    if statuses is None:
+        return conn.execute(
+            select(batches_table.c.total).where(batches_table.c.id == batch_id)
+        ).scalar_one_or_none()
+    r = requests_table
+    count = select(func.count()).where(r.c.batch_id == batch_id, r.c.status.in_(list(statuses)))
+    return int(conn.execute(count).scalar_one())
 
 
 def _current_umask() -> int:

@@ -1,8 +1,11 @@
 """``chatbatch export`` through the installed binary, on the embedded SQLite default: output
-paths refused before any work, and ``-o -`` for pipelines."""
+paths refused before any work, ``-o -`` for pipelines, ``--status``, reused answers naming their
+source."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,3 +104,38 @@ def test_dash_streams_the_jsonl_alone_to_stdout(mixed: dict[str, str], tmp_path:
     assert not (tmp_path / "-").exists()
     code, stdout, _ = export(mixed, tmp_path, "mixed", "-o", "-", "--format", "csv")
     assert code == 0 and stdout.startswith(b"custom_id,status,content")
+
+
+def test_status_exports_only_those_requests(mixed: dict[str, str], tmp_path: Path) -> None:
+    code, stdout, stderr = export(mixed, tmp_path, "mixed", "-o", "-", "--status", "failed")
+    assert code == 0, stderr
+    lines = [orjson.loads(line) for line in stdout.splitlines()]
+    assert [line["custom_id"] for line in lines] == sorted(FAILING)
+    assert {line["error"]["code"] for line in lines} == {"task_failed"}
+    code, _, stderr = export(mixed, tmp_path, "mixed", "-o", "-", "--status", "failed,lost")
+    assert code == 2 and "--status: lost; choose from queued" in stderr
+
+
+def test_a_reused_answer_names_the_batch_and_custom_id_it_came_from(
+    mixed: dict[str, str], tmp_path: Path
+) -> None:
+    again = chatbatch(
+        "run",
+        "prompts.jsonl",
+        "-o",
+        "again.csv",
+        "--name",
+        "again",
+        "--reuse",
+        env=mixed,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert again.returncode == 3, again.stdout + again.stderr
+    code, stdout, stderr = export(mixed, tmp_path, "again", "-o", "-", "--format", "csv")
+    assert code == 0, stderr
+    table = list(csv.DictReader(io.StringIO(stdout.decode(), newline="")))
+    assert [(row["status"], row["reused_from"]) for row in table] == [
+        ("failed", "") if custom_id in FAILING else ("reused", f"mixed/{custom_id}")
+        for custom_id in IDS
+    ]

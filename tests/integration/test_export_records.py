@@ -202,7 +202,9 @@ def test_a_plain_batch_with_a_schema_puts_answer_fields_after_custom_id(
 
 def insert_reused(db: Engine) -> tuple[str, int]:
     """A batch whose second row reused the first row's answer (with its task id, as
-    ``chatbatch.reuse`` copies it); the source row's id."""
+    ``chatbatch.reuse`` copies it), whose fourth reused an answer of the earlier batch
+    ``=nightly, 1`` and whose third an answer since deleted; the first row's id."""
+    earlier: list[dict[str, Any]] = [{"custom_id": 'r"7\r'}]
     rows: list[dict[str, Any]] = [
         {"content": "A", "response": '{"id": "chatcmpl-1", "choices": []}', "prompt_tokens": 9},
         {
@@ -215,36 +217,47 @@ def insert_reused(db: Engine) -> tuple[str, int]:
             "attempts": 0,
         },
         {"status": "reused", "remote_id": None, "response": '{"a": 1}', "reused_from": 2**62},
+        {"status": "reused", "response": '{"b": 2}'},
     ]
     with db.begin() as conn:
-        batch_id = insert_rows(conn, rows)
-        ids = conn.scalars(
-            select(requests_table.c.id)
-            .where(requests_table.c.batch_id == batch_id)
-            .order_by(requests_table.c.line_no)
-        ).all()
-        conn.execute(
-            update(requests_table).where(requests_table.c.id == ids[1]).values(reused_from=ids[0])
-        )
-    return batch_id, ids[0]
+        earlier_id = insert_rows(conn, earlier, name="=nightly, 1")
+        batch_id = insert_rows(conn, rows, name="today")
+        ids = {
+            batch: conn.scalars(
+                select(requests_table.c.id)
+                .where(requests_table.c.batch_id == batch)
+                .order_by(requests_table.c.line_no)
+            ).all()
+            for batch in (earlier_id, batch_id)
+        }
+        for at, source in ((1, ids[batch_id][0]), (3, ids[earlier_id][0])):
+            conn.execute(
+                update(requests_table)
+                .where(requests_table.c.id == ids[batch_id][at])
+                .values(reused_from=source)
+            )
+    return batch_id, ids[batch_id][0]
 
 
-def test_reused_rows_export_as_successes(db: Engine, fetch_paths: None) -> None:
-    batch_id, source = insert_reused(db)
+def test_reused_rows_export_as_successes_naming_their_source(db: Engine, fetch_paths: None) -> None:
+    """``reused_from`` is ``<batch name>/<custom_id>`` of the answer's source, in CSV cell
+    form (quoted, formula-guarded), empty when the source is gone; JSONL has no such field."""
+    batch_id, _ = insert_reused(db)
     outputs = {}
     choices: list[tuple[str, dict[str, Any]]] = [
         ("jsonl", {}),
         ("csv", {}),
         ("csv", {"columns": ["reused_from"]}),
+        ("csv", {"columns": ["reused_from"], "statuses": ["reused"]}),
     ]
     for fmt, options in choices:
         with db.connect() as conn:
             ours, count = sql_export(conn, batch_id, fmt, **options)
             out = io.BytesIO()
             export_python(conn, batch_id, out, fmt, **options)
-        assert count == 3 and ours == out.getvalue()
-        outputs[fmt, bool(options)] = ours
-    lines = [orjson.loads(line) for line in outputs["jsonl", False].splitlines()]
+        assert count == (3 if "statuses" in options else 4) and ours == out.getvalue()
+        outputs[fmt, len(options)] = ours
+    lines = [orjson.loads(line) for line in outputs["jsonl", 0].splitlines()]
     assert lines[1]["error"] is None and lines[1]["response"]["body"] == {
         "id": "chatcmpl-1",
         "choices": [],
@@ -255,12 +268,14 @@ def test_reused_rows_export_as_successes(db: Engine, fetch_paths: None) -> None:
         lines[0]["response"]
     )
     assert lines[2]["response"]["request_id"] is None  # a row stored without one
-    table = parsed(outputs["csv", False])
-    assert [r["status"] for r in table] == ["succeeded", "reused", "reused"]
-    assert table[1]["reused_from"] == f"batch_req_{source}" and table[0]["reused_from"] == ""
+    assert all("reused_from" not in line for line in lines)
+    table = parsed(outputs["csv", 0])
+    assert [r["status"] for r in table] == ["succeeded", "reused", "reused", "reused"]
+    assert [r["reused_from"] for r in table] == ["", "today/c1", "", "'=nightly, 1/r\"7\r"]
     assert table[1]["remote_id"] == "task-1" and table[1]["prompt_tokens"] == ""
-    expected = f'reused_from\n""\nbatch_req_{source}\nbatch_req_{2**62}\n'
-    assert outputs["csv", True] == expected.encode()
+    expected = 'reused_from\n""\ntoday/c1\n""\n"\'=nightly, 1/r""7\r"\n'
+    assert outputs["csv", 1] == expected.encode()
+    assert outputs["csv", 2] == expected.replace('""\ntoday', "today").encode()
 
 
 @settings(
@@ -335,28 +350,33 @@ def sqlite_db(tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.mark.parametrize("statuses", [None, ["reused", "queued"], ["submitted"]], ids=repr)
 @pytest.mark.parametrize("columns", [None, ["label", "stars", "status", "reused_from"]], ids=repr)
 def test_sqlite_writes_what_postgresql_writes(
-    db: Engine, sqlite_db: Engine, columns: list[str] | None
+    db: Engine, sqlite_db: Engine, columns: list[str] | None, statuses: list[str] | None
 ) -> None:
-    """The same rows, with the same ids, in both databases."""
+    """The same rows, with the same ids, in both databases, all of them or only some states;
+    reused answers name their source."""
     rows = record_rows(CSV_RECORDS)
     base = random.randrange(10**12, 2 * 10**12)  # far beyond what the sequence hands out
     for i, row in enumerate(rows):
         row["id"] = base + i
     rows[1].update(status="reused", reused_from=base, remote_id=None)
+    wanted = [row for row in rows if statuses is None or row.get("status") in statuses]
     exports = []
     for engine in (db, sqlite_db):
         with engine.begin() as conn:
-            batch_id = insert_rows(conn, rows, **RECORD_BATCH)
+            batch_id = insert_rows(conn, rows, **RECORD_BATCH, name="labels")
         for fmt in ("csv", "jsonl"):
             with engine.connect() as conn:
                 out = io.BytesIO()
                 chosen = columns if fmt == "csv" else None
-                assert export_batch(conn, batch_id, out, fmt, columns=chosen) == len(rows)
+                count = export_batch(conn, batch_id, out, fmt, columns=chosen, statuses=statuses)
+                assert count == len(wanted)
                 exports.append(out.getvalue())
     assert exports[:2] == exports[2:]
-    assert b"batch_req_%d" % base in exports[0] or columns is not None
+    if statuses is None or "reused" in statuses:
+        assert b",labels/c1\n" in exports[0]
 
 
 CR_COLUMNS = ["a\rb", "\r=HYPERLINK(1)", "x\r\ny", "plain"]
@@ -471,6 +491,19 @@ def test_export_to_shows_a_progress_bar_of_rows(
     assert capsys.readouterr().err == ""
 
 
+def test_export_to_counts_only_the_chosen_states_in_its_progress_bar(
+    db: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli.exporting import export_to
+
+    with db.begin() as conn:
+        batch_id = insert_rows(conn, record_rows(CSV_RECORDS), **RECORD_BATCH)
+    target = tmp_path / "o.jsonl"
+    assert export_to(batch_id, target, None, statuses=["queued"], progress=True) == 1
+    assert "1/1" in capsys.readouterr().err
+    assert orjson.loads(target.read_bytes())["custom_id"] == "c6"
+
+
 def unwritable(*args: Any, **kwargs: Any) -> Any:
     raise PermissionError(13, "Permission denied")
 
@@ -525,3 +558,15 @@ def test_export_command_streams_to_stdout_with_nothing_else_there(
     assert result.stdout_bytes == expected.getvalue()
     assert "wrote 7 result(s) to standard output" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_command_exports_only_the_states_asked_for(db: Engine, tmp_path: Path) -> None:
+    with db.begin() as conn:
+        batch_id = insert_rows(conn, record_rows(CSV_RECORDS), **RECORD_BATCH)
+    result = run_export(batch_id, "-o", "-", "--status", "failed, queued")
+    assert result.exit_code == 0, result.output
+    lines = [orjson.loads(line) for line in result.stdout_bytes.splitlines()]
+    assert [line["custom_id"] for line in lines] == ["c6", "c7"]
+    bad = run_export(batch_id, "-o", str(tmp_path / "o.csv"), "--status", "failed,done")
+    assert bad.exit_code == 2 and not (tmp_path / "o.csv").exists()
+    assert "--status: done; choose from queued, submitting, submitted, succeeded" in bad.stderr

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, insert
 
-from chatbatch.export import export_batch, export_python
+from chatbatch.export import STATUS_NAMES, export_batch, export_python
 from chatbatch.export_sql import export_postgres
 from chatbatch.models import batches_table, requests_table
 
@@ -61,11 +61,8 @@ CR_TEXTS = ["a\rb", 'ok\r=HYPERLINK("http://x.test","y")', "a\r\nb", "\r=1+1", "
 def insert_rows(conn: Connection, rows: list[dict[str, Any]], **batch: Any) -> str:
     """A batch of ``rows`` (request columns over defaults); ``batch`` sets batch columns."""
     batch_id = "batch_" + uuid.uuid4().hex
-    conn.execute(
-        insert(batches_table).values(
-            id=batch_id, name=batch_id, status="running", total=len(rows), created_at=NOW, **batch
-        )
-    )
+    columns = {"name": batch_id, "status": "running", "total": len(rows), "created_at": NOW}
+    conn.execute(insert(batches_table).values(id=batch_id, **(columns | batch)))
     values = []
     for line_no, row in enumerate(rows, 1):
         values.append(
@@ -167,6 +164,37 @@ def test_jsonl_keeps_nul_escapes_one_line_per_row_and_input_order(db: Engine) ->
     assert objects[8]["response"]["body"] == "<html>not json</html>"
 
 
+STATUS_CHOICES = [
+    ["failed"],
+    ["succeeded", "reused"],
+    ["queued", "submitting", "submitted", "expired"],
+    ["cancelled", "failed", "cancelled"],
+]
+
+
+@pytest.mark.parametrize("statuses", STATUS_CHOICES, ids=repr)
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("chunked_rows", [True, False], ids=["stream", "cursor"])
+def test_a_status_filter_exports_only_those_requests_identically(
+    db: Engine, monkeypatch: pytest.MonkeyPatch, statuses: list[str], fmt: str, chunked_rows: bool
+) -> None:
+    if chunked_rows and psycopg.pq.version() < 170000:
+        pytest.skip("this libpq has no chunked-rows mode")
+    monkeypatch.setattr("chatbatch.export_sql.CHUNKED_ROWS", chunked_rows)
+    monkeypatch.setattr("chatbatch.export_sql.FETCH_ROWS", 2)
+    ours, reference, count = both(db, ROWS, fmt, statuses=statuses)
+    assert ours == reference
+    wanted = [row.get("custom_id", f"c{i}") for i, row in enumerate(ROWS, 1)]
+    wanted = [name for name, row in zip(wanted, ROWS, strict=True) if row["status"] in statuses]
+    assert count == len(wanted) > 0
+    if fmt == "jsonl":
+        assert [orjson.loads(line)["custom_id"] for line in ours.splitlines()] == wanted
+    else:
+        table = list(csv.DictReader(io.StringIO(ours.decode(), newline="")))
+        assert {row["status"] for row in table} <= set(statuses)
+        assert len(table) == count
+
+
 def test_csv_neutralises_every_formula_prefix(db: Engine) -> None:
     rows = [
         {"status": "failed", "custom_id": f"id{i}{v}", "content": v, "error_message": v}
@@ -241,7 +269,7 @@ random_rows = st.fixed_dictionaries(
     {
         "custom_id": texts.filter(bool),
         "status": st.sampled_from(
-            ["succeeded", "reused", "failed", "expired", "queued", "submitted"]
+            ["succeeded", "reused", "failed", "expired", "queued", "submitting", "submitted"]
         ),
         "http_status": st.none() | st.sampled_from([0, 200, 400, 404, 500]),
         "response": st.none() | json_bodies | texts,
@@ -263,14 +291,20 @@ random_rows = st.fixed_dictionaries(
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(rows=st.lists(random_rows, min_size=1, max_size=6, unique_by=lambda r: r["custom_id"]))
-def test_random_rows_are_byte_identical(db: Engine, rows: list[dict[str, Any]]) -> None:
+@given(
+    rows=st.lists(random_rows, min_size=1, max_size=6, unique_by=lambda r: r["custom_id"]),
+    statuses=st.none() | st.lists(st.sampled_from(STATUS_NAMES), min_size=1, max_size=3),
+)
+def test_random_rows_are_byte_identical(
+    db: Engine, rows: list[dict[str, Any]], statuses: list[str] | None
+) -> None:
     for row in rows:  # a succeeded row's response was parsed on arrival: it is JSON
         if row["status"] in ("succeeded", "reused") and row["response"] is not None:
             row["response"] = orjson.dumps(row["response"]).decode()
     for fmt in ("jsonl", "csv"):
-        ours, reference, _ = both(db, rows, fmt)
+        ours, reference, count = both(db, rows, fmt, statuses=statuses)
         assert ours == reference
+        assert count == sum(statuses is None or row["status"] in statuses for row in rows)
 
 
 @pytest.mark.parametrize("chunked_rows", [True, False], ids=["stream", "cursor"])

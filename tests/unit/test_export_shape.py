@@ -20,6 +20,7 @@ from chatbatch.export import (
     csv_writer,
     jsonl_line,
     layout_for,
+    parse_statuses,
     value_cell,
 )
 from chatbatch.export_sql import _quoted
@@ -124,6 +125,20 @@ def test_unfinished_request_says_so() -> None:
     assert obj["error"] == {"code": "submitted", "message": "request is submitted"}
 
 
+def test_export_statuses_are_checked_names() -> None:
+    assert parse_statuses(" failed, Expired ,failed") == ("failed", "expired")
+    assert parse_statuses("queued,submitting,submitted,reused") == (
+        "queued",
+        "submitting",
+        "submitted",
+        "reused",
+    )
+    for bad, says in (("failed,finished", "finished; choose from queued, "), (" , ", "nothing")):
+        with pytest.raises(ExportError, match=f"--status: {says}") as raised:
+            parse_statuses(bad)
+        assert raised.value.exit_code == 2
+
+
 def test_csv_neutralises_formulas_and_keeps_numbers() -> None:
     cells = dict(
         zip(
@@ -153,14 +168,14 @@ def test_a_pretty_printed_body_still_makes_exactly_one_line() -> None:
 
 def test_a_reused_answer_is_written_as_the_success_it_copies(fixtures_dir: Path) -> None:
     real = orjson.loads((fixtures_dir / "kmmlu-batchoutput.jsonl").read_bytes().splitlines()[0])
-    reused = row(status="reused", reused_from=3, prompt_tokens=None, total_tokens=None)
+    reused = row(status="reused", reused_from="=nightly/r7", prompt_tokens=None, total_tokens=None)
     ours = orjson.loads(jsonl_line(reused))
     assert shape(ours) == shape(real)
     assert ours["error"] is None and ours["response"]["body"] == COMPLETION
     assert jsonl_line(reused) == jsonl_line(row())
     cells = dict(zip(CSV_COLUMNS, csv_cells(reused), strict=True))
     assert cells["status"] == "reused" and cells["content"] == "A"
-    assert cells["reused_from"] == "batch_req_3" and cells["total_tokens"] is None
+    assert cells["reused_from"] == "'=nightly/r7" and cells["total_tokens"] is None
     assert dict(zip(CSV_COLUMNS, csv_cells(row()), strict=True))["reused_from"] is None
 
 
