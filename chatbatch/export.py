@@ -27,7 +27,7 @@ from chatbatch.completions import USAGE_COLUMNS
 from chatbatch.errors import ChatbatchError
 from chatbatch.models import batches_table as b
 from chatbatch.models import requests_table as r
-from chatbatch.states import ANSWERED_STATUSES, RequestStatus
+from chatbatch.states import ACTIVE_STATUSES, ANSWERED_STATUSES, RequestStatus
 from chatbatch.structured import answer_fields
 
 if TYPE_CHECKING:
@@ -37,6 +37,9 @@ STREAM_ROWS = 2000
 BOM = b"\xef\xbb\xbf"
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\x00")
 ANSWERED = frozenset(str(s) for s in ANSWERED_STATUSES)
+# Not finished yet: exported with this error code, never as an error of their own.
+UNFINISHED = frozenset(str(s) for s in ACTIVE_STATUSES)
+UNFINISHED_CODE = "unfinished"
 STATUS_NAMES = tuple(s.value for s in RequestStatus)
 CSV_COLUMNS = (
     "custom_id",
@@ -116,6 +119,11 @@ class CsvLayout:
         if not names:
             raise ExportError("no column chosen")
         return CsvLayout(tuple(by_name[name] for name in names))
+
+
+def unfinished_message(status: str) -> str:
+    """The JSONL error message of a request that has no outcome yet: its real status."""
+    return f"not finished yet (status {status})"
 
 
 def parse_statuses(text: str) -> tuple[str, ...]:
@@ -270,7 +278,8 @@ def write_jsonl(rows: Iterator[Any], out: IO[bytes], on_rows: OnRows | None = No
 
 def jsonl_line(row: Any) -> bytes:
     """``{"id", "custom_id", "response": {...} | null, "error": null | {"code", "message"}}``;
-    a reused answer is written as the success it copies."""
+    a reused answer is written as the success it copies, a request not finished yet as
+    ``"response": null`` and the error code ``unfinished`` (its status in the message)."""
     head = b'{"id":' + orjson.dumps(f"batch_req_{row.id}") + b',"custom_id":'
     head += orjson.dumps(row.custom_id) + b',"response":'
     succeeded = row.status in ANSWERED
@@ -284,7 +293,10 @@ def jsonl_line(row: Any) -> bytes:
     head += b',"error":'
     if succeeded:
         return head + b"null}\n"
-    error = {"code": row.error_code or row.status, "message": _error_message(row)}
+    if row.status in UNFINISHED:
+        error = {"code": UNFINISHED_CODE, "message": unfinished_message(row.status)}
+    else:
+        error = {"code": row.error_code or row.status, "message": _error_message(row)}
     return head + orjson.dumps(error) + b"}\n"
 
 
@@ -294,7 +306,7 @@ def _response_body(row: Any, succeeded: bool) -> bytes | None:
         return None
     if succeeded:
         return _one_line(row.response.encode())
-    if not row.http_status or row.http_status < 400:
+    if not row.http_status or row.http_status < 400 or row.status in UNFINISHED:
         return None
     try:
         return orjson.dumps(orjson.loads(row.response))
@@ -379,7 +391,9 @@ def csv_cells(row: Any) -> list[Any]:
 
 
 def output_cells(row: Any) -> list[Any]:
-    """The cells made from the request row alone, in ``OUTPUT_COLUMNS`` order."""
+    """The cells made from the request row alone, in ``OUTPUT_COLUMNS`` order; a request not
+    finished yet has empty error cells (a transient error on its way is no outcome)."""
+    finished = row.status not in UNFINISHED
     return [
         _safe(row.custom_id),
         row.status,
@@ -387,8 +401,8 @@ def output_cells(row: Any) -> list[Any]:
         _safe(row.finish_reason),
         _safe(row.response_model or row.model),
         *(getattr(row, name) for name in USAGE_COLUMNS),
-        _safe(row.error_code),
-        _safe(row.error_message),
+        _safe(row.error_code) if finished else None,
+        _safe(row.error_message) if finished else None,
         _safe(row.remote_id),
         _iso(row.submitted_at),
         _iso(row.completed_at),

@@ -25,6 +25,8 @@ from chatbatch.export import (
     ANSWERED,
     FORMULA_PREFIXES,
     OUTPUT_COLUMNS,
+    UNFINISHED,
+    UNFINISHED_CODE,
     CsvLayout,
     OnRows,
     answer_values,
@@ -33,6 +35,7 @@ from chatbatch.export import (
     jsonl_line,
     layout_for,
     parse_record,
+    unfinished_message,
     value_cell,
 )
 
@@ -71,11 +74,20 @@ def _status_in(statuses: frozenset[str]) -> str:
     return "status IN (" + ", ".join(f"'{s}'" for s in sorted(statuses)) + ")"
 
 
+def _unfinished_message() -> str:
+    """``chatbatch.export.unfinished_message`` of the row's status, as SQL."""
+    before, after = unfinished_message("\x00").split("\x00")
+    return f"'{before}' || status || '{after}'"
+
+
 _SUCCEEDED = _status_in(ANSWERED)
+_UNFINISHED = _status_in(UNFINISHED)
 _ERROR_CODE = _json("COALESCE(NULLIF(error_code, ''), status)")
 _ERROR_MESSAGE = _json("COALESCE(NULLIF(error_message, ''), 'request is ' || status)")
 _ERROR = (
     f"CASE WHEN {_SUCCEEDED} THEN 'null' "
+    f'WHEN {_UNFINISHED} THEN \'{{"code":"{UNFINISHED_CODE}","message":\' || '
+    f"{_json(_unfinished_message())} || '}}' "
     f"ELSE '{{\"code\":' || {_ERROR_CODE} || ',\"message\":' || {_ERROR_MESSAGE} || '}}' END"
 )
 # The batch name and custom_id of the request a reused answer came from (``reused_source``),
@@ -96,12 +108,14 @@ def _jsonl_line(task_id: str) -> str:
         "ELSE 'null' END"
     )
     return (
-        "CASE WHEN response IS NOT NULL AND NOT {succeeded} AND http_status >= 400 "
+        "CASE WHEN response IS NOT NULL AND NOT {succeeded} AND NOT {unfinished} "
+        "AND http_status >= 400 "
         "THEN E'\\x01' || json_build_array({fields})::text "
         'ELSE \'{{"id":"batch_req_\' || id || \'","custom_id":\' || {custom_id} || '
         "',\"response\":' || {response} || ',\"error\":' || {error} || '}}' END || E'\\n'"
     ).format(
         succeeded=_SUCCEEDED,
+        unfinished=_UNFINISHED,
         fields=", ".join(task_id if f == "remote_id" else f for f in PYTHON_ROW_FIELDS),
         custom_id=_json("custom_id"),
         response=response,
@@ -163,6 +177,11 @@ def _number(expr: str) -> str:
     return f"COALESCE(({expr})::text, '')"
 
 
+def _finished_only(cell: str) -> str:
+    """``cell``, empty for a request not finished yet (``chatbatch.export.output_cells``)."""
+    return f"CASE WHEN {_UNFINISHED} THEN '' ELSE {cell} END"
+
+
 def _csv_cells(task_id: str) -> dict[str, str]:
     """Each output column's cell, ``task_id`` giving the remote_id."""
     return {
@@ -172,8 +191,8 @@ def _csv_cells(task_id: str) -> dict[str, str]:
         "finish_reason": _csv_text("finish_reason"),
         "model": _csv_text("COALESCE(NULLIF(response_model, ''), model)"),
         **{name: _number(name) for name in USAGE_COLUMNS},
-        "error_code": _csv_text("error_code"),
-        "error_message": _csv_text("error_message"),
+        "error_code": _finished_only(_csv_text("error_code")),
+        "error_message": _finished_only(_csv_text("error_message")),
         "remote_id": _csv_text(task_id),
         "submitted_at": _iso("submitted_at"),
         "completed_at": _iso("completed_at"),

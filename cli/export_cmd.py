@@ -52,10 +52,11 @@ def export_command(
 
     A CSV of a CSV or record file starts with its columns; with a JSON schema, the answer's
     top-level fields follow (answer.NAME when the name is taken), then schema_valid,
-    schema_error and the output columns. Everything but the export itself goes to stderr."""
+    schema_error and the output columns. Requests not finished yet are exported as unfinished
+    (with a warning). Everything but the export itself goes to stderr."""
     from chatbatch import queries
     from chatbatch.export import parse_statuses
-    from cli.exporting import check_output, export_to, shown_output
+    from cli.exporting import check_output, export_to, shown_output, unfinished_note
 
     setup_logging()
     check_output(output)  # before anything else is done
@@ -63,6 +64,9 @@ def export_command(
     chosen = parse_columns(columns) if columns is not None else None
     with ready_database().connect() as conn:
         row = queries.resolve_batch(conn, batch)
+        note = unfinished_note(conn, row, chosen_statuses)
+    if note:
+        click.echo(f"warning: {note}", err=True)
     count = export_to(row.id, output, fmt, columns=chosen, bom=bom, statuses=chosen_statuses)
     click.echo(f"wrote {count} result(s) to {shown_output(output)}", err=True)
 

@@ -17,8 +17,10 @@ from sqlalchemy import Connection, func, select
 
 from chatbatch.db import get_engine
 from chatbatch.errors import ChatbatchError
-from chatbatch.export import ExportError, export_batch
+from chatbatch.export import UNFINISHED, ExportError, export_batch
 from chatbatch.models import batches_table, requests_table
+from chatbatch.states import BatchStatus
+from chatbatch.untrusted import printable
 
 STDOUT = "-"  # ``-o -``: standard output
 
@@ -142,6 +144,31 @@ def _export(
         _progress_bar(conn, batch_id, output, progress, options["statuses"]) as on_rows,
     ):
         return export_batch(conn, batch_id, out, fmt, **options, on_rows=on_rows)
+
+
+def unfinished_note(
+    conn: Connection, batch: Any, statuses: Sequence[str] | None = None
+) -> str | None:
+    """The warning an export of a batch that is not finished prints (None when it is): how
+    many requests have no outcome yet and how they are exported."""
+    counts: dict[str, int] = dict(
+        conn.execute(
+            select(requests_table.c.status, func.count())
+            .where(requests_table.c.batch_id == batch.id)
+            .group_by(requests_table.c.status)
+        ).all()
+    )
+    unfinished = sum(n for status, n in counts.items() if status in UNFINISHED)
+    if not unfinished:
+        return None
+    running = batch.status in (BatchStatus.RUNNING, BatchStatus.CANCELLING)
+    state = "is still running" if running else f"is {printable(batch.status)}"
+    left_out = statuses is not None and not UNFINISHED.intersection(statuses)
+    how = "--status leaves them out" if left_out else "they are exported as unfinished"
+    return (
+        f"batch {printable(batch.name)} {state}: {unfinished} of {sum(counts.values())} "
+        f"requests are not finished; {how}"
+    )
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """``chatbatch export`` through the installed binary, on the embedded SQLite default: output
 paths refused before any work, ``-o -`` for pipelines, ``--status``, reused answers naming their
-source."""
+source, and a batch that is not finished exported as such."""
 
 from __future__ import annotations
 
@@ -139,3 +139,23 @@ def test_a_reused_answer_names_the_batch_and_custom_id_it_came_from(
         ("failed", "") if custom_id in FAILING else ("reused", f"mixed/{custom_id}")
         for custom_id in IDS
     ]
+
+
+def test_a_batch_not_finished_is_exported_as_unfinished_with_a_warning(
+    mixed: dict[str, str], tmp_path: Path
+) -> None:
+    loaded = chatbatch("load", "prompts.jsonl", "--name", "later", env=mixed, cwd=tmp_path)
+    assert loaded.returncode == 0
+    code, stdout, stderr = export(mixed, tmp_path, "later", "-o", "-")
+    assert code == 0, stderr
+    assert (
+        "warning: batch later is still running: 6 of 6 requests are not finished; they are "
+        "exported as unfinished"
+    ) in stderr
+    errors = [orjson.loads(line)["error"] for line in stdout.splitlines()]
+    assert errors == [{"code": "unfinished", "message": "not finished yet (status queued)"}] * 6
+    code, stdout, stderr = export(mixed, tmp_path, "later", "-o", "-", "--format", "csv")
+    table = list(csv.DictReader(io.StringIO(stdout.decode(), newline="")))
+    assert {(row["status"], row["error_code"], row["error_message"]) for row in table} == {
+        ("queued", "", "")
+    }

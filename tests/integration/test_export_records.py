@@ -356,12 +356,13 @@ def test_sqlite_writes_what_postgresql_writes(
     db: Engine, sqlite_db: Engine, columns: list[str] | None, statuses: list[str] | None
 ) -> None:
     """The same rows, with the same ids, in both databases, all of them or only some states;
-    reused answers name their source."""
+    reused answers name their source, unfinished requests are exported as unfinished."""
     rows = record_rows(CSV_RECORDS)
     base = random.randrange(10**12, 2 * 10**12)  # far beyond what the sequence hands out
     for i, row in enumerate(rows):
         row["id"] = base + i
     rows[1].update(status="reused", reused_from=base, remote_id=None)
+    rows[-2].update(error_code="rate_limited", error_message="429")  # the queued one
     wanted = [row for row in rows if statuses is None or row.get("status") in statuses]
     exports = []
     for engine in (db, sqlite_db):
@@ -377,6 +378,10 @@ def test_sqlite_writes_what_postgresql_writes(
     assert exports[:2] == exports[2:]
     if statuses is None or "reused" in statuses:
         assert b",labels/c1\n" in exports[0]
+    if statuses is None or "queued" in statuses:
+        assert b"rate_limited" not in exports[0] + exports[1]
+        unfinished = b'"error":{"code":"unfinished","message":"not finished yet (status queued)"}'
+        assert unfinished in exports[1]
 
 
 CR_COLUMNS = ["a\rb", "\r=HYPERLINK(1)", "x\r\ny", "plain"]
@@ -567,6 +572,28 @@ def test_export_command_exports_only_the_states_asked_for(db: Engine, tmp_path: 
     assert result.exit_code == 0, result.output
     lines = [orjson.loads(line) for line in result.stdout_bytes.splitlines()]
     assert [line["custom_id"] for line in lines] == ["c6", "c7"]
+    assert [line["error"]["code"] for line in lines] == ["unfinished", "task_failed"]
     bad = run_export(batch_id, "-o", str(tmp_path / "o.csv"), "--status", "failed,done")
     assert bad.exit_code == 2 and not (tmp_path / "o.csv").exists()
     assert "--status: done; choose from queued, submitting, submitted, succeeded" in bad.stderr
+
+
+def test_export_command_warns_that_a_running_batch_is_not_finished(db: Engine) -> None:
+    rows = record_rows(CSV_RECORDS)  # one queued request among seven
+    rows[0].update(status="submitted", response=None)
+    with db.begin() as conn:
+        running = insert_rows(conn, rows, name="labels")
+        paused = insert_rows(conn, rows, name="held", status="paused")
+        finished = insert_rows(conn, rows[1:-2], name="done", status="completed")
+    result = run_export("labels", "-o", "-")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(
+        "warning: batch labels is still running: 2 of 7 requests are not finished; they are "
+        "exported as unfinished\n"
+    )
+    codes = [orjson.loads(line)["error"] for line in result.stdout_bytes.splitlines()]
+    assert [c["code"] for c in codes if c] == ["unfinished", "unfinished", "task_failed"]
+    left_out = run_export(running, "-o", "-", "--status", "failed,succeeded")
+    assert "2 of 7 requests are not finished; --status leaves them out" in left_out.stderr
+    assert "warning: batch held is paused: 2 of 7" in run_export(paused, "-o", "-").stderr
+    assert "warning" not in run_export(finished, "-o", "-").stderr

@@ -50,7 +50,12 @@ ROWS: list[dict[str, Any]] = [
     {"status": "reused", "response": '{"a": 1}', "prompt_tokens": None, "schema_valid": False},
     {"status": "failed", "custom_id": "a\rb", "content": "\rx", "error_message": "x\r=SUM(A1)"},
     {"status": "succeeded", "content": "a\r\nb", "finish_reason": "x\r", "remote_id": "\r"},
+    # not finished, with what their way left behind: a 429, a rejected body, a failed poll
+    {"status": "queued", "error_code": "rate_limited", "error_message": "429", "http_status": 429},
+    {"status": "submitting", "http_status": 400, "response": '{"error": {"message": "bad"}}'},
+    {"status": "submitted", "error_message": "last poll: x", "http_status": 503, "response": "<"},
 ]
+UNFINISHED_AT = [4, 5, 18, 19, 20]  # the indexes in ROWS of requests not finished yet
 FORMULAS = ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'already", "a=b", "", " =x"]
 # Unquoted, a CR anywhere in a cell ends the row for a spreadsheet (and for csv.reader), and a
 # formula after it would escape the leading quote: a bare CR, one before a formula, CRLF, a CR
@@ -164,11 +169,36 @@ def test_jsonl_keeps_nul_escapes_one_line_per_row_and_input_order(db: Engine) ->
     assert objects[8]["response"]["body"] == "<html>not json</html>"
 
 
+def test_unfinished_requests_are_exported_as_unfinished_by_both_paths(db: Engine) -> None:
+    """A request with no outcome yet is no error named after its status, whatever transient
+    error it met on its way: in JSONL its error is ``unfinished`` (status in the message) with
+    no response; in CSV its status is the real one and the error cells are empty."""
+    for fmt in ("jsonl", "csv"):
+        ours, reference, _ = both(db, ROWS, fmt)
+        assert ours == reference
+        if fmt == "jsonl":
+            objects = [orjson.loads(line) for line in ours.splitlines()]
+        else:
+            objects = list(csv.DictReader(io.StringIO(ours.decode(), newline="")))
+        for i, obj in enumerate(objects):
+            status = ROWS[i]["status"]
+            if i not in UNFINISHED_AT:
+                assert status not in ("queued", "submitting", "submitted")
+            elif fmt == "jsonl":
+                assert obj["response"] is None
+                message = f"not finished yet (status {status})"
+                assert obj["error"] == {"code": "unfinished", "message": message}
+            else:
+                assert obj["status"] == status
+                assert obj["error_code"] == obj["error_message"] == ""
+
+
 STATUS_CHOICES = [
     ["failed"],
     ["succeeded", "reused"],
     ["queued", "submitting", "submitted", "expired"],
     ["cancelled", "failed", "cancelled"],
+    ["submitting"],
 ]
 
 

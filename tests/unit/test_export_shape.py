@@ -120,9 +120,28 @@ def test_rejected_line_keeps_the_providers_error_body() -> None:
     }
 
 
-def test_unfinished_request_says_so() -> None:
-    obj = orjson.loads(jsonl_line(row(status="submitted", response=None, http_status=None)))
-    assert obj["error"] == {"code": "submitted", "message": "request is submitted"}
+@pytest.mark.parametrize("status", ["queued", "submitting", "submitted"])
+def test_an_unfinished_request_is_exported_as_unfinished_not_as_an_error(status: str) -> None:
+    """Whatever transient error it met on its way (a 429, a poll that failed, a rejected body
+    kept for a re-ask), a request with no outcome yet is ``unfinished``, its status named, and
+    its CSV row has its real status and empty error cells."""
+    for leftovers in (
+        {"error_code": None, "error_message": None, "response": None, "http_status": None},
+        {"error_code": "rate_limited", "error_message": "429", "http_status": 429},
+        {"error_code": None, "error_message": "last poll: boom", "response": '{"e": 1}'},
+    ):
+        unfinished = row(status=status, **leftovers)
+        obj = orjson.loads(jsonl_line(unfinished))
+        assert obj["response"] is None
+        assert obj["error"] == {
+            "code": "unfinished",
+            "message": f"not finished yet (status {status})",
+        }
+        cells = dict(zip(CSV_COLUMNS, csv_cells(unfinished), strict=True))
+        assert cells["status"] == status
+        assert cells["error_code"] is None and cells["error_message"] is None
+    finished = row(status="failed", error_code="rate_limited", error_message="429", response=None)
+    assert dict(zip(CSV_COLUMNS, csv_cells(finished), strict=True))["error_code"] == "rate_limited"
 
 
 def test_export_statuses_are_checked_names() -> None:
