@@ -1,5 +1,6 @@
 """The arithmetic and wording of ``chatbatch watch``, free of I/O: throughput over a sliding
-window of samples, the ETA it implies, and the one-line summary printed when not on a terminal.
+window of samples, the ETA it implies, the one-line summary printed when not on a terminal, when
+a batch is stalled (work is due and nobody moves it) and what watch says then or on a pause.
 
 A snapshot's text (names, reasons, error codes and messages, which may come from the provider)
 is made printable when the snapshot is built, so no view of it can pass an escape sequence on to
@@ -9,13 +10,19 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from chatbatch.states import ACTIVE_STATUSES, TERMINAL_STATUSES
 from chatbatch.untrusted import printable
 
 WINDOW_SECONDS = 10.0
+# Work due and untouched this long means nobody works the batch: a live worker or ``process``
+# claims due rows within a tick (1 s by default) and recovers lapsed leases as often.
+STALL_SECONDS = 30.0
 FINISHED_BATCH_STATUSES = ("completed", "cancelled")
+PAUSED = "paused"
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,10 @@ class Snapshot:
     def done(self) -> bool:
         return self.status in FINISHED_BATCH_STATUSES
 
+    @property
+    def paused(self) -> bool:
+        return self.status == PAUSED
+
 
 def _make_printable(frozen: object, *names: str) -> None:
     """Replace the frozen dataclass's text fields ``names`` by their printable form (None
@@ -155,3 +166,88 @@ def plain_line(snapshot: Snapshot, rate: float | None) -> str:
     if snapshot.pause_reason:
         parts.append(f"paused: {snapshot.pause_reason}")
     return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class Motion:
+    """What changes whenever anyone works the batch: the requests in each state and the claims
+    made so far (the sum of the lease tokens: every claim bumps one, a poll's claim too, so a
+    worker waiting on slow answers is seen moving even while no request changes state)."""
+
+    counts: tuple[tuple[str, int], ...]
+    claims: int
+
+    @classmethod
+    def of(cls, counts: Mapping[str, int], claims: int) -> Motion:
+        """From counts by state in any order (states with no request left out)."""
+        return cls(tuple(sorted((s, n) for s, n in counts.items() if n)), claims)
+
+
+def untouched_seconds(unmoved_since: datetime, next_due: datetime | None, now: datetime) -> float:
+    """How long work has been due with nothing moving: from the later of the last movement
+    seen and the moment the earliest active request fell due (a queued request's send time, a
+    submitted one's next poll, a submitting one's lease running out); 0 when nothing is due."""
+    if next_due is None:
+        return 0.0
+    return max(0.0, (now - max(unmoved_since, next_due)).total_seconds())
+
+
+def is_stalled(
+    unmoved_since: datetime,
+    next_due: datetime | None,
+    now: datetime,
+    stall_seconds: float = STALL_SECONDS,
+) -> bool:
+    """Whether work has waited untouched for ``stall_seconds``: nobody seems to work the batch."""
+    return untouched_seconds(unmoved_since, next_due, now) >= stall_seconds
+
+
+class StallWatch:
+    """Follows one batch's motion refresh after refresh and says when it is stalled: the
+    pure rule (``is_stalled``) fed with the time the motion last changed."""
+
+    def __init__(self, stall_seconds: float = STALL_SECONDS) -> None:
+        self.stall_seconds = stall_seconds
+        self._motion: Motion | None = None
+        self._since: datetime | None = None
+
+    def observe(self, now: datetime, motion: Motion, next_due: datetime | None) -> float | None:
+        """Record a refresh; the seconds due work has waited untouched when that makes the batch
+        stalled, None otherwise (moving again clears it at once)."""
+        if self._since is None or motion != self._motion:
+            self._motion, self._since = motion, now
+        waited = untouched_seconds(self._since, next_due, now)
+        return waited if waited >= self.stall_seconds else None
+
+
+def stall_hint(name: str, waited: float, *, embedded: bool, broker: bool) -> str:
+    """What watch says about a stalled batch: that nobody seems to work it and how to start
+    someone, in the words of the set-up (embedded default, a broker, PostgreSQL without one)."""
+    head = f"nothing has moved for {format_duration(waited)} although work is due: "
+    process = f"`chatbatch process {name}`"
+    if broker:
+        return head + (
+            "no `chatbatch worker` or `chatbatch process` seems to be working this batch. "
+            f"Start one: `chatbatch worker` (it takes work from CHATBATCH_BROKER_URL) or {process} "
+            "(works this batch in that terminal)"
+        )
+    if embedded:
+        return head + (
+            "no `chatbatch process` seems to be working this batch (the embedded default has no "
+            f"workers). Start one: {process} (on this machine; it works the batch until it is done)"
+        )
+    return head + (
+        "no `chatbatch process` or worker seems to be working this batch. Start one: "
+        f"{process} (anywhere that reaches this database) or `chatbatch worker` "
+        "(with CHATBATCH_BROKER_URL set)"
+    )
+
+
+def pause_message(snapshot: Snapshot) -> str:
+    """Why watch stopped on a paused batch and what to do (the reason is printable already)."""
+    reason = (snapshot.pause_reason or "no reason recorded").rstrip(". ")
+    return (
+        f"{snapshot.name} is paused: {reason}. Fix the cause, then "
+        f"`chatbatch resume {snapshot.name}` (and `chatbatch process {snapshot.name}` where no "
+        "worker runs)"
+    )

@@ -378,3 +378,21 @@ def load_command(file: Path, load: LoadArgs, as_json: bool) -> None:
         click.echo(orjson.dumps(result))
     else:
         click.echo(batch.id)
+    report_who_works(batch)
+
+
+def report_who_works(batch: LoadedBatch) -> None:
+    """On the embedded default, say on stderr that nothing works the batch until a ``process``
+    does: no worker takes it, and a user coming from queues would wait for one. With a broker,
+    workers take it; stdout stays the id or pure JSON either way."""
+    from chatbatch.untrusted import printable
+
+    config = settings()
+    if not config.is_embedded or config.broker_url:
+        return
+    name = printable(batch.name)
+    click.echo(
+        f"nothing works this batch until you run `chatbatch process {name}` (or `chatbatch run` "
+        "next time, which loads and works in one go)",
+        err=True,
+    )

@@ -1,17 +1,27 @@
-"""The pure parts of ``chatbatch watch``: throughput window, ETA, formatting, the plain line."""
+"""The pure parts of ``chatbatch watch``: throughput window, ETA, formatting, the plain line,
+the stalled rule and what watch says on a stall or a pause."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from chatbatch.watching import (
+    STALL_SECONDS,
     ErrorLine,
+    Motion,
     Snapshot,
+    StallWatch,
     ThroughputWindow,
     eta_seconds,
     format_duration,
     format_rate,
+    is_stalled,
+    pause_message,
     plain_line,
+    stall_hint,
+    untouched_seconds,
 )
 
 
@@ -157,3 +167,107 @@ def test_provider_text_in_a_snapshot_is_printable() -> None:
     assert not any(c in line for c in "\x1b\x07\r")
     assert line.startswith("night[2Jly paused") and "errors task[5m_failed 2" in line
     assert "cost unknown (no price for gpt[31m-x)" in line
+
+
+T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+QUEUED = Motion.of({"queued": 8, "succeeded": 2}, claims=2)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def test_stalled_when_due_work_waits_untouched_for_the_window() -> None:
+    assert is_stalled(unmoved_since=at(0), next_due=at(-60), now=at(STALL_SECONDS))
+    assert not is_stalled(unmoved_since=at(0), next_due=at(-60), now=at(STALL_SECONDS - 1))
+    assert is_stalled(at(0), at(-60), at(5), stall_seconds=5)
+
+
+def test_nothing_due_is_never_stalled() -> None:
+    assert not is_stalled(at(0), next_due=None, now=at(3600))  # nothing active
+    assert not is_stalled(at(0), next_due=at(3601), now=at(3600))  # a retry backs off
+
+
+def test_work_that_fell_due_lately_has_not_waited_long_enough() -> None:
+    # nothing moved for an hour (a poll an hour away), but the poll fell due only 10 s ago
+    assert untouched_seconds(at(0), next_due=at(3590), now=at(3600)) == 10
+    assert not is_stalled(at(0), at(3590), at(3600))
+    assert is_stalled(at(0), at(3590), at(3620))
+
+
+def test_a_submitting_request_whose_lease_ran_out_is_due_work() -> None:
+    # a submitting row's due time is its lease's end: past it, the worker that held it is gone
+    lease_end = at(10)
+    assert not is_stalled(at(0), lease_end, now=at(35))
+    assert is_stalled(at(0), lease_end, now=at(40))
+
+
+def test_the_watch_starts_counting_at_its_first_refresh() -> None:
+    watch = StallWatch(stall_seconds=30)
+    assert watch.observe(at(0), QUEUED, next_due=at(-600)) is None  # no history before it
+    assert watch.observe(at(29), QUEUED, next_due=at(-600)) is None
+    assert watch.observe(at(30), QUEUED, next_due=at(-600)) == 30
+    assert watch.observe(at(45), QUEUED, next_due=at(-600)) == 45
+
+
+def test_any_request_changing_state_clears_the_stall_at_once() -> None:
+    watch = StallWatch(stall_seconds=30)
+    watch.observe(at(0), QUEUED, at(-600))
+    assert watch.observe(at(40), QUEUED, at(-600)) == 40
+    moved = Motion.of({"queued": 7, "submitting": 1, "succeeded": 2}, claims=3)
+    assert watch.observe(at(41), moved, at(-600)) is None
+    assert watch.observe(at(70), moved, at(-600)) is None
+    assert watch.observe(at(71), moved, at(-600)) == 30  # stalled again, counted afresh
+
+
+def test_a_claim_without_a_change_of_state_is_motion() -> None:
+    # a worker polling answers that are not ready yet: the rows stay submitted, tokens grow
+    watch = StallWatch(stall_seconds=30)
+    for second in range(0, 120, 10):
+        polling = Motion.of({"submitted": 10}, claims=10 + second)
+        assert watch.observe(at(second), polling, next_due=at(second - 1)) is None
+
+
+def test_motion_ignores_the_order_of_the_counts_and_empty_states() -> None:
+    assert Motion.of({"queued": 1, "failed": 0, "succeeded": 2}, 5) == Motion.of(
+        {"succeeded": 2, "queued": 1}, 5
+    )
+    assert Motion.of({"queued": 1}, 5) != Motion.of({"queued": 1}, 6)
+
+
+def test_stall_hint_on_the_embedded_default() -> None:
+    hint = stall_hint("nightly", 30, embedded=True, broker=False)
+    assert hint.startswith("nothing has moved for 30s although work is due: ")
+    assert "no `chatbatch process` seems to be working this batch" in hint
+    assert "Start one: `chatbatch process nightly` (on this machine" in hint
+    assert "`chatbatch worker`" not in hint  # none runs without a broker
+
+
+def test_stall_hint_with_a_broker_names_the_worker_first() -> None:
+    hint = stall_hint("nightly", 95, embedded=False, broker=True)
+    assert hint.startswith("nothing has moved for 1m35s although work is due: ")
+    assert "no `chatbatch worker` or `chatbatch process` seems to be working this batch" in hint
+    assert "Start one: `chatbatch worker`" in hint
+    assert "`chatbatch process nightly`" in hint
+
+
+def test_stall_hint_on_a_database_without_a_broker() -> None:
+    hint = stall_hint("nightly", 30, embedded=False, broker=False)
+    assert "no `chatbatch process` or worker seems to be working this batch" in hint
+    assert "Start one: `chatbatch process nightly`" in hint
+    assert "`chatbatch worker` (with CHATBATCH_BROKER_URL set)" in hint
+
+
+def test_paused_is_not_done_but_ends_the_watch_with_what_to_do() -> None:
+    snap = snapshot(status="paused", pause_reason="401 from provider.")
+    assert snap.paused and not snap.done
+    assert not snapshot().paused
+    message = pause_message(snap)
+    assert message.startswith("nightly is paused: 401 from provider. Fix the cause, then ")
+    assert "`chatbatch resume nightly`" in message
+    assert "no reason recorded" in pause_message(snapshot(status="paused"))
+
+
+def test_pause_message_is_printable() -> None:
+    snap = snapshot(status="paused", pause_reason="key refused \x1b]0;title\x07")
+    assert "\x1b" not in pause_message(snap) and "\x07" not in pause_message(snap)
