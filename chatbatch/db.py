@@ -3,18 +3,23 @@ it; query functions take a connection and never commit."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from chatbatch.errors import ConfigError
-from chatbatch.settings import get_settings
+from chatbatch.settings import default_database_path, get_settings
 
 IDLE_IN_TRANSACTION_TIMEOUT = "25P03"  # SQLSTATE: idle_in_transaction_session_timeout
+HIDDEN = "***"
+# user:PASSWORD@ after any scheme (Celery takes lists of URLs joined with ';').
+_USERINFO_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/:@;]*:)[^/;]*@", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&][^=&;]*password[^=&;]*=)[^&;]*", re.IGNORECASE)
 
 
 def normalise_url(url: str) -> str:
@@ -86,15 +91,38 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def masked_url(url: str | URL) -> str:
+    """``url`` safe to print: the password hidden, in the user part and in the query
+    (``?password=``); any URL, a database's or a broker's."""
+    text = url if isinstance(url, str) else url.render_as_string(hide_password=True)
+    text = _USERINFO_PASSWORD.sub(rf"\g<1>{HIDDEN}@", text)
+    return _QUERY_PASSWORD.sub(rf"\g<1>{HIDDEN}", text)
+
+
 @lru_cache(maxsize=1)
 def get_engine() -> Engine:
-    """The process-wide engine for the configured database."""
+    """The process-wide engine for the configured database; on the default, its directory is
+    created first (only then: a command that opens no database leaves no trace)."""
     settings = get_settings()
+    if settings.uses_default_database:
+        _make_data_dir()
     return make_engine(
         settings.database_url,
         pool_size=settings.concurrency + 4,
         idle_in_transaction_seconds=settings.lease_seconds,
     )
+
+
+def _make_data_dir() -> None:
+    """Create the default database's directory (private: it holds prompts and answers)."""
+    where = default_database_path().parent
+    try:
+        where.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the data directory {where} ({exc.strerror or exc}): set "
+            "CHATBATCH_DATABASE_URL to a database elsewhere"
+        ) from None
 
 
 def db_now(conn: Connection) -> datetime:

@@ -28,6 +28,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
 from chatbatch.completions import USAGE_COLUMNS
+from chatbatch.db import masked_url
 from chatbatch.errors import NotFoundError
 from chatbatch.models import batches_table as b
 from chatbatch.models import past_results_table as past_results
@@ -652,10 +653,12 @@ def next_due_at(conn: Connection, batch_id: str) -> datetime | None:
 
 
 def resolve_batch(conn: Connection, ref: str) -> Row[Any]:
-    """A batch by id or by name."""
+    """A batch by id or by name; NotFoundError names the database looked in (password
+    hidden), so a batch in another database is easy to tell from one that does not exist."""
     row = conn.execute(select(b).where((b.c.id == ref) | (b.c.name == ref))).first()
     if row is None:
-        raise NotFoundError(f"no batch with id or name {ref!r}")
+        where = masked_url(conn.engine.url)
+        raise NotFoundError(f"no batch with id or name {ref!r} in {where}")
     return row
 
 

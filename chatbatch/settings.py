@@ -1,28 +1,61 @@
-"""Settings from the environment (``CHATBATCH_*``), read lazily so ``--help`` needs nothing."""
+"""Settings from the environment (``CHATBATCH_*``) and a ``.env`` file in the working directory
+(the environment wins), read lazily so ``--help`` needs nothing."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
 
+import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    SettingsConfigDict,
+)
+from sqlalchemy.engine import URL
 
 from chatbatch.errors import ConfigError
 from chatbatch.ratelimits import SETTING as RATE_LIMITS_SETTING
 from chatbatch.ratelimits import parse_limits
 from chatbatch.redaction import KeyProblem, check_key
 
-DEFAULT_SQLITE_URL = "sqlite:///chatbatch.db"
+APP_NAME = "chatbatch"
+DATABASE_FILE = "chatbatch.db"  # the embedded database's file name, in the user's data directory
+ENV_FILE = ".env"  # read from the working directory; the environment wins over it
 LEASE_MARGIN_SECONDS = 5.0  # slack between the last start of an HTTP call and the lease's end
+
+
+def data_dir() -> Path:
+    """The user's data directory for chatbatch (platformdirs; ``$XDG_DATA_HOME/chatbatch`` on
+    Linux), so every command finds the same database whatever directory it runs in."""
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def default_database_path() -> Path:
+    """The embedded database's file when CHATBATCH_DATABASE_URL is not set."""
+    return data_dir() / DATABASE_FILE
+
+
+def default_database_url() -> str:
+    """The SQLite URL of the default database (its directory is created with the engine)."""
+    return sqlite_url(default_database_path())
+
+
+def sqlite_url(path: Path) -> str:
+    """A SQLite URL for ``path``, quoted so any file name reads back the same."""
+    return URL.create("sqlite", database=path.as_posix()).render_as_string(hide_password=False)
 
 
 class Settings(BaseSettings):
     """Every knob of chatbatch; the README's configuration table mirrors this class."""
 
-    model_config = SettingsConfigDict(env_prefix="CHATBATCH_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="CHATBATCH_", extra="ignore", env_file=ENV_FILE, env_file_encoding="utf-8"
+    )
 
-    database_url: str = DEFAULT_SQLITE_URL
+    database_url: str = Field(default_factory=default_database_url)
     broker_url: str | None = None
     queue: str = "chatbatch"
     api_base: str = "https://geekai.co/api/v1"
@@ -100,6 +133,11 @@ class Settings(BaseSettings):
         """True when running on the default SQLite file with no broker."""
         return self.database_url.startswith("sqlite")
 
+    @property
+    def uses_default_database(self) -> bool:
+        """True when no environment variable or .env line chose the database."""
+        return "database_url" not in self.model_fields_set
+
     def api_key_value(self) -> str | None:
         """The raw key, for the Authorization header only."""
         return self.api_key.get_secret_value() if self.api_key else None
@@ -114,6 +152,50 @@ class Settings(BaseSettings):
             return check_key(key, name="the API key (CHATBATCH_API_KEY or GEEKAI_API_KEY)")
         except KeyProblem as exc:
             raise ConfigError(str(exc)) from None
+
+
+def env_file_used() -> Path | None:
+    """The ``.env`` file settings are read from (in the working directory), if there is one."""
+    path = Path(ENV_FILE)
+    return path.absolute() if path.is_file() else None
+
+
+def setting_origins() -> dict[str, str]:
+    """Where each setting's value comes from: ``environment``, ``.env`` or ``default``, in
+    the order pydantic-settings applies them (the environment wins over .env)."""
+    from_env = _given_names(EnvSettingsSource(Settings)())
+    from_dotenv = _given_names(DotEnvSettingsSource(Settings)())
+    origins = {}
+    for name in Settings.model_fields:
+        names = _accepted_names(name)
+        if names & from_env:
+            origins[name] = "environment"
+        elif names & from_dotenv:
+            origins[name] = ".env"
+        else:
+            origins[name] = "default"
+    return origins
+
+
+def variable_names(name: str) -> list[str]:
+    """The environment variables that set the field ``name`` (upper case, as documented)."""
+    info = Settings.model_fields[name]
+    aliases = info.validation_alias
+    if isinstance(aliases, AliasChoices):
+        return [choice for choice in aliases.choices if isinstance(choice, str)]
+    if isinstance(aliases, str):
+        return [aliases]
+    return [f"CHATBATCH_{name.upper()}"]
+
+
+def _accepted_names(name: str) -> set[str]:
+    """The keys a settings source may report the field under: its name or an alias."""
+    return {name.lower(), *(alias.lower() for alias in variable_names(name))}
+
+
+def _given_names(values: dict[str, object]) -> set[str]:
+    """The keys a settings source found, lower-cased (names are not case-sensitive)."""
+    return {key.lower() for key in values}
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -17,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 from chatbatch.db import get_engine
 from chatbatch.errors import ChatbatchError, ConfigError
 from chatbatch.logs import configure_logging
-from chatbatch.settings import Settings, get_settings
+from chatbatch.settings import DATABASE_FILE, Settings, default_database_path, get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,12 +45,36 @@ def ready_database() -> Engine:
     """The engine, migrated automatically on the embedded SQLite default, checked otherwise."""
     from chatbatch.migrate import check_current, upgrade
 
-    engine = get_engine()
+    engine = database_engine()
     if settings().is_embedded:
         upgrade(engine)
     else:
         check_current(engine)
     return engine
+
+
+def database_engine() -> Engine:
+    """The engine as it is (no schema check), after the notice about a stale local database."""
+    notice_stale_local_database()
+    return get_engine()
+
+
+@functools.cache
+def notice_stale_local_database() -> None:
+    """Once per command, on stderr: a ``./chatbatch.db`` here is no longer the default database
+    (it was before the default moved to the data directory), and how to keep using it."""
+    config = settings()
+    local = Path(DATABASE_FILE)
+    if not config.uses_default_database or not local.is_file():
+        return
+    default = default_database_path()
+    if local.resolve() == default.resolve():
+        return
+    click.echo(
+        f"note: ./{DATABASE_FILE} is not used any more; the default database is now {default}; "
+        f"set CHATBATCH_DATABASE_URL=sqlite:///{DATABASE_FILE} to keep using it",
+        err=True,
+    )
 
 
 def summarise(conn: Connection, batch: Row[Any]) -> dict[str, Any]:

@@ -13,7 +13,15 @@ import click
 import orjson
 
 from chatbatch.states import TERMINAL_STATUSES, RequestStatus
-from cli.context import handles_errors, ready_database, settings, setup_logging, summarise
+from cli.config_cmd import config_command
+from cli.context import (
+    database_engine,
+    handles_errors,
+    ready_database,
+    settings,
+    setup_logging,
+    summarise,
+)
 from cli.export_cmd import export_command
 from cli.load_cmd import load_command
 from cli.render import print_summary
@@ -44,11 +52,10 @@ def db() -> None:
 @handles_errors
 def db_upgrade() -> None:
     """Create or upgrade the schema to the newest version (works from any directory)."""
-    from chatbatch.db import get_engine
     from chatbatch.migrate import upgrade
 
     setup_logging()
-    upgrade(get_engine())
+    upgrade(database_engine())
     click.echo("database is up to date")
 
 
@@ -182,6 +189,8 @@ def _control(command: Callable[[Connection, datetime], CommandResult], as_json: 
         )
 
 
+cli.add_command(config_command)
+cli.add_command(config_command, name="info")
 cli.add_command(load_command)
 cli.add_command(export_command)
 cli.add_command(run_command)

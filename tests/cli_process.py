@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,12 +45,24 @@ def chatbatch(
     return proc
 
 
-def base_env() -> dict[str, str]:
-    return {
+def base_env(data_home: Path | None = None) -> dict[str, str]:
+    """The environment less chatbatch's settings, with XDG_DATA_HOME at ``data_home`` (else a
+    fresh temporary directory), so the default database is never the real user's: commands
+    run with the same ``data_home`` share that database."""
+    env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("CHATBATCH_") and k != "GEEKAI_API_KEY"
     }
+    env["XDG_DATA_HOME"] = str(data_home or _temporary_data_home())
+    return env
+
+
+def _temporary_data_home() -> Path:
+    """A data directory of its own, removed when the test run ends."""
+    path = Path(tempfile.mkdtemp(prefix="chatbatch-data-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def write_prompts(path: Path, n: int) -> list[dict[str, object]]:

@@ -107,7 +107,7 @@ def test_embedded_run_needs_nothing_configured(tmp_path) -> None:
         "-o",
         "results.jsonl",
         "--simulate",
-        env=base_env(),
+        env=base_env(tmp_path),
         cwd=tmp_path,
         check=False,
     )
@@ -115,9 +115,14 @@ def test_embedded_run_needs_nothing_configured(tmp_path) -> None:
     lines = (tmp_path / "results.jsonl").read_bytes().splitlines()
     assert len(lines) == 14
     assert all(orjson.loads(x)["error"] is None for x in lines)
-    assert (tmp_path / "chatbatch.db").exists()
+    assert (tmp_path / "chatbatch" / "chatbatch.db").exists()  # $XDG_DATA_HOME/chatbatch
+    assert not (tmp_path / "chatbatch.db").exists()
     again = chatbatch(
-        "status", orjson.loads(lines[0])["custom_id"], env=base_env(), cwd=tmp_path, check=False
+        "status",
+        orjson.loads(lines[0])["custom_id"],
+        env=base_env(tmp_path),
+        cwd=tmp_path,
+        check=False,
     )
     assert again.returncode != 0 and "no batch" in again.stderr
 
@@ -132,7 +137,7 @@ def test_embedded_run_needs_nothing_configured(tmp_path) -> None:
 )
 def test_run_exit_codes_tell_cron_what_happened(sim, tmp_path, key, faults, exit_code, says):
     sim.reconfigure(**faults)
-    env = base_env() | {
+    env = base_env(tmp_path) | {
         "CHATBATCH_API_BASE": sim.base_url,
         "CHATBATCH_API_KEY": key,
         "CHATBATCH_POLL_FIRST_SECONDS": "0.05",
@@ -237,7 +242,7 @@ def test_bom_and_crlf_are_accepted_and_missing_file_or_taken_name_refused(
 )
 @pytest.mark.parametrize("command", [("db", "upgrade"), ("status", "x"), ("cancel", "x")])
 def test_bad_settings_exit_2_with_one_readable_line(tmp_path, setting, says, command) -> None:
-    proc = chatbatch(*command, env=base_env() | setting, cwd=tmp_path, check=False)
+    proc = chatbatch(*command, env=base_env(tmp_path) | setting, cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: bad configuration: ") and says in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -247,7 +252,7 @@ def test_embedded_batch_paused_then_resumed_and_retried_with_process(sim, tmp_pa
     """On the SQLite default there are no workers: ``process`` continues a batch after
     ``resume`` or ``retry``, and every step's exit code tells cron what happened."""
     prompts = str(REPO / "examples" / "prompts.jsonl")
-    env = base_env() | {
+    env = base_env(tmp_path) | {
         "CHATBATCH_API_BASE": sim.base_url,
         "CHATBATCH_API_KEY": "sk-expired",
         "CHATBATCH_POLL_FIRST_SECONDS": "0.05",

@@ -56,7 +56,7 @@ def check_labels(
 
 
 def test_a_csv_is_labeled_on_the_embedded_default(sim, tmp_path) -> None:
-    env = base_env() | {"CHATBATCH_POLL_FIRST_SECONDS": "0.05"}
+    env = base_env(tmp_path) | {"CHATBATCH_POLL_FIRST_SECONDS": "0.05"}
     proc = chatbatch(
         "run",
         str(EXAMPLES / "reviews.csv"),

@@ -48,7 +48,7 @@ def hook() -> Iterator[ThreadingHTTPServer]:
 
 def test_run_posts_a_summary_with_the_exit_code(sim, tmp_path, hook) -> None:
     url = f"http://127.0.0.1:{hook.server_port}/hooks/nightly?token=s3cret"
-    env = base_env() | {
+    env = base_env(tmp_path) | {
         "CHATBATCH_API_BASE": sim.base_url,
         "CHATBATCH_API_KEY": "sk-simulator",
         "CHATBATCH_POLL_FIRST_SECONDS": "0.05",
@@ -84,7 +84,7 @@ def test_notify_refuses_a_non_http_url(tmp_path) -> None:
         "o.jsonl",
         "--notify",
         "file:///x",
-        env=base_env(),
+        env=base_env(tmp_path),
         cwd=tmp_path,
         check=False,
     )
@@ -126,7 +126,7 @@ def trickler() -> Iterator[dict[str, object]]:
 
 def test_a_receiver_that_never_finishes_does_not_hold_up_the_exit(sim, tmp_path, trickler) -> None:
     url = f"http://user:pw@127.0.0.1:{trickler['port']}/hook?token=s3cret"
-    env = base_env() | {
+    env = base_env(tmp_path) | {
         "CHATBATCH_API_BASE": sim.base_url,
         "CHATBATCH_API_KEY": "sk-simulator",
         "CHATBATCH_POLL_FIRST_SECONDS": "0.05",
@@ -154,7 +154,7 @@ def test_notify_refuses_a_port_out_of_range_before_loading(tmp_path) -> None:
         "o.jsonl",
         "--notify",
         "http://127.0.0.1:99999/x",
-        env=base_env(),
+        env=base_env(tmp_path),
         cwd=tmp_path,
         check=False,
     )

@@ -47,7 +47,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[d
     bodies = write_prompts(where / "prompts.jsonl", 9)
     chatbatch(
         "run", "prompts.jsonl", "-o", "out.jsonl", "--name", "nightly", "--simulate",
-        env=base_env(), cwd=where,
+        env=base_env(where), cwd=where,
     )  # fmt: skip
     (where / "prices.toml").write_text(PRICES)
     return where, bodies
@@ -56,7 +56,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[d
 def test_usage_json_reports_exact_tokens_and_cost(finished_run) -> None:
     where, bodies = finished_run
     proc = chatbatch(
-        "usage", "nightly", "--prices", "prices.toml", "--json", env=base_env(), cwd=where
+        "usage", "nightly", "--prices", "prices.toml", "--json", env=base_env(where), cwd=where
     )
     result = orjson.loads(proc.stdout)
     assert result["by"] == "model" and result["currency"] == "USD"
@@ -74,7 +74,7 @@ def test_usage_json_reports_exact_tokens_and_cost(finished_run) -> None:
     assert proc.stderr == ""
 
     by_day = orjson.loads(
-        chatbatch("usage", "--by", "day", "--json", env=base_env(), cwd=where).stdout
+        chatbatch("usage", "--by", "day", "--json", env=base_env(where), cwd=where).stdout
     )
     assert len(by_day["rows"]) == 1 and by_day["rows"][0]["answers"] == 9
     assert by_day["total"]["cost"] is None and by_day["currency"] is None  # no price table
@@ -82,7 +82,7 @@ def test_usage_json_reports_exact_tokens_and_cost(finished_run) -> None:
 
 def test_usage_text_and_status_cost_use_the_prices_setting(finished_run) -> None:
     where, bodies = finished_run
-    env = base_env() | {"CHATBATCH_PRICES": str(where / "prices.toml")}
+    env = base_env(where) | {"CHATBATCH_PRICES": str(where / "prices.toml")}
     text = chatbatch("usage", env=env, cwd=where).stdout
     assert "cost (USD)" in text and "nightly" in text
     expected = f"{cost_by_hand(bodies).normalize():f}"
@@ -93,7 +93,7 @@ def test_usage_text_and_status_cost_use_the_prices_setting(finished_run) -> None
     plain = chatbatch("status", "nightly", env=env, cwd=where).stdout
     assert f"cost        {expected} USD so far" in plain
     without = orjson.loads(
-        chatbatch("status", "nightly", "--json", env=base_env(), cwd=where).stdout
+        chatbatch("status", "nightly", "--json", env=base_env(where), cwd=where).stdout
     )
     assert "cost" not in without
 
@@ -102,13 +102,13 @@ def test_an_unpriced_model_is_reported_unknown_with_a_warning(finished_run) -> N
     where, _ = finished_run
     (where / "other.toml").write_text('[models."gpt-4o"]\ninput = 2.5\noutput = 10\n')
     proc = chatbatch(
-        "usage", "nightly", "--prices", "other.toml", "--json", env=base_env(), cwd=where
+        "usage", "nightly", "--prices", "other.toml", "--json", env=base_env(where), cwd=where
     )
     result = orjson.loads(proc.stdout)
     assert result["total"]["cost"] is None and result["rows"][0]["cost"] is None
     assert result["unpriced_models"] == {"gpt-4o-mini": "no price"}
     assert "warning: cost unknown" in proc.stderr and "gpt-4o-mini (no price)" in proc.stderr
-    text = chatbatch("usage", "nightly", "--prices", "other.toml", env=base_env(), cwd=where)
+    text = chatbatch("usage", "nightly", "--prices", "other.toml", env=base_env(where), cwd=where)
     assert "unknown" in text.stdout
 
 
@@ -117,9 +117,11 @@ def test_a_bad_price_file_exits_2_naming_the_file_and_key(finished_run, command)
     where, _ = finished_run
     bad = where / "bad-prices.toml"
     bad.write_text('[models."gpt-4o-mini"]\ninput = 0.15\noutput = -1\n')
-    proc = chatbatch(*command, "--prices", str(bad), env=base_env(), cwd=where, check=False)
+    proc = chatbatch(*command, "--prices", str(bad), env=base_env(where), cwd=where, check=False)
     assert proc.returncode == 2
     assert f"price table {bad}: models.gpt-4o-mini.output" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
-    missing = chatbatch(*command, "--prices", "nope.toml", env=base_env(), cwd=where, check=False)
+    missing = chatbatch(
+        *command, "--prices", "nope.toml", env=base_env(where), cwd=where, check=False
+    )
     assert missing.returncode == 2 and "price table nope.toml: cannot read it" in missing.stderr
