@@ -21,6 +21,13 @@ class NotFoundError(ChatbatchError):
     exit_code = 2
 
 
+class ArgumentError(ChatbatchError):
+    """An argument the command cannot take (a missing input file, a batch name already used):
+    a usage error."""
+
+    exit_code = 2
+
+
 class InputError(ChatbatchError):
     """A file that cannot be loaded; carries every problem found, each with file and line.
     A usage error: the command was given input it cannot take."""

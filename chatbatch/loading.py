@@ -8,6 +8,7 @@ same COPY (PostgreSQL) or chunked INSERT (SQLite).
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from chatbatch import structured
 from chatbatch.db import db_now
-from chatbatch.errors import ChatbatchError, InputError
+from chatbatch.errors import ArgumentError, InputError
 from chatbatch.estimates import estimated_input_cost, estimated_prompt_tokens
 from chatbatch.fingerprints import fingerprint
 from chatbatch.jsonl_input import ByteProgress, RequestLines
@@ -50,6 +51,7 @@ COPY_COLUMNS = (
     "due_at",
 )
 PREVIEW_REQUESTS = 3
+BATCH_ID_FORM = re.compile(r"batch_[0-9a-f]{32}", re.IGNORECASE)  # what new_batch_id makes
 
 # One request as a source gives it: custom_id, model, body (a dict the loader may still change:
 # the schema is applied to it) and the source record as compact JSON (record files only).
@@ -157,8 +159,7 @@ def load_source(
     problem so the caller's rollback leaves nothing behind."""
     options = options or BatchOptions()
     path = source.path
-    if not path.is_file():
-        raise ChatbatchError(f"{path}: no such file")
+    check_input_file(path)
     batch_id = new_batch_id()
     name = name or f"{path.stem}-{batch_id[6:14]}"
     _check_name_free(conn, name)
@@ -205,8 +206,7 @@ def preview_source(
     """Check the whole of ``source`` as a load would and estimate its prompt tokens and input
     cost, touching no database; InputError as ``load_source`` would raise it."""
     options = options or BatchOptions()
-    if not source.path.is_file():
-        raise ChatbatchError(f"{source.path}: no such file")
+    check_input_file(source.path)
     problems = _Problems()
     preview = Preview()
     tokens = preview.tokens_by_model
@@ -250,14 +250,34 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def check_input_file(path: Path) -> None:
+    """ArgumentError naming ``path`` unless it is a file: checked before anything else, so a
+    mistyped name is reported as such (exit 2) and touches no database."""
+    if not path.exists():
+        raise ArgumentError(f"{path}: no such file")
+    if not path.is_file():
+        raise ArgumentError(f"{path}: not a file")
+
+
 def _check_name_free(conn: Connection, name: str) -> None:
-    existing = conn.execute(
-        select(batches_table.c.id).where(batches_table.c.name == name)
-    ).scalar_one_or_none()
-    if existing:
-        raise ChatbatchError(
-            f"a batch named {name!r} already exists ({existing}); pick another --name"
+    """ArgumentError when ``name`` is taken or would shadow a batch id: commands take a batch
+    by id or name, so a name equal to an id (any id to come, ids being random) is refused."""
+    if BATCH_ID_FORM.fullmatch(name):
+        raise ArgumentError(
+            f"{name!r} looks like a batch id (batch_ and 32 hex digits); pick another --name"
         )
+    existing = conn.execute(
+        select(batches_table.c.id, batches_table.c.name).where(
+            (batches_table.c.name == name) | (batches_table.c.id == name)
+        )
+    ).first()
+    if existing is None:
+        return
+    if existing.name == name:
+        raise ArgumentError(
+            f"a batch named {name!r} already exists ({existing.id}); pick another --name"
+        )
+    raise ArgumentError(f"{name!r} is the id of batch {existing.name!r}; pick another --name")
 
 
 def _is_duplicate_id(exc: IntegrityError | psycopg.errors.UniqueViolation) -> bool:

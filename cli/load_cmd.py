@@ -154,8 +154,9 @@ def load_options(fn: F) -> F:
 def perform_load(file: Path, load: LoadArgs, *, as_json: bool = False) -> LoadedBatch | None:
     """Load ``file`` as the options say and return the batch; with ``--dry-run`` print the
     preview instead and return None (nothing is written anywhere)."""
-    from chatbatch.loading import load_source, preview_source
+    from chatbatch.loading import check_input_file, load_source, preview_source
 
+    check_input_file(file)  # before the template, the schema or the database is touched
     source = build_source(file, load)
     options = batch_options(load)
     if load.dry_run:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    package_name="chatbatch", prog_name="chatbatch", message="%(prog)s %(version)s"
+)
 def cli() -> None:
     """Batch LLM chat completions through a provider's background mode, kept in PostgreSQL."""
 

@@ -1,11 +1,12 @@
 """Where is my data? The embedded default lives in the user's data directory, so every command
 finds the same batches from any directory; ``config`` says what is in force (secrets masked);
-a batch that is not found names the database looked in.
+a batch that is not found names the database looked in; bad arguments exit 2.
 
 Every test points XDG_DATA_HOME at its own directory: the real user's data is never touched."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import uuid
 from pathlib import Path
@@ -123,3 +124,34 @@ def test_a_key_in_dotenv_is_read_and_not_shown(tmp_path) -> None:
     report = orjson.loads(proc.stdout)
     assert report["api_key"] == f"set (sk-…{key[-3:]}, {len(key)} chars)"
     assert report["settings"]["CHATBATCH_API_KEY"]["source"] == ".env"
+
+
+def test_a_missing_file_or_a_taken_name_exits_2_naming_it(tmp_path) -> None:
+    env, database, first, _ = places(tmp_path)
+    for command in (("load",), ("run", "-o", "out.jsonl", "--simulate")):
+        proc = chatbatch(*command[:1], "nope.jsonl", *command[1:], env=env, cwd=first, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert "nope.jsonl: no such file" in proc.stderr
+    assert not database.exists()  # refused before any database was opened
+
+    batch_id = chatbatch("load", PROMPTS, "--name", "taken", env=env, cwd=first).stdout.strip()
+    refused = {
+        "taken": "a batch named 'taken' already exists",
+        batch_id: "looks like a batch id",
+        f"batch_{uuid.uuid4().hex}": "looks like a batch id",
+    }
+    for name, says in refused.items():
+        for command in (("load",), ("run", "-o", "out.jsonl", "--simulate")):
+            proc = chatbatch(
+                *command[:1], PROMPTS, *command[1:], "--name", name,
+                env=env, cwd=first, check=False,
+            )  # fmt: skip
+            assert proc.returncode == 2, proc.stderr
+            assert says in proc.stderr and repr(name) in proc.stderr
+    listed = orjson.loads(chatbatch("list", "--json", env=env, cwd=first).stdout)
+    assert [b["name"] for b in listed] == ["taken"]
+
+
+def test_version_prints_the_package_version(tmp_path) -> None:
+    proc = chatbatch("--version", env=base_env(tmp_path), cwd=tmp_path)
+    assert proc.stdout == f"chatbatch {importlib.metadata.version('chatbatch')}\n"
