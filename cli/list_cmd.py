@@ -7,6 +7,7 @@ from typing import Any
 import click
 import orjson
 
+from chatbatch.db import masked_url
 from chatbatch.states import TERMINAL_STATUSES
 from chatbatch.untrusted import printable
 from cli.context import handles_errors, ready_database, setup_logging, summarise
@@ -48,8 +49,7 @@ def list_command(limit: int, as_json: bool) -> None:
         click.echo(orjson.dumps(summaries))
         return
     if not summaries:
-        where = engine.url.render_as_string(hide_password=True)
-        click.echo(f"no batches in {where}", err=True)
+        click.echo(f"no batches in {masked_url(engine.url)}", err=True)
     for line in table_lines([_cells(s) for s in summaries]):
         click.echo(line)
     if len(rows) > len(shown):

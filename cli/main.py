@@ -22,11 +22,14 @@ from cli.context import (
     setup_logging,
     summarise,
 )
+from cli.delete_cmd import delete_command
 from cli.export_cmd import export_command
+from cli.list_cmd import list_command
 from cli.load_cmd import load_command
 from cli.render import print_summary
 from cli.report_cmd import report_command
 from cli.run import process_command, run_command
+from cli.show_cmd import show_command
 from cli.usage_cmd import prices_for_batch, prices_option, usage_command
 from cli.watch_cmd import watch_command
 from cli.worker_cmd import worker_command
@@ -84,24 +87,6 @@ def status(batch: str, as_json: bool, prices_path: Path | None) -> None:
         click.echo(orjson.dumps(summary))
     else:
         print_summary(summary)
-
-
-@cli.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of status objects.")
-@handles_errors
-def list_(as_json: bool) -> None:
-    """All batches, newest first."""
-    from chatbatch import queries
-
-    setup_logging()
-    with ready_database().connect() as conn:
-        summaries = [summarise(conn, row) for row in queries.list_batches(conn)]
-    if as_json:
-        click.echo(orjson.dumps(summaries))
-        return
-    for s in summaries:
-        done = sum(s["counts"][k] for k in TERMINAL_STATUSES)
-        click.echo(f"{s['id']}  {s['name']:<32}  {s['status']:<10} {done}/{s['total']}")
 
 
 @cli.command()
@@ -203,6 +188,9 @@ cli.add_command(simulate)
 cli.add_command(usage_command)
 cli.add_command(report_command)
 cli.add_command(watch_command)
+cli.add_command(list_command)
+cli.add_command(show_command)
+cli.add_command(delete_command)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -29,7 +30,7 @@ from chatbatch.states import ACTIVE_STATUSES, ANSWERED_STATUSES, TERMINAL_STATUS
 from chatbatch.summary import cost_summary
 from chatbatch.untrusted import printable
 from cli.context import handles_errors, ready_database, settings, setup_logging, summarise
-from cli.exporting import export_to
+from cli.exporting import check_output, export_to, is_stdout, shown_output
 from cli.interrupts import CleanStop
 from cli.load_cmd import LoadArgs, load_options, perform_load, report_reuse
 from cli.notify import notification, send, validate_url
@@ -181,8 +182,9 @@ def run_command(
     configuration, 130 interrupted, 1 any other error.
     """
     setup_logging()
+    check_output(output)  # before anything is loaded or paid for, not after
     if not simulate and not load.dry_run:
-        settings().usable_api_key()  # before anything is loaded, not after
+        settings().usable_api_key()
     batch = perform_load(file, load)
     if batch is None:  # --dry-run: shown, nothing loaded, nothing to process
         return
@@ -215,6 +217,8 @@ def process_command(
     Exit codes as for `run`.
     """
     setup_logging()
+    if output is not None:
+        check_output(output)
     if not simulate:
         settings().usable_api_key()
     with ready_database().begin() as conn:
@@ -264,12 +268,16 @@ def _report(batch_id: str, finish: Finish) -> NoReturn:
         prices = prices_for_batch(row)
         if prices is not None:
             summary["cost"] = cost_summary(conn, row, prices=prices)
+    # With -o - the results own stdout: everything else goes to stderr.
+    to_stderr = output is not None and is_stdout(output)
     if finish.as_json:
-        click.echo(orjson.dumps(summary))
+        click.echo(orjson.dumps(summary), err=to_stderr)
     else:
-        print_summary(summary)
+        with redirect_stdout(sys.stderr) if to_stderr else contextlib.nullcontext():
+            print_summary(summary)
     if output:
-        click.echo(f"wrote {count} result(s) to {output}", err=finish.as_json)
+        shown = shown_output(output)
+        click.echo(f"wrote {count} result(s) to {shown}", err=finish.as_json or to_stderr)
     code = exit_code_for(summary)
     if finish.notify:
         body = notification(summary, exit_code=code, output=str(output) if output else None)

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, func, select, update
 from chatbatch import controls, queries
 from chatbatch.db import db_now
 from chatbatch.export import export_batch
+from chatbatch.models import batches_table as b
 from chatbatch.models import past_results_table as past
 from chatbatch.models import requests_table as r
 from chatbatch.outcomes import Accepted
@@ -233,3 +234,28 @@ def test_retry_refuses_unfinished_statuses(pg, tmp_path):
     batch_id = load(pg, tmp_path / "in.jsonl")
     with pytest.raises(ValueError, match="only finished requests"):
         retry(pg, batch_id, RequestStatus.QUEUED)
+
+
+def test_delete_refuses_a_batch_still_worked_and_removes_a_finished_one(pg, tmp_path) -> None:
+    write_requests(tmp_path / "in.jsonl", 3)
+    batch_id = load(pg, tmp_path / "in.jsonl")
+    with pytest.raises(controls.ChatbatchError, match="cancel it first"), pg.begin() as conn:
+        controls.delete(conn, batch_id)
+    with pg.begin() as conn:  # paused with a request whose result is paid for
+        conn.execute(update(b).where(b.c.id == batch_id).values(status="paused"))
+        conn.execute(update(r).where(r.c.custom_id == "c0").values(status="submitted"))
+    with pytest.raises(controls.ChatbatchError, match="in flight"), pg.begin() as conn:
+        controls.delete(conn, batch_id)
+    with pg.begin() as conn:
+        conn.execute(update(r).values(status=RequestStatus.FAILED))
+    retry(pg, batch_id)  # some history in past_results
+    with pg.begin() as conn:
+        conn.execute(update(r).values(status=RequestStatus.FAILED))
+        conn.execute(update(b).where(b.c.id == batch_id).values(status="completed"))
+    with pg.begin() as conn:
+        result = controls.delete(conn, batch_id)
+    assert result.changed == 3
+    with pg.connect() as conn:
+        for table in (b, r, past):
+            column = table.c.id if table is b else table.c.batch_id
+            assert conn.execute(select(func.count()).where(column == batch_id)).scalar_one() == 0
