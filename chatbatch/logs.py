@@ -21,16 +21,22 @@ class RedactSecret(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self._redact(record.exc_text)
+            # Only the scrubbed text is shown: a handler that renders the exception itself
+            # (rich does) would print the original.
+            record.exc_text, record.exc_info = self._redact(record.exc_text), None
         if record.stack_info:
             record.stack_info = self._redact(record.stack_info)
         return True
 
 
-def configure_logging(level: int, *, secret: str | None) -> None:
-    """Log to stderr at ``level``; never let ``secret`` through."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+def configure_logging(
+    level: int, *, secret: str | None, handler: logging.Handler | None = None
+) -> None:
+    """Log at ``level`` through ``handler`` (default: plain lines on stderr); never let
+    ``secret`` through."""
+    if handler is None:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if secret:
         handler.addFilter(RedactSecret(secret))
     root = logging.getLogger()

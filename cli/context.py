@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
+from rich.console import Console
+from rich.logging import RichHandler
 from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import OperationalError
 
@@ -106,11 +108,22 @@ def handles_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@functools.lru_cache(maxsize=1)
+def stderr_console() -> Console:
+    """The one console on stderr that live views and log lines share, so a log line is
+    printed above a live bar instead of through it."""
+    return Console(stderr=True)
+
+
 def setup_logging(level: int = logging.WARNING) -> None:
-    """Log to stderr, scrubbing the API key."""
+    """Log to stderr, scrubbing the API key: through rich on a terminal (so the lines never
+    break a live bar), plain lines otherwise (files, pipes, workers under a supervisor)."""
     try:
         secret = get_settings().api_key_value()
     except ValueError:
         secret = None
-    configure_logging(level, secret=secret)
+    handler = None
+    if sys.stderr.isatty():
+        handler = RichHandler(console=stderr_console(), show_path=False, markup=False)
+    configure_logging(level, secret=secret, handler=handler)
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -333,12 +333,18 @@ def print_preview(file: Path, preview: Preview, options: BatchOptions, *, as_jso
             )
         )
         return
+    first_format = None
     for number, request in enumerate(preview.requests, 1):
         click.echo(
             f"# request {number} of {preview.total:,} (line {request['line']}, "
             f"custom_id {request['custom_id']!r})"
         )
-        click.echo(orjson.dumps(request["body"], option=orjson.OPT_INDENT_2).decode())
+        body = dict(request["body"])
+        if number == 1:
+            first_format = body.get("response_format")
+        elif first_format is not None and body.get("response_format") == first_format:
+            body["response_format"] = "(as in request 1)"  # the schema is shown once
+        click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
     click.echo(f"{preview.total:,} request(s) in {file}; nothing was loaded (--dry-run)")
     click.echo(
         f"estimated prompt tokens: {preview.prompt_tokens:,} (an estimate: characters of "

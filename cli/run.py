@@ -29,7 +29,14 @@ from chatbatch.settings import Settings
 from chatbatch.states import ACTIVE_STATUSES, ANSWERED_STATUSES, TERMINAL_STATUSES, BatchStatus
 from chatbatch.summary import cost_summary
 from chatbatch.untrusted import printable
-from cli.context import handles_errors, ready_database, settings, setup_logging, summarise
+from cli.context import (
+    handles_errors,
+    ready_database,
+    settings,
+    setup_logging,
+    stderr_console,
+    summarise,
+)
 from cli.exporting import check_output, export_to, is_stdout, shown_output
 from cli.interrupts import CleanStop
 from cli.load_cmd import LoadArgs, load_options, perform_load, report_reuse
@@ -335,7 +342,7 @@ def _run_with_progress(runner: Engine, batch_id: str, total: int) -> str:
     """Work the batch to its end (or pause, or a stop) under a live bar; how it ended."""
     from worker.inprocess import run_batch
 
-    with progress_bar(Console(stderr=True)) as progress:
+    with progress_bar(stderr_console()) as progress:
         view = _ProgressView(progress, batch_id, total)
         ended = run_batch(runner, batch_id, on_progress=view)
         view(force=True)

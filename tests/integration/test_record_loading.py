@@ -518,6 +518,8 @@ def test_dry_run_shows_requests_and_estimates_and_loads_nothing(db: Engine) -> N
     assert "1,000 request(s) in" in out and "nothing was loaded" in out
     assert "estimated prompt tokens: " in out and "an estimate" in out
     assert "estimated input cost: 0.0" in out and "USD" in out
+    assert out.count('"schema": {') == 1  # the schema once, not once per request shown
+    assert out.count('"response_format": "(as in request 1)"') == 2
     assert counts(db) == (0, 0)
 
     as_json = orjson.loads(invoke("load", *REVIEW_ARGS, "--dry-run", "--json").stdout)

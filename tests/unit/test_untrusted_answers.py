@@ -353,3 +353,23 @@ def test_the_log_filter_scrubs_exceptions_and_tracebacks(
     err = capsys.readouterr().err
     assert "RuntimeError" in err and REDACTED in err
     assert KEY not in err
+
+
+def test_a_rich_log_handler_shows_only_the_scrubbed_traceback() -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    console = Console(record=True, width=200)
+    handler = RichHandler(console=console)
+    handler.addFilter(RedactSecret(KEY))
+    logger = logging.getLogger("test.redaction.rich")
+    logger.addHandler(handler)
+    try:
+        try:
+            raise RuntimeError(f"echoed {KEY}")
+        except RuntimeError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    shown = console.export_text()
+    assert "RuntimeError" in shown and REDACTED in shown and KEY not in shown
