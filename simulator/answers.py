@@ -10,6 +10,8 @@ from typing import Any
 
 LABELS = ("positive", "negative", "neutral")
 TRANSPORT_KEYS = frozenset({"background", "stream"})
+CAP_KEYS = ("max_tokens", "max_completion_tokens")
+CHARS_PER_TOKEN = 4  # the simulator's convention, as prompt tokens are counted
 JSON_FORMATS = ("json_object", "json_schema")
 NUL = "\x00"
 MAX_SCHEMA_DEPTH = 8  # deeper (or recursive) schemas get null there
@@ -68,10 +70,43 @@ def answer_schema(body: dict[str, Any]) -> dict[str, Any] | None:
     return schema if isinstance(schema, dict) and schema else None
 
 
+def completion_cap(body: dict[str, Any]) -> int | None:
+    """The smaller usable ``max_tokens``/``max_completion_tokens`` of ``body`` (None: none)."""
+    caps = [body[key] for key in CAP_KEYS if _int(body.get(key), 0) >= 1]
+    return min(caps) if caps else None
+
+
+def _completion_tokens(body: dict[str, Any], fp: str) -> tuple[int, bool]:
+    """The completion tokens an answer reports, and whether the request's cap cut it short."""
+    natural = 5 + int(fp[:4], 16) % 50
+    cap = completion_cap(body)
+    if cap is not None and cap < natural:
+        return cap, True
+    return natural, False
+
+
+def expected_finish_reason(body: dict[str, Any], *, fingerprint: str | None = None) -> str:
+    """The answer's finish_reason: "length" when ``max_tokens`` cut it short, else "stop"."""
+    fp = fingerprint or request_fingerprint(body)
+    return "length" if _completion_tokens(body, fp)[1] else "stop"
+
+
+def _cut(body: dict[str, Any], fp: str, content: str) -> str:
+    """``content`` cut to about the capped completion tokens when the request's cap binds."""
+    tokens, cut = _completion_tokens(body, fp)
+    return content[: tokens * CHARS_PER_TOKEN] if cut else content
+
+
 def expected_content(body: dict[str, Any], *, fingerprint: str | None = None) -> str:
     """The assistant content the simulator returns for ``body``: a value following its JSON
-    Schema, a small labelled JSON object for other JSON requests, else an echo."""
+    Schema, a small labelled JSON object for other JSON requests, else an echo; cut to about
+    ``max_tokens`` * 4 characters when that cap is below the answer's completion tokens."""
     fp = fingerprint or request_fingerprint(body)
+    return _cut(body, fp, _full_content(body, fp))
+
+
+def _full_content(body: dict[str, Any], fp: str) -> str:
+    """The content before any ``max_tokens`` cut."""
     schema = answer_schema(body)
     if schema is not None:
         return json.dumps(value_for(schema, fp))
@@ -87,8 +122,13 @@ def expected_content(body: dict[str, Any], *, fingerprint: str | None = None) ->
 def spoiled_content(body: dict[str, Any], *, draw: int, fingerprint: str | None = None) -> str:
     """A broken version of the JSON answer to ``body``, as models sometimes give: cut in half
     (not JSON) when ``draw`` is even, else with one field of the wrong type (cut in half when
-    no field has a declared type)."""
-    content = expected_content(body, fingerprint=fingerprint)
+    no field has a declared type); then cut as ``max_tokens`` cuts the answer."""
+    fp = fingerprint or request_fingerprint(body)
+    return _cut(body, fp, _spoiled(body, draw, _full_content(body, fp)))
+
+
+def _spoiled(body: dict[str, Any], draw: int, content: str) -> str:
+    """The whole JSON ``content`` broken as ``draw`` says."""
     if draw % 2 == 1:
         value = json.loads(content)
         schema = answer_schema(body) or LABEL_SCHEMA
@@ -244,12 +284,14 @@ def expected_reasoning(body: dict[str, Any], *, fingerprint: str | None = None) 
 
 
 def expected_usage(body: dict[str, Any], *, fingerprint: str | None = None) -> dict[str, Any]:
-    """The usage object (GeekAI shape) the simulator returns for ``body``."""
+    """The usage object (GeekAI shape) the simulator returns for ``body``; a ``max_tokens`` (or
+    ``max_completion_tokens``) below its completion tokens caps them, reasoning ones included."""
     fp = fingerprint or request_fingerprint(body)
     messages = _messages(body)
-    prompt = 1 + sum(len(message_text(m.get("content"))) for m in messages) // 4
-    completion = 5 + int(fp[:4], 16) % 50
+    prompt = 1 + sum(len(message_text(m.get("content"))) for m in messages) // CHARS_PER_TOKEN
+    completion, cut = _completion_tokens(body, fp)
     reasoning = 8 + int(fp[4:6], 16) % 32 if "thinking" in body else 0
+    reasoning = min(reasoning, completion) if cut else reasoning
     cached = prompt // 2 if any(m.get("role") == "system" for m in messages) else 0
     return {
         "prompt_tokens": prompt,
@@ -286,12 +328,13 @@ def completion_for(
     reasoning = expected_reasoning(body, fingerprint=fp)
     if reasoning is not None:
         message["reasoning_content"] = reasoning
+    finish = expected_finish_reason(body, fingerprint=fp)
     return {
         "id": task_id,
         "object": "chat.completion",
         "created": created,
         "model": body["model"],
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": expected_usage(body, fingerprint=fp),
         "system_fingerprint": "fp_sim",
     }

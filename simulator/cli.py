@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -136,6 +137,13 @@ def _retry_after(_ctx: click.Context, _param: click.Parameter, value: str) -> fl
 )
 @click.option("--seed", type=int, default=None, help="Seed for faults and latencies.")
 @click.option(
+    "--store",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Keep the tasks in this SQLite file too (made if missing), so a simulator restarted "
+    "or running beside this one with the same file answers them.",
+)
+@click.option(
     "--api-key",
     "api_keys",
     multiple=True,
@@ -155,7 +163,12 @@ def _retry_after(_ctx: click.Context, _param: click.Parameter, value: str) -> fl
     help="Key answered 403 forbidden (repeatable).",
 )
 def simulate(
-    host: str, port: int, api_keys: tuple[str, ...], no_auth: bool, **settings: Any
+    host: str,
+    port: int,
+    api_keys: tuple[str, ...],
+    no_auth: bool,
+    store: Path | None,
+    **settings: Any,
 ) -> None:
     """Serve a GeekAI-compatible API (background mode, polling, faults) on HOST:PORT."""
     from simulator.server import serve
@@ -166,6 +179,8 @@ def simulate(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        serve(config, host, port)
+        serve(config, host, port, store=store)
     except OSError as exc:  # typically: the port is taken
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
+    except ValueError as exc:  # the store is some other database
+        raise click.ClickException(str(exc)) from None

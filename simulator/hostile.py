@@ -434,6 +434,15 @@ def marked_plan(body: dict[str, Any], scripts: Mapping[str, Script]) -> Plan | N
     return None if marked is None else kind_plan(marked.group(1).strip())
 
 
+def poll_kind_named(name: str, scripts: Mapping[str, Script]) -> PollKind | None:
+    """The poll answer of the plan called ``name`` (a KIND or "script:MARKER"), for a task read
+    back from a durable store; None when it names no poll kind or no registered poll script."""
+    if name in POLL_KINDS:
+        return POLL_KINDS[name]
+    script = scripts.get(name.removeprefix("script:")) if name.startswith("script:") else None
+    return None if script is None or script.poll is None else _scripted_poll(script.poll)
+
+
 def drawn_plan(draw: int | None) -> Plan | None:
     """The KIND a ``hostile_rate`` draw picks (None: the request is left alone)."""
     return None if draw is None else kind_plan(KINDS[draw % len(KINDS)])

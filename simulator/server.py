@@ -10,6 +10,7 @@ import math
 import signal
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -29,6 +30,7 @@ from simulator.responses import (
     task_summary,
 )
 from simulator.state import SimState, Task
+from simulator.store import SqliteTaskStore
 
 PREFIX = "/api/v1"
 MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -38,13 +40,24 @@ MODELS = ("gpt-4o-mini", "gpt-4.1-nano", "deepseek-r1")
 
 
 class Simulator:
-    """The request handlers, the live configuration and the shared state."""
+    """The request handlers, the live configuration and the shared state; with ``store``, the
+    tasks are kept in that SQLite file too, so any simulator given it answers them."""
 
-    def __init__(self, config: SimConfig) -> None:
+    def __init__(self, config: SimConfig, *, store: Path | None = None) -> None:
         self.config = config
         self.state = SimState()
+        if store is not None:
+            self.state.tasks = SqliteTaskStore(store, poll_kind_of=self._stored_poll_kind)
         self.dice = Dice(config.seed, config.latency)
         self.scripts: dict[str, hostile.Script] = {}  # hostile mode's [[script:MARKER]] answers
+
+    def _stored_poll_kind(self, name: str) -> hostile.PollKind | None:
+        """The poll answer a stored task's poison name stands for here (None: none known)."""
+        return hostile.poll_kind_named(name, self.scripts)
+
+    async def close(self, app: web.Application) -> None:
+        """Release the task store when the application is cleaned up."""
+        self.state.tasks.close()
 
     def reconfigure(self, changes: dict[str, Any]) -> SimConfig:
         """Apply SimConfig field changes live; ValueError on unknown fields or bad values."""
@@ -153,7 +166,8 @@ class Simulator:
         if limited is not None:
             return limited
         task = task or self._new_task(body, now)
-        task.poll_poison = None if plan is None else plan.poll
+        if plan is not None:
+            task.poll_poison, task.poison = plan.poll, plan.name
         if not body.get("background"):
             return await self._answer_synchronously(request, task)
         self._expire(now)
@@ -161,6 +175,9 @@ class Simulator:
         stats = self.state.stats
         stats.accepted += 1
         stats.accepted_by_fingerprint[task.fingerprint] += 1
+        saving = self.state.tasks.saved()
+        if saving is not None:  # a durable store: answer once the task is in the file
+            await saving
         if self.dice.roll(self.config.lost_response_rate):
             return self._drop(request, "lost_response")
         if poisoned is not None:
@@ -218,7 +235,7 @@ class Simulator:
         """Answer a poll of a ready poisoned task, counted by the status and usage it serves."""
         served: hostile.Served = task.poll_poison(task, self._context(request, key))
         stats = self.state.stats
-        stats.record_fetch(task, now)
+        self.state.record_fetch(task, now)
         if served.status is not None:
             stats.statuses_served[served.status] += 1
         if served.completed:
@@ -283,7 +300,7 @@ class Simulator:
                 status = "running"
             served[status] += 1
             return task_summary(task, status)
-        self.state.stats.record_fetch(task, now)
+        self.state.record_fetch(task, now)
         if task.fails:
             served["failed"] += 1
             return task_failed(task)
@@ -377,11 +394,13 @@ def _config_dict(config: SimConfig) -> dict[str, Any]:
 SIMULATOR_KEY = web.AppKey("simulator", Simulator)
 
 
-def make_app(config: SimConfig) -> web.Application:
-    """The aiohttp application for ``config``; its Simulator is ``app[SIMULATOR_KEY]``."""
-    simulator = Simulator(config)
+def make_app(config: SimConfig, *, store: Path | None = None) -> web.Application:
+    """The aiohttp application for ``config`` (tasks also kept in the SQLite file ``store``, if
+    given); its Simulator is ``app[SIMULATOR_KEY]``."""
+    simulator = Simulator(config, store=store)
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SIMULATOR_KEY] = simulator
+    app.on_cleanup.append(simulator.close)
     app.router.add_post(f"{PREFIX}/chat/completions", simulator.create)
     app.router.add_get(f"{PREFIX}/chat/{{task_id}}", simulator.fetch)
     app.router.add_get(f"{PREFIX}/models", simulator.models)
@@ -393,15 +412,20 @@ def make_app(config: SimConfig) -> web.Application:
 
 
 async def start(
-    config: SimConfig, host: str, port: int, *, shutdown_timeout: float = 5.0
+    config: SimConfig,
+    host: str,
+    port: int,
+    *,
+    shutdown_timeout: float = 5.0,
+    store: Path | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Bind the server; returns its runner (for ``cleanup()``) and the port actually bound.
 
     Handlers are cancelled when their client disconnects, so a slow answer nobody waits for
-    does not hold up shutdown.
+    does not hold up shutdown. ``store``: keep the tasks in that SQLite file too.
     """
     runner = web.AppRunner(
-        make_app(config),
+        make_app(config, store=store),
         access_log=None,
         handle_signals=False,
         handler_cancellation=True,
@@ -422,11 +446,13 @@ def simulator_of(runner: web.AppRunner) -> Simulator:
     return runner.app[SIMULATOR_KEY]
 
 
-def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8900) -> None:
+def serve(
+    config: SimConfig, host: str = "127.0.0.1", port: int = 8900, *, store: Path | None = None
+) -> None:
     """Serve until SIGINT/SIGTERM, announcing the bound address on one line of stdout."""
 
     async def main() -> None:
-        runner, bound = await start(config, host, port)
+        runner, bound = await start(config, host, port, store=store)
         print(f"chatbatch simulator listening on http://{host}:{bound}{PREFIX}", flush=True)
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()

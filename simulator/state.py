@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, deque
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 REJECTION_KEYS = ("400", "401", "402", "403", "404", "413", "429", "500", "503")
 DROP_KEYS = ("dropped", "lost_response")
@@ -21,19 +22,43 @@ class Task:
     body: dict[str, Any]
     fingerprint: str
     created_wall: int  # unix seconds, as the API reports it
-    created: float  # monotonic seconds, for every age computation
-    ready_at: float  # monotonic seconds
+    # Monotonic seconds of this process, for every age computation (a durable store keeps them
+    # as wall-clock seconds and converts, see simulator/store.py).
+    created: float
+    ready_at: float
     fails: bool
     nul: bool
     fetched: bool = False  # its outcome has been served to a poll at least once
     # Hostile mode: how its polls are answered once it is ready (a ``hostile.PollKind``), fixed
     # when it was accepted so every poll sees the same answer; None: answered normally.
     poll_poison: Any = None
+    poison: str | None = None  # the name of the plan that gave ``poll_poison``, to store it
 
     @property
     def model(self) -> str:
         """The model the request named."""
         return str(self.body["model"])
+
+
+class Tasks(Protocol):
+    """Where the server keeps its tasks: ``TaskStore`` in memory, or ``store.SqliteTaskStore``
+    in a file any simulator instance can answer from."""
+
+    def __len__(self) -> int: ...
+
+    def add(self, task: Task) -> None: ...
+
+    def saved(self) -> Awaitable[None] | None: ...
+
+    def get(self, task_id: str) -> Task | None: ...
+
+    def expire(self, now: float, retention: float) -> int: ...
+
+    def note_fetched(self, task: Task) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class TaskStore:
@@ -51,6 +76,10 @@ class TaskStore:
         self._tasks[task.id] = task
         self._by_age.append(task)
 
+    def saved(self) -> Awaitable[None] | None:
+        """Nothing to wait for: memory is all there is."""
+        return None
+
     def get(self, task_id: str) -> Task | None:
         """The task with ``task_id``, if still held."""
         return self._tasks.get(task_id)
@@ -64,10 +93,16 @@ class TaskStore:
             expired += 1
         return expired
 
+    def note_fetched(self, task: Task) -> None:
+        """Nothing to do: ``task.fetched`` is all the memory there is."""
+
     def clear(self) -> None:
         """Forget everything."""
         self._tasks.clear()
         self._by_age.clear()
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 def _median(values: list[float]) -> float | None:
@@ -184,7 +219,7 @@ def _usage_numbers(usage: Any, prefix: str = "") -> list[tuple[str, int]]:
 class SimState:
     """Everything the server keeps between requests."""
 
-    tasks: TaskStore = field(default_factory=TaskStore)
+    tasks: Tasks = field(default_factory=TaskStore)
     stats: Stats = field(default_factory=Stats)
     window: RateWindow = field(default_factory=RateWindow)
     # Fingerprints whose first POST already met a first-POST-only hostile kind.
@@ -193,6 +228,12 @@ class SimState:
     def snapshot(self) -> dict[str, Any]:
         """The stats endpoint's answer."""
         return self.stats.snapshot(len(self.tasks))
+
+    def record_fetch(self, task: Task, now: float) -> None:
+        """Note the first time a poll sees ``task``'s outcome, in the stats and the store."""
+        if not task.fetched:
+            self.stats.record_fetch(task, now)
+            self.tasks.note_fetched(task)
 
     def reset(self) -> None:
         """Forget every task, zero the counters and empty the rate windows."""

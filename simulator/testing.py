@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from simulator.config import SimConfig
@@ -97,16 +98,29 @@ class _Started:
 
 @contextmanager
 def running_simulator(
-    config: SimConfig | None = None, *, shutdown_timeout: float = 1.0
+    config: SimConfig | None = None,
+    *,
+    store: Path | None = None,
+    shutdown_timeout: float = 1.0,
 ) -> Iterator[SimulatorHandle]:
-    """Serve on a free 127.0.0.1 port in a daemon thread with its own loop; stop cleanly on exit."""
+    """Serve on a free 127.0.0.1 port in a daemon thread with its own loop; stop cleanly on exit.
+
+    Without ``store`` the tasks live in memory and die with the simulator. With it they are kept
+    in that SQLite file as well (made if missing; ValueError if it is another kind of database),
+    so a simulator given the same file later, or at the same time in another process, answers
+    them exactly as this one would: same content, usage and wall-clock status timeline.
+    """
     started = _Started()
     ready = threading.Event()
 
     async def serve() -> None:
         try:
             runner, port = await start(
-                config or SimConfig(), "127.0.0.1", 0, shutdown_timeout=shutdown_timeout
+                config or SimConfig(),
+                "127.0.0.1",
+                0,
+                shutdown_timeout=shutdown_timeout,
+                store=store,
             )
         except BaseException as exc:
             started.error = exc

@@ -239,6 +239,47 @@ def test_invalid_json_rate_is_drawn_per_task_so_asking_again_can_succeed(sim, cl
     assert any(p and "is not of type" in p for p in problems)
 
 
+def uncapped(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` without its token caps (its answer is then whole)."""
+    return {k: v for k, v in body.items() if k not in ("max_tokens", "max_completion_tokens")}
+
+
+def test_max_tokens_cuts_the_answer_short(sim, client) -> None:
+    capped = {**BODY, "max_tokens": 3}
+    cases = [
+        (capped, 3),
+        ({**BODY, "max_tokens": 40, "max_completion_tokens": 2}, 2),  # the smaller cap
+        ({**capped, "thinking": {"type": "enabled"}}, 3),
+        (with_schema({**BODY, "max_completion_tokens": 4}, LABEL_SCHEMA), 4),
+    ]
+    for body, cap in cases:
+        answer = wait_done(client, submit(client, body).json()["id"])
+        content, usage = answer["choices"][0]["message"]["content"], answer["usage"]
+        assert answer["choices"][0]["finish_reason"] == "length"
+        assert content == expected_content(body) and usage == expected_usage(body)
+        details = usage["completion_tokens_details"]
+        assert usage["completion_tokens"] == details["text_tokens"] == cap
+        assert usage["total_tokens"] == usage["prompt_tokens"] + cap
+        assert details["reasoning_tokens"] <= cap
+        whole = expected_content(uncapped(body), fingerprint=request_fingerprint(body))
+        assert whole.startswith(content) and len(content) == 4 * cap < len(whole)
+    synchronous = client.post("chat/completions", json=capped).json()
+    assert synchronous["choices"][0]["finish_reason"] == "length"
+    assert synchronous["usage"] == expected_usage(capped)
+    spoiled = spoiled_content(cases[-1][0], draw=1)  # broken answers are cut alike
+    assert len(spoiled) == 16 and spoiled != expected_content(cases[-1][0])
+
+
+def test_a_cap_above_the_answer_changes_nothing(sim, client) -> None:
+    for roomy in ({**BODY, "max_tokens": 55}, {**BODY, "max_completion_tokens": 10_000}):
+        answer = wait_done(client, submit(client, roomy).json()["id"])
+        fingerprint = request_fingerprint(roomy)
+        assert answer["choices"][0]["finish_reason"] == "stop"
+        assert answer["usage"] == expected_usage(uncapped(roomy), fingerprint=fingerprint)
+        content = answer["choices"][0]["message"]["content"]
+        assert content == expected_content(uncapped(roomy), fingerprint=fingerprint)
+
+
 def test_models_list_carries_the_rpm_limit(sim, client) -> None:
     sim.reconfigure(rpm=30)
     models = client.get("models").json()["data"]
