@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import orjson
-from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -42,6 +41,7 @@ from cli.interrupts import CleanStop
 from cli.load_cmd import LoadArgs, load_options, perform_load, report_reuse
 from cli.notify import notification, send, validate_url
 from cli.render import print_summary
+from cli.simulated import simulated
 from cli.usage_cmd import prices_for_batch
 
 if TYPE_CHECKING:
@@ -56,22 +56,16 @@ EXIT_INTERRUPTED = 130
 PROGRESS_EVERY_SECONDS = 0.3
 BAR_WIDTH = 20  # with the counts and the cost the line stays inside 80 columns
 COST_EVERY_SECONDS = 2.0  # summing usage reads every finished row of the batch
-SIMULATOR_KEY = "sk-simulator"  # the simulator's default key; not a secret
 
 
 @contextlib.contextmanager
 def _engine_settings(simulate: bool) -> Iterator[Settings]:
     """The settings to process with; with ``--simulate``, aimed at a simulator in this process."""
-    config = settings()
     if not simulate:
-        yield config
+        yield settings()
         return
-    from simulator.testing import running_simulator
-
-    with running_simulator() as sim:
-        yield config.model_copy(
-            update={"api_base": sim.base_url, "api_key": SecretStr(SIMULATOR_KEY)}
-        )
+    with simulated(settings()) as config:
+        yield config
 
 
 class _ProgressView:

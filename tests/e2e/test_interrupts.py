@@ -54,6 +54,12 @@ def status_of(env: dict[str, str], name: str) -> dict:
     return orjson.loads(chatbatch("status", name, "--json", env=env).stdout)
 
 
+def submitted_of(env: dict[str, str], name: str) -> int:
+    """How many of the batch's requests are submitted (0 while it is not loaded yet)."""
+    proc = chatbatch("status", name, "--json", env=env, check=False)
+    return orjson.loads(proc.stdout)["counts"]["submitted"] if proc.returncode == 0 else 0
+
+
 def test_a_first_ctrl_c_stops_cleanly_and_process_continues_at_once(sim, tmp_path) -> None:
     sim.reconfigure(latency="uniform:0.5,1.5", request_latency=0.2)
     env = embedded_env(sim, tmp_path)
@@ -131,3 +137,61 @@ def test_a_worker_sent_sigterm_leaves_nothing_claimed(distributed_env, sim, tmp_
     assert status["counts"]["submitting"] == 0, log[-3000:]
     assert status["possible_duplicates"] == 0
     assert status["counts"]["queued"] > 0
+
+
+def test_an_interrupted_simulated_run_is_continued_by_process_simulate(tmp_path) -> None:
+    """The in-process simulator's tasks live beside the database: a later simulator answers
+    them, so `process --simulate` finishes what `run --simulate` started (it used to hang,
+    then fail every request `not_found`)."""
+    env = base_env(tmp_path / "data") | {"CHATBATCH_POLL_FIRST_SECONDS": "0.5"}
+    write_prompts(tmp_path / "prompts.jsonl", 3000)
+    assert BINARY
+    proc = subprocess.Popen(
+        [BINARY, "run", str(tmp_path / "prompts.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+         "--name", "sim", "--simulate"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    wait_for(lambda: submitted_of(env, "sim") >= 50, timeout=120)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "chatbatch process sim --simulate" in stderr
+    left = status_of(env, "sim")["counts"]
+    assert left["submitted"] + left["queued"] > 0 and left["submitting"] == 0
+    chatbatch("process", "sim", "--simulate", env=env, timeout=300)
+    final = status_of(env, "sim")
+    assert final["counts"]["succeeded"] == 3000, final["counts"]
+    assert final["possible_duplicates"] == 0
+
+
+def test_two_simulated_runs_side_by_side_each_finish_their_own(tmp_path) -> None:
+    env = base_env(tmp_path / "data")
+    assert BINARY
+    runs = []
+    for name in ("left", "right"):
+        write_prompts(tmp_path / f"{name}.jsonl", 200)
+        runs.append(
+            subprocess.Popen(
+                [
+                    BINARY,
+                    "run",
+                    str(tmp_path / f"{name}.jsonl"),
+                    "-o",
+                    str(tmp_path / f"{name}.out.jsonl"),
+                    "--name",
+                    name,
+                    "--simulate",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                text=True,
+            )
+        )
+    for proc in runs:
+        _, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 0, stderr[-2000:]
+    for name in ("left", "right"):
+        assert status_of(env, name)["counts"]["succeeded"] == 200
