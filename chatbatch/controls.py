@@ -180,9 +180,15 @@ def delete(conn: Connection, ref: str) -> CommandResult:
     """Delete a batch with its requests and their history. Refused while it may still be
     worked (running or cancelling) or has requests in flight: their results are paid for."""
     batch = lock_batch(conn, ref)
-    if batch.status in (BatchStatus.RUNNING, BatchStatus.CANCELLING):
+    if batch.status == BatchStatus.RUNNING:
         raise ChatbatchError(
-            f"{batch.name} is {batch.status}; cancel it first (`chatbatch cancel {batch.name}`)"
+            f"{batch.name} is running; cancel it first (`chatbatch cancel {batch.name}`)"
+        )
+    if batch.status == BatchStatus.CANCELLING:
+        raise ChatbatchError(
+            f"{batch.name} is cancelling: its submitted requests are still being fetched; let "
+            f"them land (`chatbatch process {batch.name}`, or workers) or drop them with "
+            f"`chatbatch cancel {batch.name} --discard`"
         )
     in_flight = _count(conn, batch.id, IN_FLIGHT)
     if in_flight:

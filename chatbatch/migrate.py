@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from importlib import resources
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from chatbatch.errors import ConfigError
 
@@ -22,12 +25,34 @@ def alembic_config(url: str | None = None) -> Config:
     return cfg
 
 
+MIGRATION_LOCK = 7_351_027  # the advisory lock PostgreSQL migrations take
+
+
 def upgrade(engine: Engine) -> None:
-    """Upgrade the database behind ``engine`` to the newest revision."""
+    """Upgrade the database behind ``engine`` to the newest revision. Two processes doing it
+    at once (two first `run`s on a new machine) take turns: the second finds it done."""
     cfg = alembic_config()
-    with engine.begin() as conn:
+    with _migration_lock(engine), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """For a SQLite file, an exclusive lock on a file beside it while migrating (SQLite's own
+    locks do not cover Alembic's schema reads and DDL together); nothing otherwise."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def check_current(engine: Engine) -> None:

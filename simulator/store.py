@@ -237,7 +237,7 @@ def open_store(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
     try:
-        db.execute("PRAGMA journal_mode = WAL")
+        _set_wal(db)
         db.execute("PRAGMA synchronous = OFF")  # see the module's docstring
         with transaction(db):
             _create_schema(db, path)
@@ -248,6 +248,20 @@ def open_store(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _set_wal(db: sqlite3.Connection) -> None:
+    """Switch a file to WAL. Two processes opening a new file at once can find it locked (the
+    busy timeout does not cover a journal-mode change), so this is tried again a while."""
+    deadline = time.monotonic() + BUSY_SECONDS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _create_schema(db: sqlite3.Connection, path: Path) -> None:

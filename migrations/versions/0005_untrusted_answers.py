@@ -28,7 +28,9 @@ def upgrade() -> None:
                 sa.Column("usage_clamped", sa.Boolean(), server_default=sa.false(), nullable=False)
             )
     with op.batch_alter_table("requests") as batch:
-        batch.add_column(sa.Column("poll_strikes", sa.Integer(), server_default="0", nullable=False))
+        batch.add_column(
+            sa.Column("poll_strikes", sa.Integer(), server_default="0", nullable=False)
+        )
 
 
 def downgrade() -> None:

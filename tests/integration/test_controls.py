@@ -241,6 +241,10 @@ def test_delete_refuses_a_batch_still_worked_and_removes_a_finished_one(pg, tmp_
     batch_id = load(pg, tmp_path / "in.jsonl")
     with pytest.raises(controls.ChatbatchError, match="cancel it first"), pg.begin() as conn:
         controls.delete(conn, batch_id)
+    with pg.begin() as conn:
+        conn.execute(update(b).where(b.c.id == batch_id).values(status="cancelling"))
+    with pytest.raises(controls.ChatbatchError, match="--discard"), pg.begin() as conn:
+        controls.delete(conn, batch_id)
     with pg.begin() as conn:  # paused with a request whose result is paid for
         conn.execute(update(b).where(b.c.id == batch_id).values(status="paused"))
         conn.execute(update(r).where(r.c.custom_id == "c0").values(status="submitted"))
