@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import Connection, event, text
 
 from bench.common import fresh_database
-from chatbatch import queries
-from chatbatch.db import db_now, make_engine
+from chatbatch.store import queries
+from chatbatch.store.db import db_now, make_engine
 
 FILL_SQL = """
 INSERT INTO requests (batch_id, line_no, custom_id, model, body, status, due_at, remote_id)

@@ -34,8 +34,8 @@ BINARY = shutil.which(
 @contextmanager
 def fresh_database() -> Iterator[str]:
     """A new, migrated PostgreSQL database, dropped afterwards; yields its SQLAlchemy URL."""
-    from chatbatch.db import make_engine
-    from chatbatch.migrate import upgrade
+    from chatbatch.store.db import make_engine
+    from chatbatch.store.migrate import upgrade
 
     name = f"chatbatch_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:

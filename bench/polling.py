@@ -29,7 +29,7 @@ from bench.common import (
     workers,
     write_prompts,
 )
-from chatbatch.polling import (
+from chatbatch.rules.polling import (
     GeometricPolls,
     PlannedPolls,
     lognormal_sample,

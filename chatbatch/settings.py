@@ -17,9 +17,9 @@ from pydantic_settings import (
 from sqlalchemy.engine import URL
 
 from chatbatch.errors import ConfigError
-from chatbatch.ratelimits import SETTING as RATE_LIMITS_SETTING
-from chatbatch.ratelimits import parse_limits
 from chatbatch.redaction import KeyProblem, check_key
+from chatbatch.rules.ratelimits import SETTING as RATE_LIMITS_SETTING
+from chatbatch.rules.ratelimits import parse_limits
 
 APP_NAME = "chatbatch"
 DATABASE_FILE = "chatbatch.db"  # the embedded database's file name, in the user's data directory

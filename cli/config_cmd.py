@@ -9,7 +9,6 @@ from typing import Any
 import click
 import orjson
 
-from chatbatch.db import masked_url
 from chatbatch.redaction import MIN_KEY_CHARS, Redactor
 from chatbatch.settings import (
     Settings,
@@ -18,6 +17,7 @@ from chatbatch.settings import (
     setting_origins,
     variable_names,
 )
+from chatbatch.store.db import masked_url
 from cli.context import handles_errors, notice_stale_local_database, settings
 
 KEY_EDGES_FROM = 20  # a key at least this long may show its first and last characters

@@ -17,10 +17,10 @@ from rich.logging import RichHandler
 from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import OperationalError
 
-from chatbatch.db import get_engine
 from chatbatch.errors import ChatbatchError, ConfigError
 from chatbatch.logs import configure_logging
 from chatbatch.settings import DATABASE_FILE, Settings, default_database_path, get_settings
+from chatbatch.store.db import get_engine
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,7 +45,7 @@ def bad_configuration(exc: ValidationError) -> str:
 
 def ready_database() -> Engine:
     """The engine, migrated automatically on the embedded SQLite default, checked otherwise."""
-    from chatbatch.migrate import check_current, upgrade
+    from chatbatch.store.migrate import check_current, upgrade
 
     engine = database_engine()
     if settings().is_embedded:
@@ -81,7 +81,7 @@ def notice_stale_local_database() -> None:
 
 def summarise(conn: Connection, batch: Row[Any]) -> dict[str, Any]:
     """The status object of ``batch``, warning about results near the configured deadline."""
-    from chatbatch.summary import batch_summary
+    from chatbatch.reporting.summary import batch_summary
 
     warning = timedelta(seconds=settings().expiry_warning_seconds)
     return batch_summary(conn, batch, expiry_warning=warning)

@@ -20,7 +20,8 @@ from cli.context import handles_errors, ready_database, setup_logging
 def delete_command(batch: str, yes: bool, as_json: bool) -> None:
     """Delete BATCH (id or name) with its requests, answers and history. A batch that is still
     running, or has requests in flight, is refused: cancel it first."""
-    from chatbatch import controls, queries
+    from chatbatch.operations import controls
+    from chatbatch.store import queries
 
     setup_logging()
     engine = ready_database()

@@ -54,8 +54,8 @@ def export_command(
     top-level fields follow (answer.NAME when the name is taken), then schema_valid,
     schema_error and the output columns. Requests not finished yet are exported as unfinished
     (with a warning). Everything but the export itself goes to stderr."""
-    from chatbatch import queries
-    from chatbatch.export import parse_statuses
+    from chatbatch.reporting.export import parse_statuses
+    from chatbatch.store import queries
     from cli.exporting import check_output, export_to, shown_output, unfinished_note
 
     setup_logging()

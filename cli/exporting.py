@@ -15,11 +15,11 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, func, select
 
-from chatbatch.db import get_engine
 from chatbatch.errors import ChatbatchError
-from chatbatch.export import UNFINISHED, ExportError, export_batch
-from chatbatch.models import batches_table, requests_table
-from chatbatch.states import BatchStatus
+from chatbatch.reporting.export import UNFINISHED, ExportError, export_batch
+from chatbatch.rules.states import BatchStatus
+from chatbatch.store.db import get_engine
+from chatbatch.store.models import batches_table, requests_table
 from chatbatch.untrusted import printable
 
 STDOUT = "-"  # ``-o -``: standard output

@@ -7,8 +7,8 @@ from typing import Any
 import click
 import orjson
 
-from chatbatch.db import masked_url
-from chatbatch.states import TERMINAL_STATUSES
+from chatbatch.rules.states import TERMINAL_STATUSES
+from chatbatch.store.db import masked_url
 from chatbatch.untrusted import printable
 from cli.context import handles_errors, ready_database, setup_logging, summarise
 from cli.usage_cmd import prices_for_batch
@@ -30,8 +30,8 @@ HEADER = ("NAME", "STATUS", "PROGRESS", "COST", "CREATED", "ID")
 def list_command(limit: int, as_json: bool) -> None:
     """The batches, newest first: name, status, progress, cost so far (with the price table
     stored at load time), when each was created, and its id."""
-    from chatbatch import queries
-    from chatbatch.summary import cost_summary
+    from chatbatch.reporting.summary import cost_summary
+    from chatbatch.store import queries
 
     setup_logging()
     engine = ready_database()

@@ -19,8 +19,8 @@ from cli.context import handles_errors, ready_database, settings, setup_logging
 from cli.usage_cmd import price_table, prices_option
 
 if TYPE_CHECKING:
-    from chatbatch.jsonl_input import ByteProgress
-    from chatbatch.loading import BatchOptions, LoadedBatch, Preview, Source
+    from chatbatch.input.jsonl_input import ByteProgress
+    from chatbatch.input.loading import BatchOptions, LoadedBatch, Preview, Source
 
 F = TypeVar("F", bound=Callable[..., Any])
 PROGRESS_MIN_BYTES = 1 << 20  # smaller files load before a bar would be worth drawing
@@ -154,7 +154,7 @@ def load_options(fn: F) -> F:
 def perform_load(file: Path, load: LoadArgs, *, as_json: bool = False) -> LoadedBatch | None:
     """Load ``file`` as the options say and return the batch; with ``--dry-run`` print the
     preview instead and return None (nothing is written anywhere)."""
-    from chatbatch.loading import check_input_file, load_source, preview_source
+    from chatbatch.input.loading import check_input_file, load_source, preview_source
 
     check_input_file(file)  # before the template, the schema or the database is touched
     source = build_source(file, load)
@@ -177,9 +177,9 @@ def report_reuse(load: LoadArgs, batch: LoadedBatch) -> None:
 
 def build_source(file: Path, load: LoadArgs) -> Source:
     """The file as requests: JSONL request lines, or records through the template."""
-    from chatbatch.jsonl_input import RequestLines, control_problem
-    from chatbatch.records import CsvRecords, JsonlRecords, RecordRequests
-    from chatbatch.templating import prompt_template
+    from chatbatch.input.jsonl_input import RequestLines, control_problem
+    from chatbatch.input.records import CsvRecords, JsonlRecords, RecordRequests
+    from chatbatch.input.templating import prompt_template
     from chatbatch.untrusted import has_controls
 
     if load.model is not None and has_controls(load.model):
@@ -220,7 +220,7 @@ def build_source(file: Path, load: LoadArgs) -> Source:
 
 def request_params(given: tuple[str, ...]) -> dict[str, Any]:
     """``--param KEY=VALUE`` options as body fields, checked like any request's fields."""
-    from chatbatch.schemas import body_problems
+    from chatbatch.input.schemas import body_problems
 
     params: dict[str, Any] = {}
     for item in given:
@@ -242,8 +242,8 @@ def request_params(given: tuple[str, ...]) -> dict[str, Any]:
 
 def batch_options(load: LoadArgs) -> BatchOptions:
     """Schema, price table, cost cap and reuse, read and checked before anything is loaded."""
-    from chatbatch import structured
-    from chatbatch.loading import BatchOptions
+    from chatbatch.input.loading import BatchOptions
+    from chatbatch.rules import structured
 
     schema = None
     if load.schema_path is not None:
@@ -311,8 +311,8 @@ def byte_progress(path: Path, description: str) -> Iterator[ByteProgress | None]
 
 def print_preview(file: Path, preview: Preview, options: BatchOptions, *, as_json: bool) -> None:
     """The dry run's findings: the first requests, the count and the estimates."""
-    from chatbatch.estimates import CHARS_PER_TOKEN
-    from chatbatch.pricing import format_money
+    from chatbatch.input.estimates import CHARS_PER_TOKEN
+    from chatbatch.rules.pricing import format_money
 
     cost = preview.cost
     currency = options.prices.currency if options.prices else None

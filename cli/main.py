@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 import orjson
 
-from chatbatch.states import TERMINAL_STATUSES, RequestStatus
+from chatbatch.rules.states import TERMINAL_STATUSES, RequestStatus
 from cli.config_cmd import config_command
 from cli.context import (
     database_engine,
@@ -38,7 +38,7 @@ from simulator.cli import simulate
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-    from chatbatch.controls import CommandResult
+    from chatbatch.operations.controls import CommandResult
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,7 +58,7 @@ def db() -> None:
 @handles_errors
 def db_upgrade() -> None:
     """Create or upgrade the schema to the newest version (works from any directory)."""
-    from chatbatch.migrate import upgrade
+    from chatbatch.store.migrate import upgrade
 
     setup_logging()
     upgrade(database_engine())
@@ -73,8 +73,8 @@ def db_upgrade() -> None:
 def status(batch: str, as_json: bool, prices_path: Path | None) -> None:
     """Progress, usage and problems of a batch (by id or name); with a price table (given here or
     stored by `load --prices`), the cost so far and a projected total."""
-    from chatbatch import queries
-    from chatbatch.summary import cost_summary
+    from chatbatch.reporting.summary import cost_summary
+    from chatbatch.store import queries
 
     setup_logging()
     with ready_database().connect() as conn:
@@ -104,7 +104,7 @@ def resume(batch: str, max_cost: float | None, as_json: bool) -> None:
     past a cost limit)."""
     from decimal import Decimal
 
-    from chatbatch import controls
+    from chatbatch.operations import controls
 
     cap = None if max_cost is None else Decimal(str(max_cost))
     _control(lambda conn, _now: controls.resume(conn, batch, max_cost=cap), as_json)
@@ -122,7 +122,7 @@ def resume(batch: str, max_cost: float | None, as_json: bool) -> None:
 def cancel(batch: str, discard: bool, as_json: bool) -> None:
     """Stop submitting a batch's requests. Requests already submitted are still fetched (you pay
     for them) unless --discard; the rest become cancelled. Safe to run twice."""
-    from chatbatch import controls
+    from chatbatch.operations import controls
 
     _control(lambda conn, now: controls.cancel(conn, batch, now=now, discard=discard), as_json)
 
@@ -141,7 +141,7 @@ def cancel(batch: str, discard: bool, as_json: bool) -> None:
 def retry(batch: str, statuses: str, as_json: bool) -> None:
     """Requeue a batch's failed or expired requests for a new attempt (same custom_id). Exports
     then show each request's latest outcome; usage keeps counting the earlier ones."""
-    from chatbatch import controls
+    from chatbatch.operations import controls
 
     chosen = _parse_statuses(statuses)
     _control(lambda conn, now: controls.retry(conn, batch, now=now, statuses=chosen), as_json)
@@ -161,7 +161,7 @@ def _parse_statuses(text: str) -> list[RequestStatus]:
 
 def _control(command: Callable[[Connection, datetime], CommandResult], as_json: bool) -> None:
     """Run one operator command in a transaction and report what it did."""
-    from chatbatch.db import db_now
+    from chatbatch.store.db import db_now
 
     setup_logging()
     with ready_database().begin() as conn:

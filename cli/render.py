@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from chatbatch.states import TERMINAL_STATUSES
+from chatbatch.rules.states import TERMINAL_STATUSES
 from chatbatch.untrusted import printable
 
 

@@ -32,10 +32,10 @@ def report_command(batch: str, output: Path, prices_path: Path | None) -> None:
     """Write an HTML report of BATCH (id or name): counts by state, completions over time,
     latency percentiles, errors by code with examples, usage and cost by model, schema pass
     rate. One self-contained file; the price table defaults to the one stored with the batch."""
-    from chatbatch import queries
-    from chatbatch.db import db_now
-    from chatbatch.report import render_report
-    from chatbatch.report_data import collect
+    from chatbatch.reporting.report import render_report
+    from chatbatch.reporting.report_data import collect
+    from chatbatch.store import queries
+    from chatbatch.store.db import db_now
 
     setup_logging()
     engine = ready_database()

@@ -22,11 +22,16 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from chatbatch import queries
-from chatbatch.db import get_engine
+from chatbatch.reporting.summary import cost_summary
+from chatbatch.rules.states import (
+    ACTIVE_STATUSES,
+    ANSWERED_STATUSES,
+    TERMINAL_STATUSES,
+    BatchStatus,
+)
 from chatbatch.settings import Settings
-from chatbatch.states import ACTIVE_STATUSES, ANSWERED_STATUSES, TERMINAL_STATUSES, BatchStatus
-from chatbatch.summary import cost_summary
+from chatbatch.store import queries
+from chatbatch.store.db import get_engine
 from chatbatch.untrusted import printable
 from cli.context import (
     handles_errors,

@@ -25,8 +25,8 @@ def show_command(batch: str, custom_id: str, as_json: bool, prices_path: Path | 
     """One request of BATCH in full: the request as sent, every attempt and outcome (earlier
     rounds that `retry` or a schema re-ask replaced too), the answer, usage and cost, and the
     schema verdict."""
-    from chatbatch import queries
-    from chatbatch.request_detail import request_detail
+    from chatbatch.reporting.request_detail import request_detail
+    from chatbatch.store import queries
 
     setup_logging()
     with ready_database().connect() as conn:

@@ -15,8 +15,8 @@ from pathlib import Path
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
-from chatbatch.db import masked_url, normalise_url
 from chatbatch.settings import Settings, data_dir
+from chatbatch.store.db import masked_url, normalise_url
 
 SIMULATOR_KEY = "sk-simulator"  # the simulator's default key; not a secret
 STORE_SUFFIX = ".simulator"

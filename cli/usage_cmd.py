@@ -16,7 +16,7 @@ from cli.context import handles_errors, ready_database, settings, setup_logging
 from cli.render import unpriced_text
 
 if TYPE_CHECKING:
-    from chatbatch.pricing import PriceTable
+    from chatbatch.rules.pricing import PriceTable
 
 WIDE_ENOUGH = 160  # columns when stdout is not a terminal (rich would squeeze to 80)
 TOKEN_COLUMNS = (
@@ -39,7 +39,7 @@ prices_option = click.option(
 def price_table(path: Path | None) -> PriceTable | None:
     """The price table from ``--prices`` or ``CHATBATCH_PRICES``; None when neither is set (an
     empty setting counts as unset)."""
-    from chatbatch.pricing import load_prices
+    from chatbatch.rules.pricing import load_prices
 
     chosen = path or settings().prices
     return load_prices(chosen) if chosen and chosen != Path() else None
@@ -48,7 +48,7 @@ def price_table(path: Path | None) -> PriceTable | None:
 def prices_for_batch(batch: Any, path: Path | None = None) -> PriceTable | None:
     """The price table for one batch: ``--prices``/``CHATBATCH_PRICES`` when given, else the
     table stored with the batch at load time, else None."""
-    from chatbatch.pricing import PriceTable
+    from chatbatch.rules.pricing import PriceTable
 
     given = price_table(path)
     if given is not None or not getattr(batch, "prices", None):
@@ -72,8 +72,8 @@ def usage_command(
     """Tokens and cost of one batch (id or name) or of all batches. Retried answers count too:
     the provider billed them. One batch is priced with --prices/CHATBATCH_PRICES, else with the
     table stored by `load --prices`."""
-    from chatbatch import queries
-    from chatbatch.usage import Grouping, usage_report
+    from chatbatch.reporting.usage import Grouping, usage_report
+    from chatbatch.store import queries
 
     setup_logging()
     grouping = Grouping(by or ("model" if batch else "batch"))

@@ -15,7 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from chatbatch.watching import (
+from chatbatch.reporting.watching import (
     FINISHED_BATCH_STATUSES,
     STALL_SECONDS,
     ErrorLine,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy import Connection, Engine
 
-    from chatbatch.pricing import PriceTable
+    from chatbatch.rules.pricing import PriceTable
 
 COST_EVERY_SECONDS = 5.0  # cost sums every answer's usage: a heavier query than the counts
 MESSAGE_WIDTH = 90
@@ -83,7 +83,7 @@ def watch_command(batch: str, interval: float, prices_path: Path | None) -> None
     setup_logging()
     engine = ready_database()
     with engine.connect() as conn:
-        from chatbatch import queries
+        from chatbatch.store import queries
 
         row = queries.resolve_batch(conn, batch)
     watcher = _Watcher(engine, row.id, prices_for_batch(row, prices_path), STALL_SECONDS)
@@ -127,8 +127,8 @@ class _Watcher:
         self._cost_at = -COST_EVERY_SECONDS
 
     def snapshot(self) -> Snapshot:
-        from chatbatch import queries
-        from chatbatch.report_data import recent_errors
+        from chatbatch.reporting.report_data import recent_errors
+        from chatbatch.store import queries
 
         now = time.monotonic()
         with self.engine.connect() as conn:
@@ -150,7 +150,7 @@ class _Watcher:
 
     def _observe(self, conn: Connection, motion: Motion, next_due: datetime | None) -> float | None:
         """Feed the stall rule, on the database's clock (the one leases and due times use)."""
-        from chatbatch.db import db_now
+        from chatbatch.store.db import db_now
 
         return self.stall.observe(db_now(conn), motion, next_due)
 
@@ -161,7 +161,7 @@ class _Watcher:
         return stall_hint(snap.name, self.stalled_for, embedded=self.embedded, broker=self.broker)
 
     def _cost_text(self, conn: Any, row: Any) -> str:
-        from chatbatch.summary import cost_summary
+        from chatbatch.reporting.summary import cost_summary
 
         assert self.prices is not None
         cost = cost_summary(conn, row, prices=self.prices)
@@ -179,8 +179,8 @@ def _counts_and_claims(conn: Connection, batch_id: str) -> tuple[dict[str, int],
     scan the counts need: the claims tell a worker busy polling from nobody at all."""
     from sqlalchemy import func, select
 
-    from chatbatch.models import requests_table as r
-    from chatbatch.states import RequestStatus
+    from chatbatch.rules.states import RequestStatus
+    from chatbatch.store.models import requests_table as r
 
     counts = {status.value: 0 for status in RequestStatus}
     claims = 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
-from chatbatch.db import make_engine, normalise_url
-from chatbatch.models import Base
+from chatbatch.store.db import make_engine, normalise_url
+from chatbatch.store.models import Base
 
 MIGRATION_LOCK_KEY = 7_243_019_551  # arbitrary constant: serialises concurrent upgrades
 

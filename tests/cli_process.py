@@ -127,7 +127,7 @@ def database_dump(url: str) -> str:
     """Every row of every table as text, to look for what must never be stored."""
     from sqlalchemy import text
 
-    from chatbatch.db import make_engine
+    from chatbatch.store.db import make_engine
 
     engine = make_engine(url, pool_size=1)
     with engine.connect() as conn:

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
-from chatbatch.db import get_engine, make_engine
-from chatbatch.migrate import upgrade
 from chatbatch.settings import Settings, get_settings
+from chatbatch.store.db import get_engine, make_engine
+from chatbatch.store.migrate import upgrade
 
 ADMIN_URL = os.environ.get(
     "CHATBATCH_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -12,10 +12,10 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from chatbatch.export import export_batch
-from chatbatch.models import past_results_table as past
-from chatbatch.models import requests_table as r
-from chatbatch.states import TERMINAL_STATUSES
+from chatbatch.reporting.export import export_batch
+from chatbatch.rules.states import TERMINAL_STATUSES
+from chatbatch.store.models import past_results_table as past
+from chatbatch.store.models import requests_table as r
 from simulator.answers import expected_usage, request_fingerprint
 
 USAGE_CHECKED = ("prompt_tokens", "completion_tokens", "total_tokens")

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import orjson
 
-from chatbatch.outcomes import (
+from chatbatch.rules.outcomes import (
     BAD_RESPONSE,
     Accepted,
     AccountBlocked,

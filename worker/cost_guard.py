@@ -20,10 +20,11 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from chatbatch import cost_caps, queries
-from chatbatch.models import batches_table as b
-from chatbatch.models import requests_table as r
-from chatbatch.states import BatchStatus, RequestStatus
+from chatbatch.operations import cost_caps
+from chatbatch.rules.states import BatchStatus, RequestStatus
+from chatbatch.store import queries
+from chatbatch.store.models import batches_table as b
+from chatbatch.store.models import requests_table as r
 
 REFRESH_SECONDS = 1.0
 

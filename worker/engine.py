@@ -22,13 +22,10 @@ from sqlalchemy import Connection
 from sqlalchemy import Engine as DbEngine
 from sqlalchemy.exc import DBAPIError
 
-from chatbatch import queries
-from chatbatch.db import db_now, is_transient
-from chatbatch.outcomes import Accepted, Completed, Outcome, Retryable
-from chatbatch.polling import PollPlanner
-from chatbatch.ratelimits import limits_from_models_listing, parse_limits
-from chatbatch.settings import Settings
-from chatbatch.states import (
+from chatbatch.rules.outcomes import Accepted, Completed, Outcome, Retryable
+from chatbatch.rules.polling import PollPlanner
+from chatbatch.rules.ratelimits import limits_from_models_listing, parse_limits
+from chatbatch.rules.states import (
     AnswerCheck,
     Policy,
     RequestStatus,
@@ -38,6 +35,9 @@ from chatbatch.states import (
     geometric_polls,
     unstorable,
 )
+from chatbatch.settings import Settings
+from chatbatch.store import queries
+from chatbatch.store.db import db_now, is_transient
 from worker.admission import Admission
 from worker.cost_guard import CostGuard
 from worker.provider import Provider

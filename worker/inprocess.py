@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from chatbatch import queries
-from chatbatch.db import db_now, get_engine
-from chatbatch.states import BatchStatus
+from chatbatch.rules.states import BatchStatus
+from chatbatch.store import queries
+from chatbatch.store.db import db_now, get_engine
 from worker.engine import Engine
 
 IDLE_SLEEP_MAX = 1.0

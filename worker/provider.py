@@ -26,8 +26,8 @@ import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
 
-from chatbatch.outcomes import NotSent, Outcome, Retryable
 from chatbatch.redaction import Redactor
+from chatbatch.rules.outcomes import NotSent, Outcome, Retryable
 from chatbatch.settings import Settings
 from worker.classify import (
     RETRY_AFTER_CAP,

@@ -1,5 +1,5 @@
 """Per-model rate limiting before each chunk's POSTs: shared by every worker (Redis) or in one
-process (the embedded run). The maths is ``chatbatch.ratelimits``; the Lua below is the same
+process (the embedded run). The maths is ``chatbatch.rules.ratelimits``; the Lua below is the same
 functions, run atomically inside Redis on Redis's own clock (workers' clocks differ).
 
 Use (the engine, per chunk and model)::
@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import redis
 
-from chatbatch.ratelimits import (
+from chatbatch.rules.ratelimits import (
     ModelLimit,
     ModelState,
     Tuning,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from chatbatch.db import get_engine
-from chatbatch.ratelimits import Tuning, parse_limits
+from chatbatch.rules.ratelimits import Tuning, parse_limits
 from chatbatch.settings import Settings, get_settings
+from chatbatch.store.db import get_engine
 from worker.engine import Engine
 from worker.provider import Provider
 from worker.ratelimit import build_rate_limiter

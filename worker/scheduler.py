@@ -13,9 +13,9 @@ import threading
 
 from celery import Celery
 
-from chatbatch import queries
-from chatbatch.db import db_now, get_engine
 from chatbatch.settings import Settings
+from chatbatch.store import queries
+from chatbatch.store.db import db_now, get_engine
 from worker.runtime import process_engine
 from worker.tasks import drain
 

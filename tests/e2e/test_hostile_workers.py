@@ -19,7 +19,7 @@ from hostile_checks import (
     assert_no_key,
 )
 
-from chatbatch.db import make_engine
+from chatbatch.store.db import make_engine
 from simulator.hostile import KINDS
 
 pytestmark = pytest.mark.skipif(

@@ -24,10 +24,10 @@ import pytest
 from cli_process import BINARY, base_env, chatbatch
 from sqlalchemy import insert
 
-from chatbatch.db import make_engine
-from chatbatch.migrate import upgrade
-from chatbatch.models import batches_table, requests_table
-from chatbatch.pricing import ModelPrice, PriceTable
+from chatbatch.rules.pricing import ModelPrice, PriceTable
+from chatbatch.store.db import make_engine
+from chatbatch.store.migrate import upgrade
+from chatbatch.store.models import batches_table, requests_table
 
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None

@@ -24,7 +24,7 @@ import psycopg
 import redis
 from cli_process import BINARY, chatbatch, database_dump, write_prompts
 
-from chatbatch.completions import USAGE_COLUMNS
+from chatbatch.rules.completions import USAGE_COLUMNS
 from simulator.answers import expected_usage
 from simulator.testing import SimulatorHandle
 

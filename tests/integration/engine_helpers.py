@@ -9,11 +9,11 @@ from pathlib import Path
 import orjson
 from sqlalchemy import Engine, select
 
-from chatbatch import queries
-from chatbatch.loading import load_jsonl
-from chatbatch.models import requests_table as r
+from chatbatch.input.loading import load_jsonl
+from chatbatch.reporting.summary import batch_summary
 from chatbatch.settings import get_settings
-from chatbatch.summary import batch_summary
+from chatbatch.store import queries
+from chatbatch.store.models import requests_table as r
 from worker.engine import Engine as BatchEngine
 from worker.runtime import build_engine
 

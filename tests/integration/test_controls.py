@@ -11,16 +11,17 @@ import pytest
 from engine_helpers import load, rows, run_to_end, run_with_current_settings, write_requests
 from sqlalchemy import Engine, func, select, update
 
-from chatbatch import controls, queries
-from chatbatch.db import db_now
-from chatbatch.export import export_batch
-from chatbatch.models import batches_table as b
-from chatbatch.models import past_results_table as past
-from chatbatch.models import requests_table as r
-from chatbatch.outcomes import Accepted
+from chatbatch.operations import controls
+from chatbatch.reporting.export import export_batch
+from chatbatch.reporting.summary import batch_summary
+from chatbatch.rules.outcomes import Accepted
+from chatbatch.rules.states import Policy, RequestStatus, RowView, after_submit
 from chatbatch.settings import get_settings
-from chatbatch.states import Policy, RequestStatus, RowView, after_submit
-from chatbatch.summary import batch_summary
+from chatbatch.store import queries
+from chatbatch.store.db import db_now
+from chatbatch.store.models import batches_table as b
+from chatbatch.store.models import past_results_table as past
+from chatbatch.store.models import requests_table as r
 from simulator.answers import expected_usage
 from worker.runtime import build_engine
 

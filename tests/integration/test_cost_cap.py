@@ -8,10 +8,11 @@ from decimal import Decimal
 from engine_helpers import load, run_to_end, write_requests
 from sqlalchemy import update
 
-from chatbatch import controls, queries
-from chatbatch.models import batches_table as b
-from chatbatch.pricing import PriceTable
-from chatbatch.summary import cost_summary
+from chatbatch.operations import controls
+from chatbatch.reporting.summary import cost_summary
+from chatbatch.rules.pricing import PriceTable
+from chatbatch.store import queries
+from chatbatch.store.models import batches_table as b
 
 PRICES = PriceTable.model_validate(
     {"currency": "USD", "models": {"gpt-4o-mini": {"input": "150", "output": "600"}}}

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from chatbatch.db import is_transient, make_engine
+from chatbatch.store.db import is_transient, make_engine
 
 
 def test_a_session_idle_in_a_transaction_is_ended_and_its_locks_freed(pg_url: str) -> None:

@@ -11,12 +11,13 @@ import pytest
 from engine_helpers import load, rows, run_to_end, run_with_current_settings, write_requests
 from sqlalchemy import func, select, update
 
-from chatbatch import controls, queries
-from chatbatch.db import db_now
-from chatbatch.models import requests_table as r
+from chatbatch.operations import controls
+from chatbatch.reporting.summary import batch_summary
+from chatbatch.rules.states import RequestStatus, Transition
 from chatbatch.settings import get_settings
-from chatbatch.states import RequestStatus, Transition
-from chatbatch.summary import batch_summary
+from chatbatch.store import queries
+from chatbatch.store.db import db_now
+from chatbatch.store.models import requests_table as r
 from simulator.answers import expected_content, expected_usage
 from worker.runtime import build_engine
 
@@ -107,7 +108,7 @@ def test_stale_worker_changes_nothing(pg, tmp_path) -> None:
 
 
 def build_policy():
-    from chatbatch.states import Policy
+    from chatbatch.rules.states import Policy
 
     return Policy.from_settings(get_settings())
 
@@ -180,7 +181,7 @@ def test_transient_errors_retry_without_duplicates(pg, sim, tmp_path, monkeypatc
 
 
 def test_nul_in_a_result_is_stored_and_exported_intact(pg, engine, sim, tmp_path) -> None:
-    from chatbatch.export import export_batch
+    from chatbatch.reporting.export import export_batch
 
     sim.reconfigure(nul_rate=1.0)
     write_requests(tmp_path / "in.jsonl", 3)

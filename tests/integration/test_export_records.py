@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, select, update
 from test_export_sql import FORMULAS, both, insert_rows, sql_export
 
-from chatbatch.db import make_engine
-from chatbatch.export import BOM, CSV_COLUMNS, export_batch, export_python, layout_for
-from chatbatch.migrate import upgrade
-from chatbatch.models import requests_table
+from chatbatch.reporting.export import BOM, CSV_COLUMNS, export_batch, export_python, layout_for
+from chatbatch.store.db import make_engine
+from chatbatch.store.migrate import upgrade
+from chatbatch.store.models import requests_table
 
 SCHEMA = orjson.dumps(
     {
@@ -97,8 +97,8 @@ def fetch_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 
     if request.param and psycopg.pq.version() < 170000:
         pytest.skip("this libpq has no chunked-rows mode")
-    monkeypatch.setattr("chatbatch.export_sql.CHUNKED_ROWS", request.param)
-    monkeypatch.setattr("chatbatch.export_sql.FETCH_ROWS", 2)
+    monkeypatch.setattr("chatbatch.reporting.export_sql.CHUNKED_ROWS", request.param)
+    monkeypatch.setattr("chatbatch.reporting.export_sql.FETCH_ROWS", 2)
     yield
 
 
@@ -202,7 +202,7 @@ def test_a_plain_batch_with_a_schema_puts_answer_fields_after_custom_id(
 
 def insert_reused(db: Engine) -> tuple[str, int]:
     """A batch whose second row reused the first row's answer (with its task id, as
-    ``chatbatch.reuse`` copies it), whose fourth reused an answer of the earlier batch
+    ``chatbatch.input.reuse`` copies it), whose fourth reused an answer of the earlier batch
     ``=nightly, 1`` and whose third an answer since deleted; the first row's id."""
     earlier: list[dict[str, Any]] = [{"custom_id": 'r"7\r'}]
     rows: list[dict[str, Any]] = [
@@ -336,7 +336,7 @@ def test_random_records_and_answers_are_byte_identical(
 
 
 def _layout(db: Engine, batch_id: str) -> Any:
-    from chatbatch.export import batch_layout
+    from chatbatch.reporting.export import batch_layout
 
     with db.connect() as conn:
         return batch_layout(conn, batch_id).columns

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
+from chatbatch.rules.states import strike_limit
 from chatbatch.settings import get_settings
-from chatbatch.states import strike_limit
 from simulator.hostile import KINDS, Reply
 from worker.runtime import build_engine
 

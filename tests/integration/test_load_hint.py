@@ -13,8 +13,8 @@ from cli_process import write_prompts
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
-from chatbatch.db import get_engine
 from chatbatch.settings import get_settings
+from chatbatch.store.db import get_engine
 from cli.main import cli
 
 HINT = (

@@ -10,9 +10,9 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine, func, select
 
 from chatbatch.errors import ChatbatchError, InputError
-from chatbatch.jsonl_input import prepare_line
-from chatbatch.loading import load_jsonl
-from chatbatch.models import batches_table, requests_table
+from chatbatch.input.jsonl_input import prepare_line
+from chatbatch.input.loading import load_jsonl
+from chatbatch.store.models import batches_table, requests_table
 from cli.main import cli
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -259,7 +259,7 @@ def test_nul_in_message_content_loads_and_is_kept(db: Engine, tmp_path: Path) ->
 def test_many_buffers_load_in_order_and_a_late_duplicate_undoes_them_all(
     db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("chatbatch.loading.COPY_BUFFER_BYTES", 500)  # a few rows per buffer
+    monkeypatch.setattr("chatbatch.input.loading.COPY_BUFFER_BYTES", 500)  # a few rows per buffer
     lines = [
         orjson.dumps({"custom_id": f"r{i}", "model": "m", "messages": MESSAGES}) for i in range(300)
     ]
@@ -277,7 +277,7 @@ def test_many_buffers_load_in_order_and_a_late_duplicate_undoes_them_all(
 def test_a_bad_line_after_rows_were_sent_loads_nothing(
     db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("chatbatch.loading.COPY_BUFFER_BYTES", 200)
+    monkeypatch.setattr("chatbatch.input.loading.COPY_BUFFER_BYTES", 200)
     lines = [orjson.dumps({"model": "m", "messages": MESSAGES}) for _ in range(50)]
     lines.append(b'{"model": "m", "messages": [], "custom_id": "x"}')
     lines.append(b"\xff\xfe")
@@ -292,8 +292,8 @@ def test_a_bad_line_after_rows_were_sent_loads_nothing(
 
 def test_the_embedded_sqlite_path_loads_the_same_rows(db: Engine, tmp_path: Path) -> None:
     """SQLite takes the chunked INSERT path; it stores what the COPY path stores."""
-    from chatbatch.db import make_engine
-    from chatbatch.migrate import upgrade
+    from chatbatch.store.db import make_engine
+    from chatbatch.store.migrate import upgrade
 
     objs = [{"custom_id": cid, "model": "m", "messages": MESSAGES} for cid in TRICKY_IDS]
     path = tmp_path / "both.jsonl"

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
 from chatbatch.errors import InputError
-from chatbatch.loading import load_jsonl
-from chatbatch.models import batches_table, requests_table
+from chatbatch.input.loading import load_jsonl
+from chatbatch.store.models import batches_table, requests_table
 
 GOOD = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
 json_values = st.recursive(

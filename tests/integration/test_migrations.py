@@ -6,9 +6,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from chatbatch.db import make_engine
-from chatbatch.migrate import check_current, upgrade
-from chatbatch.models import Base
+from chatbatch.store.db import make_engine
+from chatbatch.store.migrate import check_current, upgrade
+from chatbatch.store.models import Base
 
 
 def test_postgres_schema_matches_models(pg_url: str) -> None:
@@ -48,7 +48,7 @@ def test_unmigrated_database_is_refused(tmp_path) -> None:
 def migrate(engine, revision: str, *, down: bool = False) -> None:
     from alembic import command
 
-    from chatbatch.migrate import alembic_config
+    from chatbatch.store.migrate import alembic_config
 
     cfg = alembic_config()
     with engine.begin() as conn:

@@ -7,7 +7,7 @@ import socket
 import orjson
 import pytest
 
-from chatbatch.outcomes import Accepted, Retryable
+from chatbatch.rules.outcomes import Accepted, Retryable
 from simulator.answers import expected_content
 from worker.provider import Provider
 

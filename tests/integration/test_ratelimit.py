@@ -14,7 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from chatbatch.ratelimits import ModelLimit, Tuning
+from chatbatch.rules.ratelimits import ModelLimit, Tuning
 from worker.ratelimit import RedisRateLimiter
 
 RPM = 6000.0  # 100 per second: enough grants in a few seconds to count

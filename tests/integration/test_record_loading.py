@@ -17,16 +17,16 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine, func, select
 
-from chatbatch.db import make_engine
 from chatbatch.errors import InputError
-from chatbatch.fingerprints import fingerprint
-from chatbatch.loading import BatchOptions, LoadedBatch, load_jsonl, load_source
-from chatbatch.migrate import upgrade
-from chatbatch.models import batches_table, requests_table
-from chatbatch.pricing import load_prices
-from chatbatch.records import CsvRecords, JsonlRecords, RecordRequests
-from chatbatch.structured import load_schema
-from chatbatch.templating import prompt_template
+from chatbatch.input.fingerprints import fingerprint
+from chatbatch.input.loading import BatchOptions, LoadedBatch, load_jsonl, load_source
+from chatbatch.input.records import CsvRecords, JsonlRecords, RecordRequests
+from chatbatch.input.templating import prompt_template
+from chatbatch.rules.pricing import load_prices
+from chatbatch.rules.structured import load_schema
+from chatbatch.store.db import make_engine
+from chatbatch.store.migrate import upgrade
+from chatbatch.store.models import batches_table, requests_table
 from cli.main import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -295,7 +295,7 @@ def test_a_template_that_runs_out_of_time_stops_the_read(
     store: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every row would most likely take as long: the file is refused at the first."""
-    monkeypatch.setattr("chatbatch.templating.RENDER_SECONDS", 0.2)
+    monkeypatch.setattr("chatbatch.input.templating.RENDER_SECONDS", 0.2)
     path = tmp_path / "data.csv"
     path.write_text("id,text\n" + "".join(f"{i},t\n" for i in range(50)))
     slow = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
@@ -336,7 +336,7 @@ def test_duplicate_ids_are_listed_by_line_and_nothing_loads(
 ) -> None:
     """On PostgreSQL the unique index finds it after rows were already sent; the file is read
     again for the message. SQLite finds it while reading."""
-    monkeypatch.setattr("chatbatch.loading.COPY_BUFFER_BYTES", 300)
+    monkeypatch.setattr("chatbatch.input.loading.COPY_BUFFER_BYTES", 300)
     path = tmp_path / "dups.csv"
     rows = [f"r{i},text {i}" for i in range(60)] + ["r7,again", "r8,and again"]
     path.write_text("id,text\n" + "\n".join(rows) + "\n")

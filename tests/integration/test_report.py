@@ -16,11 +16,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, insert
 
-from chatbatch.db import make_engine
-from chatbatch.migrate import upgrade
-from chatbatch.models import batches_table, requests_table
-from chatbatch.pricing import ModelPrice, PriceTable
-from chatbatch.report_data import bucket_width, collect, nice_step, recent_errors
+from chatbatch.reporting.report_data import bucket_width, collect, nice_step, recent_errors
+from chatbatch.rules.pricing import ModelPrice, PriceTable
+from chatbatch.store.db import make_engine
+from chatbatch.store.migrate import upgrade
+from chatbatch.store.models import batches_table, requests_table
 from cli.main import cli
 
 T0 = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)
@@ -252,7 +252,7 @@ def test_user_text_is_escaped_and_nothing_is_fetched(db: Engine, tmp_path: Path)
 def test_timeline_counts_every_finished_request(db: Engine, tmp_path: Path) -> None:
     batch_id = build_batch(db)
     with db.connect() as conn:
-        from chatbatch import queries
+        from chatbatch.store import queries
 
         data = collect(conn, queries.resolve_batch(conn, batch_id), prices=None, now=T0)
     finished = SUCCEEDED + sum(FAILED.values()) + EXPIRED + CANCELLED + REUSED
@@ -278,7 +278,7 @@ def test_sqlite_gives_the_same_figures(db: Engine, tmp_path: Path) -> None:
         for engine in (db, lite):
             batch_id = build_batch(engine)
             with engine.connect() as conn:
-                from chatbatch import queries
+                from chatbatch.store import queries
 
                 batch = queries.resolve_batch(conn, batch_id)
                 results.append(collect(conn, batch, prices=PRICES, now=T0))

@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, select, update
 
-from chatbatch.db import get_engine
-from chatbatch.models import requests_table as r
-from chatbatch.reuse import COPIED
+from chatbatch.input.reuse import COPIED
 from chatbatch.settings import get_settings
+from chatbatch.store.db import get_engine
+from chatbatch.store.models import requests_table as r
 from cli.main import cli
 
 ANSWER = '{"label": "positive", "confidence": 0.9}'

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from chatbatch.structured import answer_problem, schema_text
+from chatbatch.rules.structured import answer_problem, schema_text
 from simulator.answers import (
     completion_for,
     expected_content,

@@ -14,16 +14,16 @@ import pytest
 from engine_helpers import load, rows, run_to_end, write_requests
 from sqlalchemy import Engine, select, update
 
-from chatbatch import queries
-from chatbatch.db import db_now, get_engine
-from chatbatch.migrate import upgrade
-from chatbatch.models import batches_table as b
-from chatbatch.models import past_results_table as past
-from chatbatch.models import requests_table as r
-from chatbatch.outcomes import Completed
+from chatbatch.rules.outcomes import Completed
+from chatbatch.rules.states import SCHEMA_INVALID, AnswerCheck, Policy, RequestStatus, after_poll
+from chatbatch.rules.structured import answer_problem, response_format, schema_text
 from chatbatch.settings import get_settings
-from chatbatch.states import SCHEMA_INVALID, AnswerCheck, Policy, RequestStatus, after_poll
-from chatbatch.structured import answer_problem, response_format, schema_text
+from chatbatch.store import queries
+from chatbatch.store.db import db_now, get_engine
+from chatbatch.store.migrate import upgrade
+from chatbatch.store.models import batches_table as b
+from chatbatch.store.models import past_results_table as past
+from chatbatch.store.models import requests_table as r
 from simulator.answers import expected_content, expected_usage
 from worker.engine import Engine as BatchEngine
 from worker.runtime import build_engine

@@ -17,14 +17,15 @@ import pytest
 from engine_helpers import load, run_to_end
 from sqlalchemy import Engine, select, text, update
 
-from chatbatch import controls, queries
-from chatbatch.db import db_now
-from chatbatch.models import past_results_table as past
-from chatbatch.models import requests_table as r
-from chatbatch.pricing import ModelPrice, PriceTable
-from chatbatch.states import RequestStatus
-from chatbatch.summary import cost_summary
-from chatbatch.usage import Grouping, usage_report
+from chatbatch.operations import controls
+from chatbatch.reporting.summary import cost_summary
+from chatbatch.reporting.usage import Grouping, usage_report
+from chatbatch.rules.pricing import ModelPrice, PriceTable
+from chatbatch.rules.states import RequestStatus
+from chatbatch.store import queries
+from chatbatch.store.db import db_now
+from chatbatch.store.models import past_results_table as past
+from chatbatch.store.models import requests_table as r
 from simulator.answers import expected_usage
 
 M = Decimal(1_000_000)

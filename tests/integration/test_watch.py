@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from rich.console import Console
 from sqlalchemy import Engine, insert, update
 
-from chatbatch.db import db_now
-from chatbatch.models import batches_table, requests_table
-from chatbatch.pricing import ModelPrice, PriceTable
+from chatbatch.rules.pricing import ModelPrice, PriceTable
 from chatbatch.settings import get_settings
+from chatbatch.store.db import db_now
+from chatbatch.store.models import batches_table, requests_table
 from cli.main import cli
 from cli.watch_cmd import _view, _watch_live, _Watcher
 

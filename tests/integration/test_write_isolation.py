@@ -9,11 +9,12 @@ from datetime import timedelta
 from engine_helpers import load, rows, write_requests
 from sqlalchemy import Engine, select, update
 
-from chatbatch import controls, queries
-from chatbatch.db import db_now
-from chatbatch.models import batches_table as b
-from chatbatch.models import requests_table as r
-from chatbatch.states import RequestStatus, Transition
+from chatbatch.operations import controls
+from chatbatch.rules.states import RequestStatus, Transition
+from chatbatch.store import queries
+from chatbatch.store.db import db_now
+from chatbatch.store.models import batches_table as b
+from chatbatch.store.models import requests_table as r
 from worker.engine import Engine as BatchEngine
 
 

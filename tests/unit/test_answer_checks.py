@@ -11,10 +11,10 @@ from typing import Any, NoReturn
 import orjson
 import pytest
 
-from chatbatch.completions import USAGE_COLUMNS
 from chatbatch.errors import InputError
-from chatbatch.outcomes import Completed, Pending
-from chatbatch.states import (
+from chatbatch.rules.completions import USAGE_COLUMNS
+from chatbatch.rules.outcomes import Completed, Pending
+from chatbatch.rules.states import (
     SCHEMA_INVALID,
     AnswerCheck,
     Policy,
@@ -24,7 +24,7 @@ from chatbatch.states import (
     after_poll,
     after_submit,
 )
-from chatbatch.structured import answer_problem, load_schema, schema_text
+from chatbatch.rules.structured import answer_problem, load_schema, schema_text
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 POLICY = Policy(max_attempts=3)

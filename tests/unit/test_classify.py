@@ -6,7 +6,7 @@ import httpx
 import orjson
 import pytest
 
-from chatbatch.outcomes import (
+from chatbatch.rules.outcomes import (
     Accepted,
     AccountBlocked,
     Completed,

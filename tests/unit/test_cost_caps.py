@@ -7,7 +7,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatbatch.cost_caps import NO_LIMIT, CapState, allowance, pause_reason
+from chatbatch.operations.cost_caps import NO_LIMIT, CapState, allowance, pause_reason
 
 
 def cap(max_cost: str, spent: str | None, per_request: str) -> CapState:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from chatbatch.estimates import estimated_input_cost, estimated_prompt_tokens, message_chars
-from chatbatch.pricing import PriceTable
+from chatbatch.input.estimates import estimated_input_cost, estimated_prompt_tokens, message_chars
+from chatbatch.rules.pricing import PriceTable
 
 
 def body(*contents: object) -> dict[str, object]:

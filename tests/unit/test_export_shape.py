@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatbatch.export import (
+from chatbatch.reporting.export import (
     CSV_COLUMNS,
     ExportError,
     csv_cells,
@@ -23,7 +23,7 @@ from chatbatch.export import (
     parse_statuses,
     value_cell,
 )
-from chatbatch.export_sql import _quoted
+from chatbatch.reporting.export_sql import _quoted
 
 COMPLETION = {
     "id": "chatcmpl-1",

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatbatch.jsonl_input import (
+from chatbatch.input.jsonl_input import (
     _FAST_RANGES,
     _FAST_TYPES,
     LineError,
@@ -21,7 +21,7 @@ from chatbatch.jsonl_input import (
     prepare_line,
     prepare_raw,
 )
-from chatbatch.schemas import ROLES
+from chatbatch.input.schemas import ROLES
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 CALLS = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
@@ -383,7 +383,7 @@ def test_fast_path_agrees_with_pydantic_field_by_field(default_model: str | None
 def test_the_fast_path_knows_every_typed_field_of_the_schema() -> None:
     """If ``ChatBody`` or ``Message`` gains a field or a constraint, the fast path (which checks
     their types itself) must learn it too."""
-    from chatbatch.schemas import ChatBody, Message
+    from chatbatch.input.schemas import ChatBody, Message
 
     assert set(ChatBody.model_fields) == {*_FAST_TYPES, "model", "messages"}
     for name in _FAST_TYPES:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatbatch.polling import (
+from chatbatch.rules.polling import (
     GeometricPolls,
     PlannedPolls,
     PollPlanner,

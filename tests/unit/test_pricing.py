@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from chatbatch.errors import ConfigError
-from chatbatch.pricing import (
+from chatbatch.rules.pricing import (
     NO_PRICE,
     NO_UNIT_PRICE,
     ModelPrice,

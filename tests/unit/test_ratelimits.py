@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from chatbatch.ratelimits import (
+from chatbatch.rules.ratelimits import (
     ModelLimit,
     ModelState,
     Tuning,
@@ -161,7 +161,7 @@ def test_no_known_limit_and_no_429_means_no_limiting_but_the_rate_is_measured() 
 
 
 def _read_sent(state: ModelState, now: float) -> float:
-    from chatbatch.ratelimits import read_rpm
+    from chatbatch.rules.ratelimits import read_rpm
 
     return read_rpm(state.sent, now, T)
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from chatbatch.outcomes import (
+from chatbatch.rules.outcomes import (
     Accepted,
     AccountBlocked,
     Completed,
@@ -17,8 +17,8 @@ from chatbatch.outcomes import (
     Retryable,
     TaskFailed,
 )
-from chatbatch.polling import PlannedPolls
-from chatbatch.states import (
+from chatbatch.rules.polling import PlannedPolls
+from chatbatch.rules.states import (
     Policy,
     RequestStatus,
     RowView,

@@ -13,7 +13,7 @@ from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from chatbatch.errors import InputError
-from chatbatch.templating import (
+from chatbatch.input.templating import (
     PromptTemplate,
     RenderError,
     names_text,

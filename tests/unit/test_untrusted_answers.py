@@ -15,9 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatbatch.completions import USAGE_MAX, extract_fields
 from chatbatch.logs import RedactSecret
-from chatbatch.outcomes import (
+from chatbatch.redaction import REDACTED, KeyProblem, Redactor, check_key
+from chatbatch.rules.completions import USAGE_MAX, extract_fields
+from chatbatch.rules.outcomes import (
     Accepted,
     AccountBlocked,
     Completed,
@@ -27,9 +28,8 @@ from chatbatch.outcomes import (
     Retryable,
     TaskFailed,
 )
-from chatbatch.ratelimits import ModelState, Tuning, rate_limited
-from chatbatch.redaction import REDACTED, KeyProblem, Redactor, check_key
-from chatbatch.states import (
+from chatbatch.rules.ratelimits import ModelState, Tuning, rate_limited
+from chatbatch.rules.states import (
     Policy,
     RequestStatus,
     RowView,

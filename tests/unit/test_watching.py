@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from chatbatch.watching import (
+from chatbatch.reporting.watching import (
     STALL_SECONDS,
     ErrorLine,
     Motion,

@@ -8,12 +8,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from chatbatch import queries
-from chatbatch.db import db_now
-from chatbatch.pricing import PriceTable, format_money
-from chatbatch.report_data import error_groups
-from chatbatch.states import TERMINAL_STATUSES
-from chatbatch.usage import Grouping, usage_report
+from chatbatch.reporting.report_data import error_groups
+from chatbatch.reporting.usage import Grouping, usage_report
+from chatbatch.rules.pricing import PriceTable, format_money
+from chatbatch.rules.states import TERMINAL_STATUSES
+from chatbatch.store import queries
+from chatbatch.store.db import db_now
 
 PROJECTION_EXPONENT = -6
 TOP_FAILURES = 3

@@ -7,8 +7,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, and_, func, select, update
 
-from chatbatch.models import requests_table as r
-from chatbatch.states import RequestStatus
+from chatbatch.rules.states import RequestStatus
+from chatbatch.store.models import requests_table as r
 
 COPIED = ("response", "content", "finish_reason", "response_model", "http_status", "remote_id")
 

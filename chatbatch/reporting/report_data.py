@@ -28,10 +28,15 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from chatbatch.models import requests_table as r
-from chatbatch.pricing import PriceTable
-from chatbatch.states import ANSWERED_STATUSES, SCHEMA_INVALID, TERMINAL_STATUSES, RequestStatus
-from chatbatch.usage import Grouping, UsageReport, usage_report
+from chatbatch.reporting.usage import Grouping, UsageReport, usage_report
+from chatbatch.rules.pricing import PriceTable
+from chatbatch.rules.states import (
+    ANSWERED_STATUSES,
+    SCHEMA_INVALID,
+    TERMINAL_STATUSES,
+    RequestStatus,
+)
+from chatbatch.store.models import requests_table as r
 
 QUANTILES = ("0.5", "0.9", "0.99")
 ERROR_STATUSES = (RequestStatus.FAILED, RequestStatus.EXPIRED)

@@ -23,12 +23,12 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 from sqlalchemy import Connection, Row, select
 
-from chatbatch.completions import USAGE_COLUMNS
 from chatbatch.errors import ChatbatchError
-from chatbatch.models import batches_table as b
-from chatbatch.models import requests_table as r
-from chatbatch.states import ACTIVE_STATUSES, ANSWERED_STATUSES, RequestStatus
-from chatbatch.structured import answer_fields
+from chatbatch.rules.completions import USAGE_COLUMNS
+from chatbatch.rules.states import ACTIVE_STATUSES, ANSWERED_STATUSES, RequestStatus
+from chatbatch.rules.structured import answer_fields
+from chatbatch.store.models import batches_table as b
+from chatbatch.store.models import requests_table as r
 
 if TYPE_CHECKING:
     from _csv import Writer
@@ -468,10 +468,10 @@ def export_batch(
 ) -> int:
     """Write every request of the batch (only those in ``statuses`` when given) to ``out`` in
     ``fmt`` (jsonl or csv); returns the count. ``on_rows`` hears how many rows each block
-    wrote. On PostgreSQL the lines are built by the database (``chatbatch.export_sql``)."""
+    wrote. On PostgreSQL the lines are built by the database (``export_sql``)."""
     options: dict[str, Any] = {"columns": columns, "bom": bom, "statuses": statuses}
     if conn.dialect.name == "postgresql":
-        from chatbatch.export_sql import export_postgres  # it builds on this module
+        from chatbatch.reporting.export_sql import export_postgres  # it builds on this module
 
         return export_postgres(conn, batch_id, out, fmt, **options, on_rows=on_rows)
     return export_python(conn, batch_id, out, fmt, **options, on_rows=on_rows)

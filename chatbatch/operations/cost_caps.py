@@ -13,12 +13,12 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, func, select
 
-from chatbatch.estimates import estimated_prompt_tokens
-from chatbatch.models import batches_table as b
-from chatbatch.models import requests_table as r
-from chatbatch.pricing import MILLION, PriceTable, format_money
-from chatbatch.states import BatchStatus, RequestStatus
-from chatbatch.usage import Grouping, usage_report
+from chatbatch.input.estimates import estimated_prompt_tokens
+from chatbatch.reporting.usage import Grouping, usage_report
+from chatbatch.rules.pricing import MILLION, PriceTable, format_money
+from chatbatch.rules.states import BatchStatus, RequestStatus
+from chatbatch.store.models import batches_table as b
+from chatbatch.store.models import requests_table as r
 
 # Output tokens assumed for a request that sets no max_tokens, until real answers are known.
 DEFAULT_OUTPUT_TOKENS = 256

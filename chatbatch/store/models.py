@@ -61,7 +61,7 @@ class Base(DeclarativeBase):
 
 
 class UsageColumns:
-    """Token usage as the provider reported it (``chatbatch.completions.USAGE_COLUMNS``)."""
+    """Token usage as the provider reported it (``chatbatch.rules.completions.USAGE_COLUMNS``)."""
 
     prompt_tokens: Mapped[int | None] = mapped_column(BigInteger)
     completion_tokens: Mapped[int | None] = mapped_column(BigInteger)
@@ -145,7 +145,7 @@ class Request(UsageColumns, Base):
 
     # The source record (JSON object) of a CSV row or record line.
     record: Mapped[str | None] = mapped_column(Text)
-    # sha256 of the request as sent (``chatbatch.fingerprints``): equal requests, equal answers.
+    # sha256 of the request as sent (``input.fingerprints``): equal requests, equal answers.
     fingerprint: Mapped[str | None] = mapped_column(String(64))
     # With a batch schema: whether the answer follows it (None until answered), and why not.
     schema_valid: Mapped[bool | None] = mapped_column(Boolean)

@@ -1,8 +1,8 @@
 """Load a file into a new batch: validate every request, insert in bulk, all or nothing.
 
 Every kind of input file is a ``Source`` of (line, request) pairs: JSONL files of requests
-(``chatbatch.jsonl_input.RequestLines``) and CSV or JSONL files of records rendered through a
-template (``chatbatch.records.RecordRequests``). They all go through the same checks and the
+(``chatbatch.input.jsonl_input.RequestLines``) and CSV or JSONL files of records rendered through a
+template (``chatbatch.input.records.RecordRequests``). They all go through the same checks and the
 same COPY (PostgreSQL) or chunked INSERT (SQLite).
 """
 
@@ -22,16 +22,16 @@ import psycopg
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from chatbatch import structured
-from chatbatch.db import db_now
 from chatbatch.errors import ArgumentError, InputError
-from chatbatch.estimates import estimated_input_cost, estimated_prompt_tokens
-from chatbatch.fingerprints import fingerprint
-from chatbatch.jsonl_input import ByteProgress, RequestLines
-from chatbatch.models import batches_table, requests_table
-from chatbatch.pricing import Cost, PriceTable
-from chatbatch.reuse import reuse_answers
-from chatbatch.states import BatchStatus, RequestStatus
+from chatbatch.input.estimates import estimated_input_cost, estimated_prompt_tokens
+from chatbatch.input.fingerprints import fingerprint
+from chatbatch.input.jsonl_input import ByteProgress, RequestLines
+from chatbatch.input.reuse import reuse_answers
+from chatbatch.rules import structured
+from chatbatch.rules.pricing import Cost, PriceTable
+from chatbatch.rules.states import BatchStatus, RequestStatus
+from chatbatch.store.db import db_now
+from chatbatch.store.models import batches_table, requests_table
 
 MAX_PROBLEMS_SHOWN = 50
 DUPLICATE_ID_CONSTRAINT = "uq_requests_batch_id_custom_id"

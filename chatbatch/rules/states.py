@@ -1,6 +1,6 @@
 """The request state machine: pure functions from (row, outcome, now, policy) to a transition.
 
-Nothing here does I/O, so every rule is unit-tested directly. ``chatbatch.queries`` applies the
+Nothing here does I/O, so every rule is unit-tested directly. ``store.queries`` applies the
 transitions as guarded updates (``WHERE status = :expected AND lease_token = :token``).
 """
 
@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from chatbatch.completions import USAGE_COLUMNS, extract_fields
-from chatbatch.outcomes import (
+from chatbatch.rules.completions import USAGE_COLUMNS, extract_fields
+from chatbatch.rules.outcomes import (
     BAD_RESPONSE,
     Accepted,
     AccountBlocked,
@@ -27,8 +27,8 @@ from chatbatch.outcomes import (
     Retryable,
     TaskFailed,
 )
-from chatbatch.polling import GeometricPolls, PollSchedule
-from chatbatch.structured import answer_problem
+from chatbatch.rules.polling import GeometricPolls, PollSchedule
+from chatbatch.rules.structured import answer_problem
 
 
 class RequestStatus(StrEnum):

@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from chatbatch.schemas import ROLES, body_problems, message_problem
+from chatbatch.input.schemas import ROLES, body_problems, message_problem
 from chatbatch.untrusted import has_controls
 
 if TYPE_CHECKING:
-    from chatbatch.loading import SourceItem
+    from chatbatch.input.loading import SourceItem
 
 MAX_CUSTOM_ID_CHARS = 512
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions", "/api/v1/chat/completions")
 ENVELOPE_KEYS = {"custom_id", "method", "url", "body"}
 DROPPED_KEYS = ("background",)  # we set background mode ourselves
-# The types ``chatbatch.schemas.ChatBody`` accepts (strictly) for its typed fields, besides None;
+# The types ``schemas.ChatBody`` accepts (strictly) for its typed fields, besides None;
 # the fast path checks these itself and leaves anything else to pydantic.
 _FAST_TYPES: dict[str, tuple[type, ...]] = {
     "stream": (bool,),
@@ -342,7 +342,7 @@ def _body_of(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 class RequestLines:
-    """A JSONL file of chat requests as the loader's source (``chatbatch.loading.Source``)."""
+    """A JSONL file of chat requests as the loader's source (``chatbatch.input.loading.Source``)."""
 
     def __init__(self, path: Path, *, default_model: str | None, max_line_bytes: int) -> None:
         self.path = path

@@ -10,12 +10,12 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Row, select
 
-from chatbatch.completions import USAGE_COLUMNS
 from chatbatch.errors import NotFoundError
-from chatbatch.models import past_results_table as past
-from chatbatch.models import requests_table as r
-from chatbatch.pricing import PriceTable, Usage, cost_of, format_money
-from chatbatch.queries import batch_name_of
+from chatbatch.rules.completions import USAGE_COLUMNS
+from chatbatch.rules.pricing import PriceTable, Usage, cost_of, format_money
+from chatbatch.store.models import past_results_table as past
+from chatbatch.store.models import requests_table as r
+from chatbatch.store.queries import batch_name_of
 
 
 def request_detail(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from chatbatch.pricing import Cost, PriceTable, Usage, cost_by_model
+from chatbatch.rules.pricing import Cost, PriceTable, Usage, cost_by_model
 
 CHARS_PER_TOKEN = 4
 

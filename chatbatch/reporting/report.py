@@ -1,5 +1,5 @@
 """``chatbatch report``: one self-contained HTML file (inline CSS, charts as inline SVG drawn
-here) rendered from ``chatbatch.report_data`` with Jinja2, autoescaped: user text is escaped."""
+here) rendered from ``report_data`` with Jinja2, autoescaped: user text is escaped."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 from jinja2 import Environment, StrictUndefined
 
-from chatbatch.report_data import BUCKET_WIDTHS, Latency, ReportData, Timeline, nice_step
-from chatbatch.states import SCHEMA_INVALID, RequestStatus
+from chatbatch.reporting.report_data import BUCKET_WIDTHS, Latency, ReportData, Timeline, nice_step
+from chatbatch.rules.states import SCHEMA_INVALID, RequestStatus
 
 TEMPLATE = "report.html.j2"
 # Final states in the order the report stacks and lists them, with their chart colours.

@@ -29,11 +29,11 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from chatbatch.completions import USAGE_COLUMNS
-from chatbatch.models import batches_table as b
-from chatbatch.models import past_results_table as p
-from chatbatch.models import requests_table as r
-from chatbatch.pricing import Cost, PriceTable, Usage, cost_by_model, format_money
+from chatbatch.rules.completions import USAGE_COLUMNS
+from chatbatch.rules.pricing import Cost, PriceTable, Usage, cost_by_model, format_money
+from chatbatch.store.models import batches_table as b
+from chatbatch.store.models import past_results_table as p
+from chatbatch.store.models import requests_table as r
 
 
 class Grouping(StrEnum):

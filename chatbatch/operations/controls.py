@@ -12,14 +12,14 @@ from typing import Any
 from sqlalchemy import Connection, Row, func, insert, literal, select, update
 from sqlalchemy import delete as delete_rows
 
-from chatbatch import queries
-from chatbatch.completions import USAGE_COLUMNS
-from chatbatch.cost_caps import COST_PAUSE
 from chatbatch.errors import ChatbatchError
-from chatbatch.models import batches_table as b
-from chatbatch.models import past_results_table as p
-from chatbatch.models import requests_table as r
-from chatbatch.states import ROUND_RESETS, TERMINAL_STATUSES, BatchStatus, RequestStatus
+from chatbatch.operations.cost_caps import COST_PAUSE
+from chatbatch.rules.completions import USAGE_COLUMNS
+from chatbatch.rules.states import ROUND_RESETS, TERMINAL_STATUSES, BatchStatus, RequestStatus
+from chatbatch.store import queries
+from chatbatch.store.models import batches_table as b
+from chatbatch.store.models import past_results_table as p
+from chatbatch.store.models import requests_table as r
 
 RETRYABLE_DEFAULT = (RequestStatus.FAILED, RequestStatus.EXPIRED)
 _ARCHIVED = (

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from chatbatch.states import ACTIVE_STATUSES, TERMINAL_STATUSES
+from chatbatch.rules.states import ACTIVE_STATUSES, TERMINAL_STATUSES
 from chatbatch.untrusted import printable
 
 WINDOW_SECONDS = 10.0

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from chatbatch.errors import InputError
-from chatbatch.jsonl_input import MAX_CUSTOM_ID_CHARS, ByteProgress, iter_raw_lines
-from chatbatch.templating import PromptTemplate, RenderError, RenderTimeout, names_text
+from chatbatch.input.jsonl_input import MAX_CUSTOM_ID_CHARS, ByteProgress, iter_raw_lines
+from chatbatch.input.templating import PromptTemplate, RenderError, RenderTimeout, names_text
 
 if TYPE_CHECKING:
-    from chatbatch.loading import SourceItem
+    from chatbatch.input.loading import SourceItem
 
 # (line number, row number, record, problem): one row as read; record is None when the row is
 # bad, and then problem says why. Row numbers count the data rows (1 for the first), bad ones
@@ -209,7 +209,7 @@ def _field_size_limit(limit: int) -> Iterator[None]:
 
 
 class RecordRequests:
-    """A CSV or record-JSONL file as the loader's source (``chatbatch.loading.Source``): each
+    """A CSV or record-JSONL file as the loader's source (``chatbatch.input.loading.Source``): each
     record rendered through the prompt template into one request for ``model``."""
 
     def __init__(

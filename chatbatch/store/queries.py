@@ -27,13 +27,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
-from chatbatch.completions import USAGE_COLUMNS
-from chatbatch.db import masked_url
 from chatbatch.errors import NotFoundError
-from chatbatch.models import batches_table as b
-from chatbatch.models import past_results_table as past_results
-from chatbatch.models import requests_table as r
-from chatbatch.states import (
+from chatbatch.rules.completions import USAGE_COLUMNS
+from chatbatch.rules.states import (
     ACTIVE_STATUSES,
     ANSWERED_STATUSES,
     AnswerCheck,
@@ -45,6 +41,10 @@ from chatbatch.states import (
     after_lease_expired,
     expired_transition,
 )
+from chatbatch.store.db import masked_url
+from chatbatch.store.models import batches_table as b
+from chatbatch.store.models import past_results_table as past_results
+from chatbatch.store.models import requests_table as r
 
 POLLABLE_BATCHES = (BatchStatus.RUNNING, BatchStatus.PAUSED, BatchStatus.CANCELLING)
 CANCELLED_BEFORE_SUBMISSION = "cancelled before it was submitted"
