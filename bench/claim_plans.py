@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, event, text
 
 from bench.common import fresh_database
-from chatbatch.store import queries
+from chatbatch.store.claims import claim_for_poll, claim_for_submit
 from chatbatch.store.db import db_now, make_engine
 
 FILL_SQL = """
@@ -44,8 +44,8 @@ def claim_plans(rows: int, chunk: int = 64) -> dict[str, list[str]]:
             conn.exec_driver_sql("VACUUM ANALYZE requests")
         with db.connect() as conn:
             claims: dict[str, Callable[..., Any]] = {
-                "claim due submissions": queries.claim_for_submit,
-                "claim due polls": queries.claim_for_poll,
+                "claim due submissions": claim_for_submit,
+                "claim due polls": claim_for_poll,
             }
             for name, claim in claims.items():
                 plans[name] = _explained(conn, claim, chunk)

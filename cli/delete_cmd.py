@@ -21,13 +21,13 @@ def delete_command(batch: str, yes: bool, as_json: bool) -> None:
     """Delete BATCH (id or name) with its requests, answers and history. A batch that is still
     running, or has requests in flight, is refused: cancel it first."""
     from chatbatch.operations import controls
-    from chatbatch.store import queries
+    from chatbatch.store import reads
 
     setup_logging()
     engine = ready_database()
     if not yes:
         with engine.connect() as conn:
-            row = queries.resolve_batch(conn, batch)
+            row = reads.resolve_batch(conn, batch)
         _confirm(f"Delete batch {row.name} ({row.total} request(s)) and all its answers?")
     with engine.begin() as conn:
         result = controls.delete(conn, batch)

@@ -55,7 +55,7 @@ def export_command(
     schema_error and the output columns. Requests not finished yet are exported as unfinished
     (with a warning). Everything but the export itself goes to stderr."""
     from chatbatch.reporting.export import parse_statuses
-    from chatbatch.store import queries
+    from chatbatch.store import reads
     from cli.exporting import check_output, export_to, shown_output, unfinished_note
 
     setup_logging()
@@ -63,7 +63,7 @@ def export_command(
     chosen_statuses = parse_statuses(statuses) if statuses is not None else None
     chosen = parse_columns(columns) if columns is not None else None
     with ready_database().connect() as conn:
-        row = queries.resolve_batch(conn, batch)
+        row = reads.resolve_batch(conn, batch)
         note = unfinished_note(conn, row, chosen_statuses)
     if note:
         click.echo(f"warning: {note}", err=True)

@@ -31,12 +31,12 @@ def list_command(limit: int, as_json: bool) -> None:
     """The batches, newest first: name, status, progress, cost so far (with the price table
     stored at load time), when each was created, and its id."""
     from chatbatch.reporting.summary import cost_summary
-    from chatbatch.store import queries
+    from chatbatch.store import reads
 
     setup_logging()
     engine = ready_database()
     with engine.connect() as conn:
-        rows = queries.list_batches(conn)
+        rows = reads.list_batches(conn)
         shown = rows[:limit] if limit else rows
         summaries = []
         for row in shown:

@@ -74,11 +74,11 @@ def status(batch: str, as_json: bool, prices_path: Path | None) -> None:
     """Progress, usage and problems of a batch (by id or name); with a price table (given here or
     stored by `load --prices`), the cost so far and a projected total."""
     from chatbatch.reporting.summary import cost_summary
-    from chatbatch.store import queries
+    from chatbatch.store import reads
 
     setup_logging()
     with ready_database().connect() as conn:
-        row = queries.resolve_batch(conn, batch)
+        row = reads.resolve_batch(conn, batch)
         summary = summarise(conn, row)
         prices = prices_for_batch(row, prices_path)
         if prices is not None:

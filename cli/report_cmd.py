@@ -34,7 +34,7 @@ def report_command(batch: str, output: Path, prices_path: Path | None) -> None:
     rate. One self-contained file; the price table defaults to the one stored with the batch."""
     from chatbatch.reporting.report import render_report
     from chatbatch.reporting.report_data import collect
-    from chatbatch.store import queries
+    from chatbatch.store import reads
     from chatbatch.store.db import db_now
 
     setup_logging()
@@ -46,7 +46,7 @@ def report_command(batch: str, output: Path, prices_path: Path | None) -> None:
         with conn.begin():
             if postgresql:  # the percentiles sort every latency: in memory, not on disk
                 conn.execute(text(f"SET LOCAL work_mem = '{SORT_MEMORY}'"))
-            row = queries.resolve_batch(conn, batch)
+            row = reads.resolve_batch(conn, batch)
             prices = prices_for_batch(row, prices_path)
             data = collect(conn, row, prices=prices, now=db_now(conn))
     write_atomically(output, render_report(data))

@@ -30,7 +30,7 @@ from chatbatch.rules.states import (
     BatchStatus,
 )
 from chatbatch.settings import Settings
-from chatbatch.store import queries
+from chatbatch.store import reads, sweeps
 from chatbatch.store.db import get_engine
 from chatbatch.untrusted import printable
 from cli.context import (
@@ -90,7 +90,7 @@ class _ProgressView:
             return
         self._last = now
         with get_engine().connect() as conn:
-            counts = queries.status_counts(conn, self._batch_id)
+            counts = reads.status_counts(conn, self._batch_id)
             if force or now - self._last_cost >= COST_EVERY_SECONDS:
                 self._last_cost = now
                 self._progress.update(self._task, cost=_cost_text(conn, self._batch_id))
@@ -111,7 +111,7 @@ def counts_text(counts: dict[str, int]) -> str:
 def _cost_text(conn: Connection, batch_id: str) -> str:
     """``0.123456 USD`` so far (the projection is in the summary), or nothing without a price
     table."""
-    row = queries.resolve_batch(conn, batch_id)
+    row = reads.resolve_batch(conn, batch_id)
     prices = prices_for_batch(row)
     if prices is None:
         return ""
@@ -228,8 +228,8 @@ def process_command(
     if not simulate:
         settings().usable_api_key()
     with ready_database().begin() as conn:
-        row = queries.resolve_batch(conn, batch)
-        if queries.reopen_unfinished(conn, row.id):
+        row = reads.resolve_batch(conn, batch)
+        if sweeps.reopen_unfinished(conn, row.id):
             click.echo(f"{row.name} was closed with requests left unfinished: reopened", err=True)
     if row.status == BatchStatus.PAUSED:
         click.echo(
@@ -269,7 +269,7 @@ def _report(batch_id: str, finish: Finish) -> NoReturn:
     output = finish.output
     count = export_to(batch_id, output, finish.fmt) if output else None
     with ready_database().connect() as conn:
-        row = queries.resolve_batch(conn, batch_id)
+        row = reads.resolve_batch(conn, batch_id)
         summary = summarise(conn, row)
         prices = prices_for_batch(row)
         if prices is not None:

@@ -26,11 +26,11 @@ def show_command(batch: str, custom_id: str, as_json: bool, prices_path: Path | 
     rounds that `retry` or a schema re-ask replaced too), the answer, usage and cost, and the
     schema verdict."""
     from chatbatch.reporting.request_detail import request_detail
-    from chatbatch.store import queries
+    from chatbatch.store import reads
 
     setup_logging()
     with ready_database().connect() as conn:
-        row = queries.resolve_batch(conn, batch)
+        row = reads.resolve_batch(conn, batch)
         detail = request_detail(conn, row, custom_id, prices=prices_for_batch(row, prices_path))
     if as_json:
         click.echo(orjson.dumps(detail))

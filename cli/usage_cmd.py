@@ -73,12 +73,12 @@ def usage_command(
     the provider billed them. One batch is priced with --prices/CHATBATCH_PRICES, else with the
     table stored by `load --prices`."""
     from chatbatch.reporting.usage import Grouping, usage_report
-    from chatbatch.store import queries
+    from chatbatch.store import reads
 
     setup_logging()
     grouping = Grouping(by or ("model" if batch else "batch"))
     with ready_database().connect() as conn:
-        row = queries.resolve_batch(conn, batch) if batch else None
+        row = reads.resolve_batch(conn, batch) if batch else None
         # One batch: the table given, else the one stored with it at load time, as status does.
         prices = prices_for_batch(row, prices_path) if row else price_table(prices_path)
         batch_id = row.id if row else None

@@ -83,9 +83,9 @@ def watch_command(batch: str, interval: float, prices_path: Path | None) -> None
     setup_logging()
     engine = ready_database()
     with engine.connect() as conn:
-        from chatbatch.store import queries
+        from chatbatch.store import reads
 
-        row = queries.resolve_batch(conn, batch)
+        row = reads.resolve_batch(conn, batch)
     watcher = _Watcher(engine, row.id, prices_for_batch(row, prices_path), STALL_SECONDS)
     console = Console()
     try:
@@ -128,11 +128,11 @@ class _Watcher:
 
     def snapshot(self) -> Snapshot:
         from chatbatch.reporting.report_data import recent_errors
-        from chatbatch.store import queries
+        from chatbatch.store import reads
 
         now = time.monotonic()
         with self.engine.connect() as conn:
-            row = queries.resolve_batch(conn, self.batch_id)
+            row = reads.resolve_batch(conn, self.batch_id)
             counts, claims = _counts_and_claims(conn, row.id)
             errors = [
                 ErrorLine(e.code, e.count, e.last_message) for e in recent_errors(conn, row.id)
@@ -140,7 +140,7 @@ class _Watcher:
             finished = row.status in FINISHED_BATCH_STATUSES
             if self.prices is not None and (finished or now - self._cost_at >= COST_EVERY_SECONDS):
                 self._cost, self._cost_at = self._cost_text(conn, row), now
-            next_due = queries.next_due_at(conn, row.id) if row.status in WORKED else None
+            next_due = reads.next_due_at(conn, row.id) if row.status in WORKED else None
             self.stalled_for = self._observe(conn, Motion.of(counts, claims), next_due)
         snap = Snapshot(
             row.name, row.status, row.total, counts, row.pause_reason, self._cost, errors

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, select
 
 from chatbatch.operations import cost_caps
 from chatbatch.rules.states import BatchStatus, RequestStatus
-from chatbatch.store import queries
+from chatbatch.store import writes
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import requests_table as r
 
@@ -71,7 +71,7 @@ class CostGuard:
                 # once nothing is in flight and not one more request fits.
                 if allowed == 0 and snapshot.in_flight == 0 and _has_queued(conn, row.id):
                     reason = cost_caps.pause_reason(snapshot.cap, 0)
-                    if queries.pause_batch(conn, row.id, reason):
+                    if writes.pause_batch(conn, row.id, reason):
                         log.warning("batch %s paused: %s", row.id, reason)
             limits[row.id] = allowed
         return limits

@@ -36,8 +36,18 @@ from chatbatch.rules.states import (
     unstorable,
 )
 from chatbatch.settings import Settings
-from chatbatch.store import queries
+from chatbatch.store import reads, sweeps
+from chatbatch.store.claims import (
+    PollClaim,
+    SubmitClaim,
+    answer_checks,
+    claim_for_poll,
+    claim_for_submit,
+    due_submission_models,
+    next_claimable_at,
+)
 from chatbatch.store.db import db_now, is_transient
+from chatbatch.store.writes import Write, apply_transitions
 from worker.admission import Admission
 from worker.cost_guard import CostGuard
 from worker.provider import Provider
@@ -135,10 +145,10 @@ class Engine:
         batches."""
         with self._db.begin() as conn:
             now = db_now(conn)
-            recovered = queries.recover_expired_leases(conn, now=now, policy=self.policy)
-            expired = queries.expire_overdue(conn, now=now)
-            cancelled = queries.cancel_leftovers(conn, now=now)
-            finished = queries.finish_batches(conn, now=now)
+            recovered = sweeps.recover_expired_leases(conn, now=now, policy=self.policy)
+            expired = sweeps.expire_overdue(conn, now=now)
+            cancelled = sweeps.cancel_leftovers(conn, now=now)
+            finished = sweeps.finish_batches(conn, now=now)
         self._replan_polls()
         self._read_published_limits()
         if recovered:
@@ -175,7 +185,7 @@ class Engine:
         for model in due:
             with self._db.connect() as conn:
                 since = db_now(conn) - LEARN_WINDOW
-                observations = queries.completion_observations(conn, model, since=since)
+                observations = reads.completion_observations(conn, model, since=since)
             self._planned_at[model] = time.monotonic()
             if self._polls.replan(model, observations):
                 log.debug("replanned polls of %s: %s", model, self._polls.schedule(model))
@@ -212,7 +222,7 @@ class Engine:
 
     def _seconds_until_due(self) -> float | None:
         with self._db.connect() as conn:
-            due = queries.next_claimable_at(conn, self._batch_id)
+            due = next_claimable_at(conn, self._batch_id)
             if due is None:
                 return None
             return (due - db_now(conn)).total_seconds()
@@ -230,7 +240,7 @@ class Engine:
             with self._db.begin() as conn:
                 clock = DbClock(db_now(conn))
                 lease = self._settings.lease_seconds
-                polls = queries.claim_for_poll(
+                polls = claim_for_poll(
                     conn,
                     now=clock.anchor,
                     limit=self.chunk_size,
@@ -252,7 +262,7 @@ class Engine:
         if not slots:
             return {}
         with self._db.connect() as conn:
-            due = queries.due_submission_models(
+            due = due_submission_models(
                 conn,
                 now=db_now(conn),
                 limit=slots,
@@ -263,16 +273,16 @@ class Engine:
 
     def _claim_submissions(
         self, conn: Connection, now: datetime, wanted: Mapping[str, int]
-    ) -> list[queries.SubmitClaim]:
+    ) -> list[SubmitClaim]:
         """Claim what was reserved, model by model, within the cost caps (what one model's
         claims take from a capped batch is not there for the next)."""
         if not wanted:
             return []
         capped = self._cost_guard.limits(conn)
         lease = self._settings.lease_seconds
-        claims: list[queries.SubmitClaim] = []
+        claims: list[SubmitClaim] = []
         for model, count in wanted.items():
-            taken = queries.claim_for_submit(
+            taken = claim_for_submit(
                 conn,
                 now=now,
                 limit=count,
@@ -295,8 +305,8 @@ class Engine:
     def _learn_checks(
         self,
         conn: Connection,
-        polls: list[queries.PollClaim],
-        submits: list[queries.SubmitClaim],
+        polls: list[PollClaim],
+        submits: list[SubmitClaim],
     ) -> Mapping[str, AnswerCheck | None]:
         """The schema checks of the claimed rows' batches, reading those not seen before (one
         query, only when a new batch turns up). A full cache is replaced, not emptied, so a
@@ -309,15 +319,15 @@ class Engine:
         if len(checks) + len(unknown) > MAX_CACHED_BATCHES:
             checks = {}
             unknown = {c.batch_id for c in polls} | {c.batch_id for c in submits}
-        found = queries.answer_checks(conn, unknown)
+        found = answer_checks(conn, unknown)
         checks.update({batch_id: found.get(batch_id) for batch_id in unknown})
         self._checks = checks
         return checks
 
     def _call_and_record(
         self,
-        submits: list[queries.SubmitClaim],
-        polls: list[queries.PollClaim],
+        submits: list[SubmitClaim],
+        polls: list[PollClaim],
         clock: DbClock,
         checks: Mapping[str, AnswerCheck | None],
     ) -> None:
@@ -326,7 +336,7 @@ class Engine:
         returning, whatever the chunk's slowest call is doing."""
         for poll in polls:
             self._planned_at.setdefault(poll.model, 0.0)
-        writes: list[queries.Write] = []
+        writes: list[Write] = []
         landed: queue.Queue[tuple[int, Outcome]] = queue.Queue()
         calls = self._provider.start(
             [claim.body for claim in submits],
@@ -381,29 +391,29 @@ class Engine:
 
     def _submit_write(
         self,
-        claim: queries.SubmitClaim,
+        claim: SubmitClaim,
         outcome: Outcome,
         now: datetime,
         check: AnswerCheck | None,
-    ) -> queries.Write:
+    ) -> Write:
         rule = after_submit
         return self._outcome_write(claim, RequestStatus.SUBMITTING, rule, outcome, now, check)
 
     def _poll_write(
-        self, claim: queries.PollClaim, outcome: Outcome, now: datetime, check: AnswerCheck | None
-    ) -> queries.Write:
+        self, claim: PollClaim, outcome: Outcome, now: datetime, check: AnswerCheck | None
+    ) -> Write:
         rule = after_poll
         return self._outcome_write(claim, RequestStatus.SUBMITTED, rule, outcome, now, check)
 
     def _outcome_write(
         self,
-        claim: queries.SubmitClaim | queries.PollClaim,
+        claim: SubmitClaim | PollClaim,
         expected: RequestStatus,
         rule: Callable[..., Transition],
         outcome: Outcome,
         now: datetime,
         check: AnswerCheck | None,
-    ) -> queries.Write:
+    ) -> Write:
         """The write ``rule`` (``after_submit`` or ``after_poll``) makes of ``outcome``; if the
         answer breaks the rule itself, the request fails alone, saying so."""
         try:
@@ -420,9 +430,9 @@ class Engine:
             log.exception("request %s: could not judge the provider's answer", claim.id)
             transition = unstorable(now, f"{type(exc).__name__} while judging it")
         self._log_outcome(claim.id, outcome, transition)
-        return queries.Write(claim.id, claim.batch_id, expected, claim.lease_token, transition)
+        return Write(claim.id, claim.batch_id, expected, claim.lease_token, transition)
 
-    def _tell_limiter(self, claims: list[queries.SubmitClaim], outcomes: list[Outcome]) -> None:
+    def _tell_limiter(self, claims: list[SubmitClaim], outcomes: list[Outcome]) -> None:
         """Hand back concurrency slots and report acceptances and 429s, per model."""
         sent: Counter[str] = Counter()
         accepted: Counter[str] = Counter()
@@ -443,7 +453,7 @@ class Engine:
         for model, retry_after in refused.items():
             self._limiter.on_rate_limited(model, retry_after)
 
-    def _write(self, writes: list[queries.Write], now: datetime) -> None:
+    def _write(self, writes: list[Write], now: datetime) -> None:
         """Record a chunk's outcomes as soon as they land; retried through a database restart.
         A write the database refuses for a lasting reason (a value it cannot hold) is retried
         row by row, so one unstorable answer fails one request, never its neighbours."""
@@ -462,11 +472,11 @@ class Engine:
                 len(writes) - applied,
             )
 
-    def _apply(self, writes: list[queries.Write]) -> int:
+    def _apply(self, writes: list[Write]) -> int:
         """Apply ``writes`` in one transaction, through database restarts."""
-        return self._with_retries(lambda conn: queries.apply_transitions(conn, writes))
+        return self._with_retries(lambda conn: apply_transitions(conn, writes))
 
-    def _write_each(self, writes: list[queries.Write], now: datetime) -> int:
+    def _write_each(self, writes: list[Write], now: datetime) -> int:
         """Apply ``writes`` one transaction each; a row whose outcome cannot be stored fails
         with the reason instead. Returns how many applied."""
         applied = 0
@@ -482,7 +492,7 @@ class Engine:
                 applied += self._write_unstorable(write, type(exc).__name__, now)
         return applied
 
-    def _write_unstorable(self, write: queries.Write, reason: str, now: datetime) -> int:
+    def _write_unstorable(self, write: Write, reason: str, now: datetime) -> int:
         """Fail the request of a write the database refused, saying why (guarded like any
         write); 0 if even that cannot be stored (its lease then hands the row on)."""
         log.error("request %s: outcome refused by the database: %s", write.request_id, reason)
@@ -496,7 +506,7 @@ class Engine:
             return 0
 
     @staticmethod
-    def _log_lost(writes: list[queries.Write]) -> None:
+    def _log_lost(writes: list[Write]) -> None:
         """Name the accepted tasks whose ids were about to be lost with the database."""
         lost = [
             (w.request_id, w.transition.changes["remote_id"])

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from chatbatch.rules.states import BatchStatus
-from chatbatch.store import queries
+from chatbatch.store import reads
 from chatbatch.store.db import db_now, get_engine
 from worker.engine import Engine
 
@@ -31,10 +31,10 @@ def run_batch(
         if engine.stopping:
             return STOPPED
         with get_engine().begin() as conn:
-            status = queries.resolve_batch(conn, batch_id).status
+            status = reads.resolve_batch(conn, batch_id).status
             if status not in (BatchStatus.RUNNING, BatchStatus.CANCELLING):
                 return str(status)
-            wake = queries.next_due_at(conn, batch_id)
+            wake = reads.next_due_at(conn, batch_id)
             now = db_now(conn)
         if not handled:
             time.sleep(_idle_sleep(wake, now))

@@ -14,7 +14,7 @@ import threading
 from celery import Celery
 
 from chatbatch.settings import Settings
-from chatbatch.store import queries
+from chatbatch.store import claims
 from chatbatch.store.db import db_now, get_engine
 from worker.runtime import process_engine
 from worker.tasks import drain
@@ -47,7 +47,7 @@ class Ticker(threading.Thread):
         process_engine().housekeeping()
         chunk = self._settings.chunk_size
         with get_engine().begin() as conn:
-            due = queries.count_due(conn, now=db_now(conn), cap=chunk * self._max_queued)
+            due = claims.count_due(conn, now=db_now(conn), cap=chunk * self._max_queued)
         wanted = min(math.ceil(due / chunk), self._max_queued)
         missing = wanted - self._queue_depth() if wanted else 0
         for _ in range(missing):

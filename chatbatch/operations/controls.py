@@ -16,7 +16,7 @@ from chatbatch.errors import ChatbatchError
 from chatbatch.operations.cost_caps import COST_PAUSE
 from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.rules.states import ROUND_RESETS, TERMINAL_STATUSES, BatchStatus, RequestStatus
-from chatbatch.store import queries
+from chatbatch.store import reads, sweeps
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import past_results_table as p
 from chatbatch.store.models import requests_table as r
@@ -50,14 +50,14 @@ class CommandResult:
 
 def lock_batch(conn: Connection, ref: str) -> Row[Any]:
     """The batch by id or name, locked for the rest of the transaction (PostgreSQL)."""
-    batch_id = queries.resolve_batch(conn, ref).id
+    batch_id = reads.resolve_batch(conn, ref).id
     return conn.execute(select(b).where(b.c.id == batch_id).with_for_update()).one()
 
 
 def cancel(conn: Connection, ref: str, *, now: datetime, discard: bool) -> CommandResult:
     """Stop submitting. Queued requests become cancelled at once; submitted ones are still fetched
     (they are paid for) unless ``discard``. In-flight submissions land and are then settled by the
-    workers' housekeeping (``queries.cancel_leftovers``)."""
+    workers' housekeeping (``sweeps.cancel_leftovers``)."""
     batch = lock_batch(conn, ref)
     current = BatchStatus(batch.status)
     if current in (BatchStatus.COMPLETED, BatchStatus.CANCELLED):
@@ -73,9 +73,9 @@ def cancel(conn: Connection, ref: str, *, now: datetime, discard: bool) -> Comma
         )
     target = BatchStatus.CANCELLED if discard else BatchStatus.CANCELLING
     conn.execute(update(b).where(b.c.id == batch.id).values(status=target, pause_reason=None))
-    changed = queries.cancel_leftovers(conn, now=now)
-    queries.finish_batches(conn, now=now)
-    status = queries.resolve_batch(conn, batch.id).status
+    changed = sweeps.cancel_leftovers(conn, now=now)
+    sweeps.finish_batches(conn, now=now)
+    status = reads.resolve_batch(conn, batch.id).status
     in_flight = _count(conn, batch.id, (RequestStatus.SUBMITTING, RequestStatus.SUBMITTED))
     message = f"cancelled {changed} request(s)"
     if in_flight:
@@ -127,7 +127,7 @@ def retry(
     changed = result.rowcount
     names = ",".join(sorted(statuses))
     if not changed:
-        if queries.reopen_unfinished(conn, batch.id):
+        if sweeps.reopen_unfinished(conn, batch.id):
             message = "reopened: the batch was closed with requests left unfinished"
             return CommandResult(batch.name, BatchStatus.RUNNING, 0, message)
         return CommandResult(

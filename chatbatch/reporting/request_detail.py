@@ -15,7 +15,7 @@ from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.rules.pricing import PriceTable, Usage, cost_of, format_money
 from chatbatch.store.models import past_results_table as past
 from chatbatch.store.models import requests_table as r
-from chatbatch.store.queries import batch_name_of
+from chatbatch.store.reads import batch_name_of
 
 
 def request_detail(

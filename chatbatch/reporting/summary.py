@@ -12,7 +12,7 @@ from chatbatch.reporting.report_data import error_groups
 from chatbatch.reporting.usage import Grouping, usage_report
 from chatbatch.rules.pricing import PriceTable, format_money
 from chatbatch.rules.states import TERMINAL_STATUSES
-from chatbatch.store import queries
+from chatbatch.store import reads
 from chatbatch.store.db import db_now
 
 PROJECTION_EXPONENT = -6
@@ -27,18 +27,18 @@ def batch_summary(
     ``expiring`` counts submitted requests whose provider deadline is less than
     ``expiry_warning`` away: if nothing fetches them in time their results are lost.
     """
-    usage = queries.usage_totals(conn, batch.id)
+    usage = reads.usage_totals(conn, batch.id)
     possible_duplicates = usage.pop("possible_duplicates")
     usage_clamped = usage.pop("usage_clamped")
     now = db_now(conn)
-    at_risk, earliest = queries.expiry_risk(conn, batch.id, before=now + expiry_warning)
+    at_risk, earliest = reads.expiry_risk(conn, batch.id, before=now + expiry_warning)
     summary = {
         "id": batch.id,
         "name": batch.name,
         "status": batch.status,
         "pause_reason": batch.pause_reason,
         "total": batch.total,
-        "counts": queries.status_counts(conn, batch.id),
+        "counts": reads.status_counts(conn, batch.id),
         "usage": usage,
         "possible_duplicates": possible_duplicates,
         "usage_clamped": usage_clamped,
@@ -75,7 +75,7 @@ def top_failures(conn: Connection, batch_id: str) -> list[dict[str, Any]]:
 def schema_summary(conn: Connection, batch_id: str) -> dict[str, Any]:
     """How many answers follow the batch's schema, the share that do (None before any answer),
     and how many invalid answers were asked again."""
-    counts = queries.schema_counts(conn, batch_id)
+    counts = reads.schema_counts(conn, batch_id)
     judged = counts["valid"] + counts["invalid"]
     return {
         "valid": counts["valid"],
@@ -93,7 +93,7 @@ def cost_summary(conn: Connection, batch: Row[Any], *, prices: PriceTable) -> di
     current = usage_report(
         conn, by=Grouping.MODEL, batch_id=batch.id, prices=prices, include_past=False
     ).total_cost
-    counts = queries.status_counts(conn, batch.id)
+    counts = reads.status_counts(conn, batch.id)
     finished = sum(counts[s] for s in TERMINAL_STATUSES)
     projected = None
     if spent and spent.amount is not None and current and current.amount is not None and finished:

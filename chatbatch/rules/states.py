@@ -1,6 +1,6 @@
 """The request state machine: pure functions from (row, outcome, now, policy) to a transition.
 
-Nothing here does I/O, so every rule is unit-tested directly. ``store.queries`` applies the
+Nothing here does I/O, so every rule is unit-tested directly. ``store.writes`` applies the
 transitions as guarded updates (``WHERE status = :expected AND lease_token = :token``).
 """
 

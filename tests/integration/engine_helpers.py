@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select
 from chatbatch.input.loading import load_jsonl
 from chatbatch.reporting.summary import batch_summary
 from chatbatch.settings import get_settings
-from chatbatch.store import queries
+from chatbatch.store import reads
 from chatbatch.store.models import requests_table as r
 from worker.engine import Engine as BatchEngine
 from worker.runtime import build_engine
@@ -45,7 +45,7 @@ def run_to_end(engine: BatchEngine, db: Engine, batch_id: str, timeout: float = 
             time.sleep(0.05)
         with db.connect() as conn:
             summary = batch_summary(
-                conn, queries.resolve_batch(conn, batch_id), expiry_warning=timedelta(0)
+                conn, reads.resolve_batch(conn, batch_id), expiry_warning=timedelta(0)
             )
         if summary["status"] not in ("running", "cancelling"):
             return summary

@@ -17,7 +17,7 @@ from chatbatch.reporting.summary import batch_summary
 from chatbatch.rules.outcomes import Accepted
 from chatbatch.rules.states import Policy, RequestStatus, RowView, after_submit
 from chatbatch.settings import get_settings
-from chatbatch.store import queries
+from chatbatch.store import claims, reads, sweeps, writes
 from chatbatch.store.db import db_now
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import past_results_table as past
@@ -47,7 +47,7 @@ def retry(db: Engine, batch_id: str, *statuses: RequestStatus) -> controls.Comma
 
 def summary_of(db: Engine, batch_id: str, warning: timedelta = timedelta(0)) -> dict:
     with db.connect() as conn:
-        return batch_summary(conn, queries.resolve_batch(conn, batch_id), expiry_warning=warning)
+        return batch_summary(conn, reads.resolve_batch(conn, batch_id), expiry_warning=warning)
 
 
 def usage_sum(bodies: list, keys=USAGE_KEYS) -> dict[str, int]:
@@ -89,7 +89,7 @@ def test_cancel_stops_submitting_but_fetches_what_was_paid_for(ten_per_chunk, si
     assert sim.stats()["accepted"] == 10
     assert {k: summary["usage"][k] for k in USAGE_KEYS} == usage_sum(bodies[:10])
     cancelled = [row for row in rows(db, batch_id) if row.status == "cancelled"]
-    assert {row.error_message for row in cancelled} == {queries.CANCELLED_BEFORE_SUBMISSION}
+    assert {row.error_message for row in cancelled} == {sweeps.CANCELLED_BEFORE_SUBMISSION}
     assert cancel(db, batch_id).message == "nothing to cancel: the batch is cancelled"
 
 
@@ -129,14 +129,14 @@ def test_submissions_in_flight_during_a_cancel_are_settled(pg, tmp_path):
     policy = Policy.from_settings(get_settings())
     with pg.begin() as conn:  # two POSTs start; one worker dies, the other's answer lands late
         now = db_now(conn)
-        landing, lost = queries.claim_for_submit(conn, now=now, limit=2, lease_seconds=30)
+        landing, lost = claims.claim_for_submit(conn, now=now, limit=2, lease_seconds=30)
     assert cancel(pg, batch_id, discard=True).changed == 2  # the two still queued
 
     accepted = Accepted(remote_id="task-1", remote_status="pending", expires_at=None)
     view = RowView(status=RequestStatus.SUBMITTING, attempts=1)
     transition = after_submit(view, accepted, now=now, policy=policy, rng=random.Random(1))
     with pg.begin() as conn:
-        assert queries.apply_transition(
+        assert writes.apply_transition(
             conn,
             landing.id,
             batch_id=batch_id,
@@ -201,7 +201,7 @@ def test_retry_keeps_a_paused_batch_paused_and_resume_is_idempotent(pg, sim, tmp
     write_requests(tmp_path / "in.jsonl", 3)
     batch_id = load(pg, tmp_path / "in.jsonl")
     with pg.begin() as conn:
-        queries.pause_batch(conn, batch_id, "provider answered 402")
+        writes.pause_batch(conn, batch_id, "provider answered 402")
         conn.execute(update(r).values(status="failed", error_code="x"))
     result = retry(pg, batch_id)
     assert (result.status, result.changed) == ("paused", 3)

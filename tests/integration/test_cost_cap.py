@@ -11,7 +11,7 @@ from sqlalchemy import update
 from chatbatch.operations import controls
 from chatbatch.reporting.summary import cost_summary
 from chatbatch.rules.pricing import PriceTable
-from chatbatch.store import queries
+from chatbatch.store import reads
 from chatbatch.store.models import batches_table as b
 
 PRICES = PriceTable.model_validate(
@@ -33,7 +33,7 @@ def capped_batch(db, path, n: int, max_cost: str) -> str:
 
 def spent(db, batch_id: str) -> Decimal:
     with db.connect() as conn:
-        cost = cost_summary(conn, queries.resolve_batch(conn, batch_id), prices=PRICES)
+        cost = cost_summary(conn, reads.resolve_batch(conn, batch_id), prices=PRICES)
     return Decimal(cost["so_far"])
 
 

@@ -15,9 +15,11 @@ from chatbatch.operations import controls
 from chatbatch.reporting.summary import batch_summary
 from chatbatch.rules.states import RequestStatus, Transition
 from chatbatch.settings import get_settings
-from chatbatch.store import queries
+from chatbatch.store import reads, sweeps
+from chatbatch.store.claims import claim_for_submit
 from chatbatch.store.db import db_now
 from chatbatch.store.models import requests_table as r
+from chatbatch.store.writes import apply_transition
 from simulator.answers import expected_content, expected_usage
 from worker.runtime import build_engine
 
@@ -54,7 +56,7 @@ def test_concurrent_claims_never_overlap(pg, tmp_path) -> None:
         barrier.wait()
         with pg.begin() as conn:
             now = db_now(conn)
-            got = queries.claim_for_submit(conn, now=now, limit=80, lease_seconds=30)
+            got = claim_for_submit(conn, now=now, limit=80, lease_seconds=30)
             time.sleep(0.2)  # hold the locks while the others claim
         claimed.append([c.id for c in got])
 
@@ -72,7 +74,7 @@ def test_lost_submission_is_resubmitted_and_counted(pg, engine, sim, tmp_path) -
     batch_id = load(pg, tmp_path / "in.jsonl")
     with pg.begin() as conn:  # a worker claims three rows, starts their POSTs, and dies
         now = db_now(conn)
-        claims = queries.claim_for_submit(conn, now=now, limit=3, lease_seconds=30)
+        claims = claim_for_submit(conn, now=now, limit=3, lease_seconds=30)
         conn.execute(
             update(r)
             .where(r.c.id.in_([c.id for c in claims]))
@@ -88,13 +90,13 @@ def test_stale_worker_changes_nothing(pg, tmp_path) -> None:
     load(pg, tmp_path / "in.jsonl")
     with pg.begin() as conn:
         now = db_now(conn)
-        (claim,) = queries.claim_for_submit(conn, now=now, limit=1, lease_seconds=30)
+        (claim,) = claim_for_submit(conn, now=now, limit=1, lease_seconds=30)
     with pg.begin() as conn:  # the lease runs out and another worker takes the row over
         conn.execute(update(r).values(due_at=now - timedelta(seconds=5)))
-        assert queries.recover_expired_leases(conn, now=now, policy=build_policy()) == 1
+        assert sweeps.recover_expired_leases(conn, now=now, policy=build_policy()) == 1
     stale = Transition(RequestStatus.FAILED, now, {"error_code": "stale"})
     with pg.begin() as conn:
-        applied = queries.apply_transition(
+        applied = apply_transition(
             conn,
             claim.id,
             batch_id=claim.batch_id,
@@ -252,11 +254,11 @@ def test_a_stopped_fleet_is_warned_about_then_its_results_expire(pg, sim, tmp_pa
         fleet.close()
     warning = timedelta(seconds=get_settings().expiry_warning_seconds)
     with pg.connect() as conn:
-        early = batch_summary(conn, queries.resolve_batch(conn, batch_id), expiry_warning=warning)
+        early = batch_summary(conn, reads.resolve_batch(conn, batch_id), expiry_warning=warning)
     assert early["expiring"]["count"] == 0
     time.sleep(2.3)  # inside the last 2/7 of the 3 s window
     with pg.connect() as conn:
-        late = batch_summary(conn, queries.resolve_batch(conn, batch_id), expiry_warning=warning)
+        late = batch_summary(conn, reads.resolve_batch(conn, batch_id), expiry_warning=warning)
     assert late["expiring"]["count"] == 5
     time.sleep(1.0)
     summary = run_with_current_settings(pg, batch_id, timeout=20)

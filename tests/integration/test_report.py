@@ -252,9 +252,9 @@ def test_user_text_is_escaped_and_nothing_is_fetched(db: Engine, tmp_path: Path)
 def test_timeline_counts_every_finished_request(db: Engine, tmp_path: Path) -> None:
     batch_id = build_batch(db)
     with db.connect() as conn:
-        from chatbatch.store import queries
+        from chatbatch.store import reads
 
-        data = collect(conn, queries.resolve_batch(conn, batch_id), prices=None, now=T0)
+        data = collect(conn, reads.resolve_batch(conn, batch_id), prices=None, now=T0)
     finished = SUCCEEDED + sum(FAILED.values()) + EXPIRED + CANCELLED + REUSED
     assert sum(sum(b.values()) for b in data.timeline.counts) == finished
     assert len(data.timeline.counts) <= 60
@@ -278,9 +278,9 @@ def test_sqlite_gives_the_same_figures(db: Engine, tmp_path: Path) -> None:
         for engine in (db, lite):
             batch_id = build_batch(engine)
             with engine.connect() as conn:
-                from chatbatch.store import queries
+                from chatbatch.store import reads
 
-                batch = queries.resolve_batch(conn, batch_id)
+                batch = reads.resolve_batch(conn, batch_id)
                 results.append(collect(conn, batch, prices=PRICES, now=T0))
                 recent.append(recent_errors(conn, batch_id))
     finally:

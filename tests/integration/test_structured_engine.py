@@ -18,12 +18,13 @@ from chatbatch.rules.outcomes import Completed
 from chatbatch.rules.states import SCHEMA_INVALID, AnswerCheck, Policy, RequestStatus, after_poll
 from chatbatch.rules.structured import answer_problem, response_format, schema_text
 from chatbatch.settings import get_settings
-from chatbatch.store import queries
+from chatbatch.store import claims, reads
 from chatbatch.store.db import db_now, get_engine
 from chatbatch.store.migrate import upgrade
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import past_results_table as past
 from chatbatch.store.models import requests_table as r
+from chatbatch.store.writes import Write, apply_transitions
 from simulator.answers import expected_content, expected_usage
 from worker.engine import Engine as BatchEngine
 from worker.runtime import build_engine
@@ -64,7 +65,7 @@ def archived(db: Engine, batch_id: str) -> list[Any]:
 
 def usage_of(db: Engine, batch_id: str) -> dict[str, int]:
     with db.connect() as conn:
-        return queries.usage_totals(conn, batch_id)
+        return reads.usage_totals(conn, batch_id)
 
 
 def check_asked_again(db: Engine, batch_id: str, bodies: list[dict[str, Any]], summary: dict):
@@ -167,13 +168,13 @@ def test_a_stale_requeue_archives_nothing(request, backend: str, tmp_path) -> No
     with db.begin() as conn:
         now = db_now(conn)
         conn.execute(update(r).values(status="submitted", remote_id="t1", submitted_at=now))
-        (first,) = queries.claim_for_poll(conn, now=now, limit=1, lease_seconds=30)
+        (first,) = claims.claim_for_poll(conn, now=now, limit=1, lease_seconds=30)
         conn.execute(update(r).values(due_at=now - timedelta(seconds=1)))
-        (second,) = queries.claim_for_poll(conn, now=now, limit=1, lease_seconds=30)
+        (second,) = claims.claim_for_poll(conn, now=now, limit=1, lease_seconds=30)
     body = {"choices": [{"message": {"content": "{}"}}], "usage": {"total_tokens": 9}}
     check = AnswerCheck(SCHEMA_JSON, retry_invalid=1)
     writes = [
-        queries.Write(
+        Write(
             claim.id,
             claim.batch_id,
             RequestStatus.SUBMITTED,
@@ -191,10 +192,10 @@ def test_a_stale_requeue_archives_nothing(request, backend: str, tmp_path) -> No
     ]
     assert all(write.transition.archive for write in writes)
     with db.begin() as conn:
-        assert queries.apply_transitions(conn, writes[:1]) == 0  # stale
+        assert apply_transitions(conn, writes[:1]) == 0  # stale
     assert archived(db, batch_id) == []
     with db.begin() as conn:
-        assert queries.apply_transitions(conn, writes[1:]) == 1
+        assert apply_transitions(conn, writes[1:]) == 1
     (old,) = archived(db, batch_id)
     assert (old.remote_id, old.round, old.total_tokens) == ("t1", 1, 9)
     assert old.error_code == SCHEMA_INVALID and "required property" in old.error_message

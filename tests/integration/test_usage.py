@@ -22,7 +22,7 @@ from chatbatch.reporting.summary import cost_summary
 from chatbatch.reporting.usage import Grouping, usage_report
 from chatbatch.rules.pricing import ModelPrice, PriceTable
 from chatbatch.rules.states import RequestStatus
-from chatbatch.store import queries
+from chatbatch.store import reads
 from chatbatch.store.db import db_now
 from chatbatch.store.models import past_results_table as past
 from chatbatch.store.models import requests_table as r
@@ -150,7 +150,7 @@ def two_batches(pg, engine, sim, tmp_path):
     b = load(pg, tmp_path / "mixed.jsonl")
     assert run_to_end(engine, pg, b)["counts"]["succeeded"] == 6
     with pg.connect() as conn:
-        names = {queries.resolve_batch(conn, x).name: x for x in (a, b)}
+        names = {reads.resolve_batch(conn, x).name: x for x in (a, b)}
     return {"a": a, "b": b, "names": names, "retried": retried, "mixed": mixed, "moved": moved}
 
 
@@ -219,7 +219,7 @@ def test_one_batch_only_and_current_round_only(pg, two_batches):
 def test_status_cost_so_far_and_projection(pg, two_batches):
     t = two_batches
     with pg.connect() as conn:
-        done = cost_summary(conn, queries.resolve_batch(conn, t["a"]), prices=PRICES)
+        done = cost_summary(conn, reads.resolve_batch(conn, t["a"]), prices=PRICES)
     spent = cost_by_hand(t["retried"] * 2)
     assert done == {
         "currency": "USD",
@@ -241,7 +241,7 @@ def test_status_cost_so_far_and_projection(pg, two_batches):
             )
         )
     with pg.connect() as conn:
-        partial = cost_summary(conn, queries.resolve_batch(conn, t["a"]), prices=PRICES)
+        partial = cost_summary(conn, reads.resolve_batch(conn, t["a"]), prices=PRICES)
     finished = t["retried"][2:]
     so_far = cost_by_hand(t["retried"] + finished)
     assert so_far is not None
@@ -252,6 +252,6 @@ def test_status_cost_so_far_and_projection(pg, two_batches):
     assert projected > so_far
 
     with pg.connect() as conn:
-        unknown = cost_summary(conn, queries.resolve_batch(conn, t["b"]), prices=PRICES)
+        unknown = cost_summary(conn, reads.resolve_batch(conn, t["b"]), prices=PRICES)
     assert unknown["so_far"] is None and unknown["projected_total"] is None
     assert unknown["unpriced_models"] == {"mystery-1": "no price"}

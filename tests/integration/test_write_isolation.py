@@ -11,22 +11,22 @@ from sqlalchemy import Engine, select, update
 
 from chatbatch.operations import controls
 from chatbatch.rules.states import RequestStatus, Transition
-from chatbatch.store import queries
+from chatbatch.store import claims, sweeps, writes
 from chatbatch.store.db import db_now
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import requests_table as r
 from worker.engine import Engine as BatchEngine
 
 
-def claim_all(db: Engine, n: int) -> list[queries.SubmitClaim]:
+def claim_all(db: Engine, n: int) -> list[claims.SubmitClaim]:
     with db.begin() as conn:
-        return queries.claim_for_submit(conn, now=db_now(conn), limit=n, lease_seconds=300)
+        return claims.claim_for_submit(conn, now=db_now(conn), limit=n, lease_seconds=300)
 
 
-def accepted(claim: queries.SubmitClaim, remote_id: str, now) -> queries.Write:
+def accepted(claim: claims.SubmitClaim, remote_id: str, now) -> writes.Write:
     changes = {"remote_id": remote_id, "remote_status": "pending", "submitted_at": now}
     transition = Transition(RequestStatus.SUBMITTED, now + timedelta(seconds=5), changes)
-    return queries.Write(
+    return writes.Write(
         claim.id, claim.batch_id, RequestStatus.SUBMITTING, claim.lease_token, transition
     )
 
@@ -67,7 +67,7 @@ def test_finishing_never_closes_a_batch_that_a_retry_is_requeueing(pg: Engine, t
 
     def finish() -> None:
         with pg.begin() as conn:
-            finished.append(queries.finish_batches(conn, now=db_now(conn)))
+            finished.append(sweeps.finish_batches(conn, now=db_now(conn)))
 
     closer = threading.Thread(target=finish)
     closer.start()
@@ -89,7 +89,7 @@ def test_process_and_retry_reopen_a_batch_closed_with_work_left(pg: Engine, tmp_
         result = controls.retry(conn, batch_id, now=db_now(conn), statuses=[RequestStatus.FAILED])
     assert result.status == "running" and "reopened" in result.message
     with pg.begin() as conn:
-        assert not queries.reopen_unfinished(conn, batch_id)  # open already: nothing to do
+        assert not sweeps.reopen_unfinished(conn, batch_id)  # open already: nothing to do
         conn.execute(update(r).values(status=RequestStatus.SUCCEEDED))
-        assert queries.finish_batches(conn, now=db_now(conn)) == [batch_id]
-        assert not queries.reopen_unfinished(conn, batch_id)  # finished for real: stays closed
+        assert sweeps.finish_batches(conn, now=db_now(conn)) == [batch_id]
+        assert not sweeps.reopen_unfinished(conn, batch_id)  # finished for real: stays closed
