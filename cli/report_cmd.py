@@ -9,12 +9,9 @@ import tempfile
 from pathlib import Path
 
 import click
-from sqlalchemy import text
 
 from cli.context import handles_errors, ready_database, setup_logging
 from cli.usage_cmd import prices_for_batch, prices_option
-
-SORT_MEMORY = "64MB"
 
 
 @click.command("report")
@@ -36,19 +33,14 @@ def report_command(batch: str, output: Path, prices_path: Path | None) -> None:
     from chatbatch.reporting.report_data import collect
     from chatbatch.store import reads
     from chatbatch.store.db import db_now
+    from chatbatch.store.dialect import read_snapshot
 
     setup_logging()
     engine = ready_database()
-    with engine.connect() as conn:
-        postgresql = conn.dialect.name == "postgresql"
-        if postgresql:  # every figure from one snapshot
-            conn.execution_options(isolation_level="REPEATABLE READ")
-        with conn.begin():
-            if postgresql:  # the percentiles sort every latency: in memory, not on disk
-                conn.execute(text(f"SET LOCAL work_mem = '{SORT_MEMORY}'"))
-            row = reads.resolve_batch(conn, batch)
-            prices = prices_for_batch(row, prices_path)
-            data = collect(conn, row, prices=prices, now=db_now(conn))
+    with engine.connect() as conn, read_snapshot(conn):  # every figure from one snapshot
+        row = reads.resolve_batch(conn, batch)
+        prices = prices_for_batch(row, prices_path)
+        data = collect(conn, row, prices=prices, now=db_now(conn))
     write_atomically(output, render_report(data))
     click.echo(f"wrote the report of {row.name} to {output}")
 
