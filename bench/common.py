@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from simulator.testing import SimulatorHandle
+from simulator.embedded import SimulatorHandle
 
 ADMIN_URL = os.environ.get(
     "CHATBATCH_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

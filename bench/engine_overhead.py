@@ -24,7 +24,7 @@ from bench.common import (
     time_warm_batch,
 )
 from simulator.config import SimConfig
-from simulator.testing import SimulatorHandle, running_simulator
+from simulator.embedded import SimulatorHandle, running_simulator
 
 
 async def _baseline(base_url: str, n: int, concurrency: int) -> int:

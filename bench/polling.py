@@ -37,7 +37,7 @@ from chatbatch.rules.polling import (
     simulate,
 )
 from simulator.config import SimConfig
-from simulator.testing import SimulatorHandle, running_simulator
+from simulator.embedded import SimulatorHandle, running_simulator
 
 FALLBACK = GeometricPolls(first=1.0, factor=1.5, longest_wait=60.0)  # the settings' defaults
 

@@ -36,7 +36,7 @@ from bench.common import (
     write_prompts,
 )
 from simulator.config import SimConfig
-from simulator.testing import SimulatorHandle, running_simulator
+from simulator.embedded import SimulatorHandle, running_simulator
 
 MODEL = "gpt-4o-mini"  # what bench.common.chat_body asks for
 WORKERS = 2

@@ -16,7 +16,7 @@ from bench.common import (
     time_warm_batch,
 )
 from simulator.config import SimConfig
-from simulator.testing import running_simulator
+from simulator.embedded import running_simulator
 
 
 def main() -> None:

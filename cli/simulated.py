@@ -38,7 +38,7 @@ def simulator_store(settings: Settings) -> Path | None:
 def simulated(config: Settings) -> Iterator[Settings]:
     """``config`` aimed at a simulator running in this process while the context lasts."""
     from simulator.config import SimConfig
-    from simulator.testing import running_simulator
+    from simulator.embedded import running_simulator
 
     retention = SimConfig(retention_seconds=config.result_retention_seconds)
     with running_simulator(retention, store=simulator_store(config)) as sim:

@@ -82,7 +82,7 @@ def redis_url() -> str:
 
 @pytest.fixture(scope="session")
 def sim_session():
-    from simulator.testing import running_simulator
+    from simulator.embedded import running_simulator
 
     with running_simulator() as handle:
         yield handle

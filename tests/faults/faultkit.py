@@ -26,7 +26,7 @@ from cli_process import BINARY, chatbatch, database_dump, write_prompts
 
 from chatbatch.rules.completions import USAGE_COLUMNS
 from simulator.answers import expected_usage
-from simulator.testing import SimulatorHandle
+from simulator.embedded import SimulatorHandle
 
 ACTIVE = ("queued", "submitting", "submitted")
 WORKER_CONCURRENCY = 8  # HTTP requests one worker process has in flight at most

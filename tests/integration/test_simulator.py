@@ -28,7 +28,7 @@ from simulator.answers import (
 )
 from simulator.cli import simulate
 from simulator.config import SimConfig, parse_latency
-from simulator.testing import SimulatorHandle, running_simulator
+from simulator.embedded import SimulatorHandle, running_simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY: dict[str, Any] = {

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from simulator.answers import expected_content, expected_usage, request_fingerprint
 from simulator.cli import simulate
 from simulator.config import SimConfig
+from simulator.embedded import SimulatorHandle, running_simulator
 from simulator.hostile import FIRST_POST_ONLY, KINDS, POLL_KINDS, POST_KINDS, Reply
-from simulator.testing import SimulatorHandle, running_simulator
 
 KEY = "sk-simulator"
 AUTH = {"Authorization": f"Bearer {KEY}"}

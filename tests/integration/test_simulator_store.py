@@ -18,10 +18,10 @@ import pytest
 
 from simulator.answers import expected_content, expected_usage
 from simulator.config import SimConfig
+from simulator.embedded import SimulatorHandle, running_simulator
 from simulator.hostile import Reply
 from simulator.state import TaskStore
 from simulator.store import SqliteTaskStore
-from simulator.testing import SimulatorHandle, running_simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": "Bearer sk-simulator"}

@@ -1,4 +1,5 @@
-"""Run the simulator in a background thread, for tests, benchmarks and ``run --simulate``."""
+"""The simulator in a background thread of this process: ``run --simulate`` and ``process
+--simulate`` serve from it, and the tests and benchmarks start it the same way."""
 
 from __future__ import annotations
 
