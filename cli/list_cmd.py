@@ -11,7 +11,7 @@ from chatbatch.rules.states import TERMINAL_STATUSES
 from chatbatch.store.db import masked_url
 from chatbatch.untrusted import printable
 from cli.context import handles_errors, ready_database, setup_logging, summarise
-from cli.usage_cmd import prices_for_batch
+from cli.prices import prices_for_batch
 
 DEFAULT_LIMIT = 20
 HEADER = ("NAME", "STATUS", "PROGRESS", "COST", "CREATED", "ID")

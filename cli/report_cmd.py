@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from cli.context import handles_errors, ready_database, setup_logging
-from cli.usage_cmd import prices_for_batch, prices_option
+from cli.prices import prices_for_batch, prices_option
 
 
 @click.command("report")

@@ -45,9 +45,9 @@ from cli.exporting import check_output, export_to, is_stdout, shown_output
 from cli.interrupts import CleanStop
 from cli.load_cmd import LoadArgs, load_options, perform_load, report_reuse
 from cli.notify import notification, send, validate_url
+from cli.prices import prices_for_batch
 from cli.render import print_summary
 from cli.simulated import simulated
-from cli.usage_cmd import prices_for_batch
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection

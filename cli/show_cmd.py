@@ -10,7 +10,7 @@ import orjson
 
 from chatbatch.untrusted import printable
 from cli.context import handles_errors, ready_database, setup_logging
-from cli.usage_cmd import prices_for_batch, prices_option
+from cli.prices import prices_for_batch, prices_option
 
 PARAMETERS_SHOWN = ("model", "temperature", "top_p", "max_tokens", "response_format", "tools")
 

@@ -8,8 +8,8 @@ import click
 import orjson
 
 from cli.context import handles_errors, ready_database, setup_logging, summarise
+from cli.prices import prices_for_batch, prices_option
 from cli.render import print_summary
-from cli.usage_cmd import prices_for_batch, prices_option
 
 
 @click.command("status")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 import orjson
@@ -12,11 +12,9 @@ from rich.table import Table
 from rich.text import Text
 
 from chatbatch.untrusted import printable
-from cli.context import handles_errors, ready_database, settings, setup_logging
+from cli.context import handles_errors, ready_database, setup_logging
+from cli.prices import price_table, prices_for_batch, prices_option
 from cli.render import unpriced_text
-
-if TYPE_CHECKING:
-    from chatbatch.rules.pricing import PriceTable
 
 WIDE_ENOUGH = 160  # columns when stdout is not a terminal (rich would squeeze to 80)
 TOKEN_COLUMNS = (
@@ -27,33 +25,6 @@ TOKEN_COLUMNS = (
     ("total", "total_tokens"),
     ("units", "billed_units"),
 )
-
-prices_option = click.option(
-    "--prices",
-    "prices_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="TOML price table to compute cost with (default: $CHATBATCH_PRICES).",
-)
-
-
-def price_table(path: Path | None) -> PriceTable | None:
-    """The price table from ``--prices`` or ``CHATBATCH_PRICES``; None when neither is set (an
-    empty setting counts as unset)."""
-    from chatbatch.rules.pricing import load_prices
-
-    chosen = path or settings().prices
-    return load_prices(chosen) if chosen and chosen != Path() else None
-
-
-def prices_for_batch(batch: Any, path: Path | None = None) -> PriceTable | None:
-    """The price table for one batch: ``--prices``/``CHATBATCH_PRICES`` when given, else the
-    table stored with the batch at load time, else None."""
-    from chatbatch.rules.pricing import PriceTable
-
-    given = price_table(path)
-    if given is not None or not getattr(batch, "prices", None):
-        return given
-    return PriceTable.model_validate_json(batch.prices)
 
 
 @click.command("usage")

@@ -31,7 +31,7 @@ from chatbatch.reporting.watching import (
     stall_hint,
 )
 from cli.context import handles_errors, ready_database, settings, setup_logging
-from cli.usage_cmd import prices_for_batch, prices_option
+from cli.prices import prices_for_batch, prices_option
 
 if TYPE_CHECKING:
     from datetime import datetime

@@ -1,0 +1,41 @@
+"""The price table a command prices with: ``--prices``, else ``CHATBATCH_PRICES``, else (for one
+batch) the table stored with it at load time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cli.context import settings
+
+if TYPE_CHECKING:
+    from chatbatch.rules.pricing import PriceTable
+
+prices_option = click.option(
+    "--prices",
+    "prices_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML price table to compute cost with (default: $CHATBATCH_PRICES).",
+)
+
+
+def price_table(path: Path | None) -> PriceTable | None:
+    """The price table from ``--prices`` or ``CHATBATCH_PRICES``; None when neither is set (an
+    empty setting counts as unset)."""
+    from chatbatch.rules.pricing import load_prices
+
+    chosen = path or settings().prices
+    return load_prices(chosen) if chosen and chosen != Path() else None
+
+
+def prices_for_batch(batch: Any, path: Path | None = None) -> PriceTable | None:
+    """The price table for one batch: ``--prices``/``CHATBATCH_PRICES`` when given, else the
+    table stored with the batch at load time, else None."""
+    from chatbatch.rules.pricing import PriceTable
+
+    given = price_table(path)
+    if given is not None or not getattr(batch, "prices", None):
+        return given
+    return PriceTable.model_validate_json(batch.prices)
