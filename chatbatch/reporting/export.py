@@ -27,6 +27,7 @@ from chatbatch.errors import ChatbatchError
 from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.rules.states import ACTIVE_STATUSES, ANSWERED_STATUSES, RequestStatus
 from chatbatch.rules.structured import answer_fields
+from chatbatch.store.dialect import is_postgresql
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import requests_table as r
 
@@ -470,7 +471,7 @@ def export_batch(
     ``fmt`` (jsonl or csv); returns the count. ``on_rows`` hears how many rows each block
     wrote. On PostgreSQL the lines are built by the database (``export_sql``)."""
     options: dict[str, Any] = {"columns": columns, "bom": bom, "statuses": statuses}
-    if conn.dialect.name == "postgresql":
+    if is_postgresql(conn):
         from chatbatch.reporting.export_sql import export_postgres  # it builds on this module
 
         return export_postgres(conn, batch_id, out, fmt, **options, on_rows=on_rows)

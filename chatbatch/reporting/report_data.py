@@ -15,8 +15,6 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Float,
-    Integer,
     and_,
     case,
     func,
@@ -24,9 +22,6 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
 from chatbatch.reporting.usage import Grouping, UsageReport, usage_report
 from chatbatch.rules.pricing import PriceTable
@@ -36,6 +31,7 @@ from chatbatch.rules.states import (
     TERMINAL_STATUSES,
     RequestStatus,
 )
+from chatbatch.store.dialect import epoch_seconds, floor_div, is_postgresql, seconds_between
 from chatbatch.store.models import requests_table as r
 
 QUANTILES = ("0.5", "0.9", "0.99")
@@ -164,15 +160,6 @@ def collect(
         schema=seen.schema if batch.response_schema else None,
         generated_at=now,
     )
-
-
-def state_counts(conn: Connection, batch_id: str) -> dict[str, int]:
-    """Requests per state, every state present (zeros included)."""
-    counts = {status.value: 0 for status in RequestStatus}
-    query = select(r.c.status, func.count()).where(r.c.batch_id == batch_id).group_by(r.c.status)
-    for status, count in conn.execute(query):
-        counts[status] = int(count)
-    return counts
 
 
 def overview(conn: Connection, batch_id: str) -> Overview:
@@ -363,7 +350,7 @@ def _percentiles(
 ) -> dict[str, float]:
     """Exact discrete percentiles: PostgreSQL's percentile_disc (one sort for all three), or on
     SQLite the value at rank ceil(q·n) found with ORDER BY … LIMIT 1 OFFSET."""
-    if conn.dialect.name == "postgresql":
+    if is_postgresql(conn):
         aggregates = [func.percentile_disc(float(q)).within_group(seconds) for q in QUANTILES]
         values = conn.execute(select(*aggregates).where(where)).one()
         return {q: float(v) for q, v in zip(QUANTILES, values, strict=True)}
@@ -403,64 +390,3 @@ def nice_step(raw: float) -> float:
         if step >= raw * (1 - 1e-12):
             return float(f"{step:.12g}")
     return float(f"{10.0 ** (exponent + 1):.12g}")
-
-
-class epoch_seconds(FunctionElement[float]):
-    """Seconds since 1970 (float) of a UTC timestamp column, on either backend (to the
-    millisecond on SQLite)."""
-
-    type = Float()
-    inherit_cache = True
-    name = "epoch_seconds"
-
-
-@compiles(epoch_seconds, "postgresql")
-def _epoch_postgresql(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
-    (column,) = element.clauses
-    return f"CAST(EXTRACT(EPOCH FROM {compiler.process(column, **kw)}) AS DOUBLE PRECISION)"
-
-
-@compiles(epoch_seconds, "sqlite")
-def _epoch_sqlite(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
-    (column,) = element.clauses  # naive UTC text; julianday counts days (float), so round to ms
-    return f"round((julianday({compiler.process(column, **kw)}) - 2440587.5) * 86400.0, 3)"
-
-
-class seconds_between(FunctionElement[float]):
-    """``later - earlier`` in seconds (float, millisecond precision on SQLite)."""
-
-    type = Float()
-    inherit_cache = True
-    name = "seconds_between"
-
-
-@compiles(seconds_between, "postgresql")
-def _between_postgresql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
-    earlier, later = (compiler.process(c, **kw) for c in element.clauses)
-    return f"CAST(EXTRACT(EPOCH FROM ({later} - {earlier})) AS DOUBLE PRECISION)"
-
-
-@compiles(seconds_between, "sqlite")
-def _between_sqlite(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
-    earlier, later = (compiler.process(c, **kw) for c in element.clauses)
-    return f"round((julianday({later}) - julianday({earlier})) * 86400.0, 3)"
-
-
-class floor_div(FunctionElement[int]):
-    """``floor(a / b)`` as an integer for non-negative ``a`` and positive ``b``."""
-
-    type = Integer()
-    inherit_cache = True
-    name = "floor_div"
-
-
-@compiles(floor_div, "postgresql")
-def _floor_div_postgresql(element: floor_div, compiler: SQLCompiler, **kw: Any) -> str:
-    a, b = (compiler.process(c, **kw) for c in element.clauses)
-    return f"CAST(floor({a} / {b}) AS BIGINT)"
-
-
-@compiles(floor_div, "sqlite")
-def _floor_div_sqlite(element: floor_div, compiler: SQLCompiler, **kw: Any) -> str:
-    a, b = (compiler.process(c, **kw) for c in element.clauses)
-    return f"CAST(({a}) / ({b}) AS INTEGER)"  # truncation is floor for a >= 0

@@ -18,19 +18,16 @@ from sqlalchemy import (
     Connection,
     FromClause,
     Select,
-    String,
     Table,
     func,
     null,
     select,
     union_all,
 )
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
 from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.rules.pricing import Cost, PriceTable, Usage, cost_by_model, format_money
+from chatbatch.store.dialect import utc_day
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import past_results_table as p
 from chatbatch.store.models import requests_table as r
@@ -167,23 +164,3 @@ def _numbers(answers: int, usage: Usage, cost: Cost | None) -> dict[str, Any]:
     if cost and cost.amount is None:  # at least this much; the rest has no price
         numbers["cost_priced_part"] = format_money(cost.priced)
     return numbers
-
-
-class utc_day(FunctionElement[str]):
-    """The UTC calendar date (``YYYY-MM-DD``) of a timestamp column, on either backend."""
-
-    type = String()
-    inherit_cache = True
-    name = "utc_day"
-
-
-@compiles(utc_day, "postgresql")
-def _utc_day_postgresql(element: utc_day, compiler: SQLCompiler, **kw: Any) -> str:
-    (column,) = element.clauses
-    return f"to_char({compiler.process(column, **kw)} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-
-
-@compiles(utc_day, "sqlite")
-def _utc_day_sqlite(element: utc_day, compiler: SQLCompiler, **kw: Any) -> str:
-    (column,) = element.clauses  # SQLite stores our timestamps as naive UTC text
-    return f"strftime('%Y-%m-%d', {compiler.process(column, **kw)})"

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from chatbatch.errors import ConfigError
 from chatbatch.settings import default_database_path, get_settings
+from chatbatch.store.dialect import is_postgresql
 
 IDLE_IN_TRANSACTION_TIMEOUT = "25P03"  # SQLSTATE: idle_in_transaction_session_timeout
 HIDDEN = "***"
@@ -127,7 +128,7 @@ def _make_data_dir() -> None:
 
 def db_now(conn: Connection) -> datetime:
     """The database's clock (PostgreSQL), so leases never depend on a worker's clock."""
-    if conn.dialect.name == "postgresql":
+    if is_postgresql(conn):
         value = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
         return value.astimezone(UTC)
     return datetime.now(UTC)

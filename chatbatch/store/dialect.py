@@ -1,15 +1,21 @@
 """Every difference between PostgreSQL and SQLite that chatbatch's code depends on, decided here.
 
-Callers ask (``is_postgresql``) or borrow a behaviour (``read_snapshot``) instead of testing the
-dialect's name themselves, so a reader finds what differs between the two backends in one file.
+Callers ask (``is_postgresql``), borrow a behaviour (``read_snapshot``) or build SQL from a
+function compiled for each backend (``utc_day``, ``epoch_seconds``, ``seconds_between``,
+``floor_div``) instead of testing the dialect's name themselves, so a reader finds what differs
+between the two backends in one file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Float, Integer, String, text
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 SORT_MEMORY = "64MB"  # a report sorts every latency: in memory, not on disk
 
@@ -30,3 +36,84 @@ def read_snapshot(conn: Connection) -> Iterator[Connection]:
         if postgresql:
             conn.execute(text(f"SET LOCAL work_mem = '{SORT_MEMORY}'"))
         yield conn
+
+
+class utc_day(FunctionElement[str]):
+    """The UTC calendar date (``YYYY-MM-DD``) of a timestamp column, on either backend."""
+
+    type = String()
+    inherit_cache = True
+    name = "utc_day"
+
+
+@compiles(utc_day, "postgresql")
+def _utc_day_postgresql(element: utc_day, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    return f"to_char({compiler.process(column, **kw)} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+
+@compiles(utc_day, "sqlite")
+def _utc_day_sqlite(element: utc_day, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses  # SQLite stores our timestamps as naive UTC text
+    return f"strftime('%Y-%m-%d', {compiler.process(column, **kw)})"
+
+
+class epoch_seconds(FunctionElement[float]):
+    """Seconds since 1970 (float) of a UTC timestamp column, on either backend (to the
+    millisecond on SQLite)."""
+
+    type = Float()
+    inherit_cache = True
+    name = "epoch_seconds"
+
+
+@compiles(epoch_seconds, "postgresql")
+def _epoch_postgresql(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    return f"CAST(EXTRACT(EPOCH FROM {compiler.process(column, **kw)}) AS DOUBLE PRECISION)"
+
+
+@compiles(epoch_seconds, "sqlite")
+def _epoch_sqlite(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses  # naive UTC text; julianday counts days (float), so round to ms
+    return f"round((julianday({compiler.process(column, **kw)}) - 2440587.5) * 86400.0, 3)"
+
+
+class seconds_between(FunctionElement[float]):
+    """``later - earlier`` in seconds (float, millisecond precision on SQLite)."""
+
+    type = Float()
+    inherit_cache = True
+    name = "seconds_between"
+
+
+@compiles(seconds_between, "postgresql")
+def _between_postgresql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    earlier, later = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(EXTRACT(EPOCH FROM ({later} - {earlier})) AS DOUBLE PRECISION)"
+
+
+@compiles(seconds_between, "sqlite")
+def _between_sqlite(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    earlier, later = (compiler.process(c, **kw) for c in element.clauses)
+    return f"round((julianday({later}) - julianday({earlier})) * 86400.0, 3)"
+
+
+class floor_div(FunctionElement[int]):
+    """``floor(a / b)`` as an integer for non-negative ``a`` and positive ``b``."""
+
+    type = Integer()
+    inherit_cache = True
+    name = "floor_div"
+
+
+@compiles(floor_div, "postgresql")
+def _floor_div_postgresql(element: floor_div, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(floor({a} / {b}) AS BIGINT)"
+
+
+@compiles(floor_div, "sqlite")
+def _floor_div_sqlite(element: floor_div, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(({a}) / ({b}) AS INTEGER)"  # truncation is floor for a >= 0

@@ -28,6 +28,7 @@ from chatbatch.rules.states import (
     RequestStatus,
     Transition,
 )
+from chatbatch.store.dialect import is_postgresql
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import past_results_table as past_results
 from chatbatch.store.models import requests_table as r
@@ -60,7 +61,7 @@ def apply_transitions(conn: Connection, writes: Sequence[Write]) -> int:
     for (names, ambiguous, archived), rows in shapes.items():
         if archived:
             _archive_outcomes(conn, archived, rows)
-        if conn.dialect.name == "postgresql":
+        if is_postgresql(conn):
             applied += _update_from_arrays(conn, names, ambiguous, rows)
         else:
             applied += _update_each(conn, names, ambiguous, rows)
@@ -166,7 +167,7 @@ _ARCHIVED_FROM_ROW = {
 def _archive_outcomes(conn: Connection, names: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
     """Copy the outcome of each write's row to ``past_results``, only where the row is still
     as claimed, locking it so the guarded update that follows applies to exactly these rows."""
-    if conn.dialect.name == "postgresql":
+    if is_postgresql(conn):
         keys = [*_ARRAY_WRITE_KEYS[:3], *(f"a_{name}" for name in names)]
         arrays = {key: [row[key] for row in rows] for key in keys}
         conn.execute(_archive_from_arrays_sql(names), arrays)
