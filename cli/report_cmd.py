@@ -3,14 +3,12 @@ file that opens in any browser, offline."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from cli.context import handles_errors, ready_database, setup_logging
+from cli.files import write_atomically
 from cli.prices import prices_for_batch, prices_option
 
 
@@ -43,20 +41,3 @@ def report_command(batch: str, output: Path, prices_path: Path | None) -> None:
         data = collect(conn, row, prices=prices, now=db_now(conn))
     write_atomically(output, render_report(data))
     click.echo(f"wrote the report of {row.name} to {output}")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` beside ``path`` and rename it into place: a reader never sees half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
