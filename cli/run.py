@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import redirect_stdout
 from dataclasses import dataclass
@@ -13,25 +12,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import orjson
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from chatbatch.reporting.summary import cost_summary
-from chatbatch.rules.states import (
-    ACTIVE_STATUSES,
-    ANSWERED_STATUSES,
-    TERMINAL_STATUSES,
-    BatchStatus,
-)
+from chatbatch.rules.states import ANSWERED_STATUSES, BatchStatus
 from chatbatch.settings import Settings
 from chatbatch.store import reads, sweeps
-from chatbatch.store.db import get_engine
 from chatbatch.untrusted import printable
 from cli.context import (
     handles_errors,
@@ -46,21 +31,17 @@ from cli.interrupts import CleanStop
 from cli.load_cmd import LoadArgs, load_options, perform_load, report_reuse
 from cli.notify import notification, send, validate_url
 from cli.prices import prices_for_batch
+from cli.progress import ProgressView, progress_bar
 from cli.render import print_summary
 from cli.simulated import simulated
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
-
     from worker.engine import Engine
 
 EXIT_ALL_SUCCEEDED = 0
 EXIT_SOME_FAILED = 3
 EXIT_PAUSED = 4
 EXIT_INTERRUPTED = 130
-PROGRESS_EVERY_SECONDS = 0.3
-BAR_WIDTH = 20  # with the counts and the cost the line stays inside 80 columns
-COST_EVERY_SECONDS = 2.0  # summing usage reads every finished row of the batch
 
 
 @contextlib.contextmanager
@@ -71,60 +52,6 @@ def _engine_settings(simulate: bool) -> Iterator[Settings]:
         return
     with simulated(settings()) as config:
         yield config
-
-
-class _ProgressView:
-    """A live bar of finished requests with counts by state, refreshed a few times a second, and
-    the cost so far and projected total every few seconds when a price table is known."""
-
-    def __init__(self, progress: Progress, batch_id: str, total: int) -> None:
-        self._progress = progress
-        self._batch_id = batch_id
-        self._task = progress.add_task("requests", total=total, counts="", cost="")
-        self._last = 0.0
-        self._last_cost = 0.0
-
-    def __call__(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < PROGRESS_EVERY_SECONDS:
-            return
-        self._last = now
-        with get_engine().connect() as conn:
-            counts = reads.status_counts(conn, self._batch_id)
-            if force or now - self._last_cost >= COST_EVERY_SECONDS:
-                self._last_cost = now
-                self._progress.update(self._task, cost=_cost_text(conn, self._batch_id))
-        done = sum(counts[s] for s in TERMINAL_STATUSES)
-        self._progress.update(self._task, completed=done, counts=counts_text(counts))
-
-
-def counts_text(counts: dict[str, int]) -> str:
-    """``ok 980 · failed 3 · open 17``: short enough for the bar to fit 80 columns."""
-    groups = {
-        "ok": sum(counts[s] for s in ANSWERED_STATUSES),
-        "failed": sum(counts[s] for s in TERMINAL_STATUSES if s not in ANSWERED_STATUSES),
-        "open": sum(counts[s] for s in ACTIVE_STATUSES),
-    }
-    return " · ".join(f"{name} {count}" for name, count in groups.items() if count)
-
-
-def _cost_text(conn: Connection, batch_id: str) -> str:
-    """``0.123456 USD`` so far (the projection is in the summary), or nothing without a price
-    table."""
-    row = reads.resolve_batch(conn, batch_id)
-    prices = prices_for_batch(row)
-    if prices is None:
-        return ""
-    cost = cost_summary(conn, row, prices=prices)
-    if cost["so_far"] is None:
-        return "cost unknown"
-    return f"{_short_money(cost['so_far'])} {cost['currency']}"
-
-
-def _short_money(amount: str) -> str:
-    """Money text cut to six decimals for the bar (exact figures are in the summary)."""
-    whole, _, cents = amount.partition(".")
-    return f"{whole}.{cents[:6]}" if cents else whole
 
 
 format_option = click.option(
@@ -323,26 +250,12 @@ def exit_code_for(summary: dict[str, Any]) -> int:
     return EXIT_ALL_SUCCEEDED if answered == summary["total"] else EXIT_SOME_FAILED
 
 
-def progress_bar(console: Console) -> Progress:
-    """The live bar: bar, percentage, elapsed time, counts, cost so far (80 columns wide at
-    most, a million requests included)."""
-    return Progress(
-        BarColumn(bar_width=BAR_WIDTH),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[counts]}"),
-        TextColumn("{task.fields[cost]}"),
-        console=console,
-        transient=False,
-    )
-
-
 def _run_with_progress(runner: Engine, batch_id: str, total: int) -> str:
     """Work the batch to its end (or pause, or a stop) under a live bar; how it ended."""
     from worker.inprocess import run_batch
 
     with progress_bar(stderr_console()) as progress:
-        view = _ProgressView(progress, batch_id, total)
+        view = ProgressView(progress, batch_id, total)
         ended = run_batch(runner, batch_id, on_progress=view)
         view(force=True)
     return ended

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from cli.run import counts_text, progress_bar
+from cli.progress import counts_text, progress_bar
 
 WORST_COUNTS = {
     "queued": 1,
