@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 import click
 import orjson
 
-from chatbatch.rules.states import TERMINAL_STATUSES, RequestStatus
 from cli.context import handles_errors, ready_database, settings, setup_logging
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from chatbatch.operations.controls import CommandResult
+    from chatbatch.rules.states import RequestStatus
 
 
 @click.command("resume")
@@ -79,15 +79,13 @@ def retry_command(batch: str, statuses: str, as_json: bool) -> None:
 
 
 def _parse_statuses(text: str) -> list[RequestStatus]:
-    allowed = {s.value: s for s in TERMINAL_STATUSES}
-    names = [part.strip().lower() for part in text.split(",") if part.strip()]
-    bad = [name for name in names if name not in allowed]
-    if bad or not names:
-        raise click.BadParameter(
-            f"{', '.join(bad) or 'nothing given'}; choose from {', '.join(allowed)}",
-            param_hint="--status",
-        )
-    return [allowed[name] for name in names]
+    """``--status``'s states to requeue, a usage error naming any that cannot be retried."""
+    from chatbatch.operations import controls
+
+    try:
+        return controls.retry_statuses(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--status") from None
 
 
 def _control(command: Callable[[Connection, datetime], CommandResult], as_json: bool) -> None:

@@ -22,6 +22,7 @@ from chatbatch.store.models import past_results_table as p
 from chatbatch.store.models import requests_table as r
 
 RETRYABLE_DEFAULT = (RequestStatus.FAILED, RequestStatus.EXPIRED)
+RETRYABLE = {status.value: status for status in TERMINAL_STATUSES}  # what retry may requeue
 _ARCHIVED = (
     "status",
     "attempts",
@@ -143,6 +144,16 @@ def retry(
         .values(status=BatchStatus.RUNNING, finished_at=None, pause_reason=None)
     )
     return CommandResult(batch.name, BatchStatus.RUNNING, changed, f"requeued {changed} request(s)")
+
+
+def retry_statuses(text: str) -> list[RequestStatus]:
+    """``failed, expired`` → the statuses to requeue: finished ones only, as only their
+    requests have an outcome to start again from. ValueError naming any other and the choices."""
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    bad = [name for name in names if name not in RETRYABLE]
+    if bad or not names:
+        raise ValueError(f"{', '.join(bad) or 'nothing given'}; choose from {', '.join(RETRYABLE)}")
+    return [RETRYABLE[name] for name in names]
 
 
 def resume(conn: Connection, ref: str, *, max_cost: Decimal | None = None) -> CommandResult:
