@@ -1,6 +1,6 @@
 """Per-model rate limiting before each chunk's POSTs: shared by every worker (Redis) or in one
-process (the embedded run). The maths is ``chatbatch.rules.ratelimits``; the Lua below is the same
-functions, run atomically inside Redis on Redis's own clock (workers' clocks differ).
+process (the embedded run). The maths is ``chatbatch.rules.ratelimits``; ``ratelimit.lua`` is the
+same functions, run atomically inside Redis on Redis's own clock (workers' clocks differ).
 
 Use (the engine, per chunk and model)::
 
@@ -17,11 +17,14 @@ carried by the next call); ``on_rate_limited`` is one.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from functools import cache
+from importlib import resources
 from typing import Any, Protocol
 
 import redis
@@ -40,6 +43,7 @@ from chatbatch.rules.ratelimits import (
 log = logging.getLogger("chatbatch.ratelimit")
 EPOCH = 1735689600  # 2025-01-01: Redis seconds minus this keep microseconds in a Lua double
 ERROR_LOG_SECONDS = 30.0
+SECTION = re.compile(r"^-- @section (\w+)\n", re.MULTILINE)  # starts each part of ratelimit.lua
 Arg = str | int | float
 
 
@@ -210,8 +214,8 @@ class RedisRateLimiter(_Limiter):
         self._holder = uuid.uuid4().hex[:12]
         self._sequence = 0
         self._leases: dict[str, list[str]] = {}
-        self._acquire_script = client.register_script(LUA_COMMON + LUA_ACQUIRE)
-        self._limited_script = client.register_script(LUA_COMMON + LUA_RATE_LIMITED)
+        self._acquire_script = client.register_script(lua_script("acquire"))
+        self._limited_script = client.register_script(lua_script("rate_limited"))
         self._last_error_log = -ERROR_LOG_SECONDS
 
     @classmethod
@@ -323,161 +327,18 @@ def build_rate_limiter(
     return LocalRateLimiter(limits=limits, tuning=tuning)
 
 
-# The maths of chatbatch.ratelimits, transcribed; keep the two in step (the integration tests
-# run the same scenarios through both). Numbers are stored with %.17g: exact doubles.
-LUA_COMMON = """
-local function num(v, default) if v then return tonumber(v) end return default end
-local function opt(v) if v == '' then return nil end return tonumber(v) end
+def lua_script(name: str, clock: str | None = None) -> str:
+    """The script ``name`` (``acquire`` or ``rate_limited``) of ``ratelimit.lua``: its clock,
+    the shared functions, then its own section; ``clock`` replaces the clock section."""
+    sections = _lua_sections()
+    return (clock or sections["clock"]) + sections["common"] + sections[name]
 
-local function clock()
-  local t = redis.call('TIME')
-  return (tonumber(t[1]) - EPOCH) + tonumber(t[2]) / 1000000
-end
 
-local function tuning(first)
-  local names = {'headroom', 'share', 'decrease', 'increase', 'cooldown', 'pause',
-                 'pause_max', 'min_rpm', 'tau', 'poll', 'slot_ttl', 'state_ttl', 'floor'}
-  local t = {}
-  for i, name in ipairs(names) do t[name] = tonumber(ARGV[first + i - 1]) end
-  return t
-end
-
-local FIELDS = {'tat', 'blk', 'lrn', 'bc', 'lc', 'asc', 'stk',
-                'sv', 'sat', 'ssn', 'av', 'aat', 'asn'}
-
-local function load(key)
-  local f = redis.call('HMGET', key, unpack(FIELDS))
-  return {tat = num(f[1], 0), blk = num(f[2], 0), lrn = num(f[3], nil), bc = num(f[4], 0),
-          lc = num(f[5], -1e300), asc = num(f[6], 1), stk = num(f[7], 0),
-          sv = num(f[8], 0), sat = num(f[9], 0), ssn = num(f[10], nil),
-          av = num(f[11], 0), aat = num(f[12], 0), asn = num(f[13], nil)}
-end
-
-local function save(key, s, now, t)
-  local args = {}
-  for _, name in ipairs(FIELDS) do
-    if s[name] ~= nil then
-      args[#args + 1] = name
-      args[#args + 1] = string.format('%.17g', s[name])
-    end
-  end
-  redis.call('HSET', key, unpack(args))
-  if s.lrn == nil then redis.call('HDEL', key, 'lrn') end
-  local ttl = math.max(t.state_ttl, s.blk - now + 1)  -- a long Retry-After outlives idleness
-  redis.call('PEXPIRE', key, math.ceil(ttl * 1000))
-end
-
-local function fold(v, at, since, now, count, t)
-  local decayed = v * math.exp(-math.max(0, now - at) / t.tau)
-  return decayed + count * 60 / t.tau, now, since or now
-end
-
-local function read_rpm(v, at, since, now, t)
-  if since == nil then return 0 end
-  local decayed = v * math.exp(-math.max(0, now - at) / t.tau)
-  return decayed / (1 - math.exp(-math.max(1, now - since) / t.tau))
-end
-
-local function cap_of(ceiling, t)
-  if ceiling == nil then return nil end
-  return ceiling * (1 - t.headroom)
-end
-
-local function pace_rpm(s, ceiling, t)
-  local cap = cap_of(ceiling, t)
-  if s.lrn == nil then return cap end
-  if cap == nil then return s.lrn end
-  return math.min(s.lrn, cap)
-end
-
-local function accepted(s, now, count, ceiling, t)
-  if count <= 0 then return end
-  s.av, s.aat, s.asn = fold(s.av, s.aat, s.asn, now, count, t)
-  s.stk = 0
-  s.asc = 1
-  if s.lrn == nil then return end
-  local per_minute = math.max(s.bc, s.lrn) * t.increase
-  local learned = s.lrn + count * per_minute / s.lrn
-  local cap = cap_of(ceiling, t)
-  if cap ~= nil and learned >= cap then s.lrn = nil else s.lrn = learned end
-end
-""".replace("EPOCH", str(EPOCH))
-
-# KEYS: state, slots. ARGV: count, ceiling rpm or '', concurrency (0: none), acceptances to
-# apply first, holder, first lease number, then the tuning. Returns {granted, wait seconds}.
-LUA_ACQUIRE = """
-local count, ceiling, concurrency = tonumber(ARGV[1]), opt(ARGV[2]), tonumber(ARGV[3])
-local pending, holder, first = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local t = tuning(7)
-local now = clock()
-local s = load(KEYS[1])
-accepted(s, now, pending, ceiling, t)
-
-local function finish(granted, wait)
-  save(KEYS[1], s, now, t)
-  return {granted, string.format('%.6f', wait)}
-end
-
-if now < s.blk then return finish(0, s.blk - now) end
-if concurrency > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  local free = concurrency - redis.call('ZCARD', KEYS[2])
-  if free <= 0 then
-    local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-    return finish(0, math.max(0.001, math.min(t.poll, tonumber(oldest[2]) - now)))
-  end
-  count = math.min(count, free)
-end
-
-local granted = count
-local rpm = pace_rpm(s, ceiling, t)
-if rpm ~= nil then
-  local interval = 60 / rpm
-  local burst = math.max(1, math.floor(rpm * t.headroom / 2))
-  local tat = math.max(s.tat, now)
-  local slack = burst * interval - (tat - now)
-  granted = math.max(0, math.min(count, math.floor(slack / interval + 1e-9)))
-  if granted == 0 then return finish(0, interval - slack) end
-  s.tat = tat + granted * interval
-end
-s.sv, s.sat, s.ssn = fold(s.sv, s.sat, s.ssn, now, granted, t)
-if concurrency > 0 then
-  local members = {}
-  for i = 0, granted - 1 do
-    members[#members + 1] = now + t.slot_ttl
-    members[#members + 1] = holder .. ':' .. (first + i)
-  end
-  redis.call('ZADD', KEYS[2], unpack(members))
-  redis.call('PEXPIRE', KEYS[2], math.ceil(t.slot_ttl * 1000) + 1000)
-end
-return finish(granted, 0)
-"""
-
-# KEYS: state. ARGV: Retry-After seconds or '', ceiling rpm or '', acceptances to apply first,
-# then the tuning.
-LUA_RATE_LIMITED = """
-local retry_after, ceiling, pending = opt(ARGV[1]), opt(ARGV[2]), tonumber(ARGV[3])
-local t = tuning(4)
-local now = clock()
-local s = load(KEYS[1])
-accepted(s, now, pending, ceiling, t)
-if retry_after == nil and now >= s.blk then
-  s.blk = now + math.min(t.pause_max, t.pause * 2 ^ s.stk)
-  s.stk = s.stk + 1
-elseif retry_after ~= nil then
-  s.blk = math.max(s.blk, now + retry_after)
-end
-if now - s.lc >= t.cooldown and s.asc == 1 then
-  local current = pace_rpm(s, ceiling, t)
-  if current == nil then current = math.max(read_rpm(s.sv, s.sat, s.ssn, now, t), t.min_rpm) end
-  local target = read_rpm(s.av, s.aat, s.asn, now, t) * t.share
-  if not (target > 0 and target < current) then target = current * t.decrease end
-  local peak = math.max(s.bc, current)
-  s.lrn = math.max(t.min_rpm, target, peak * t.floor)
-  s.bc = peak
-  s.lc = now
-  s.asc = 0
-end
-save(KEYS[1], s, now, t)
-return 1
-"""
+@cache
+def _lua_sections() -> dict[str, str]:
+    """``ratelimit.lua`` cut at its ``-- @section NAME`` lines (read once per process)."""
+    text = resources.files("worker").joinpath("ratelimit.lua").read_text(encoding="utf-8")
+    parts = SECTION.split(text)[1:]  # the header, then name and body by turns
+    sections = dict(zip(parts[::2], parts[1::2], strict=True))
+    sections["clock"] = sections["clock"].replace("EPOCH", str(EPOCH))
+    return sections
