@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, select, update
 from test_export_sql import FORMULAS, both, insert_rows, sql_export
 
-from chatbatch.reporting.export import BOM, CSV_COLUMNS, export_batch, export_python, layout_for
+from chatbatch.reporting.export import export_batch
+from chatbatch.reporting.export.python import BOM, CSV_COLUMNS, export_python, layout_for
 from chatbatch.store.db import make_engine
 from chatbatch.store.migrate import upgrade
 from chatbatch.store.models import requests_table
@@ -97,8 +98,8 @@ def fetch_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 
     if request.param and psycopg.pq.version() < 170000:
         pytest.skip("this libpq has no chunked-rows mode")
-    monkeypatch.setattr("chatbatch.reporting.export_sql.CHUNKED_ROWS", request.param)
-    monkeypatch.setattr("chatbatch.reporting.export_sql.FETCH_ROWS", 2)
+    monkeypatch.setattr("chatbatch.reporting.export.postgres.CHUNKED_ROWS", request.param)
+    monkeypatch.setattr("chatbatch.reporting.export.postgres.FETCH_ROWS", 2)
     yield
 
 
@@ -336,7 +337,7 @@ def test_random_records_and_answers_are_byte_identical(
 
 
 def _layout(db: Engine, batch_id: str) -> Any:
-    from chatbatch.reporting.export import batch_layout
+    from chatbatch.reporting.export.python import batch_layout
 
     with db.connect() as conn:
         return batch_layout(conn, batch_id).columns

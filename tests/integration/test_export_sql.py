@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, insert
 
-from chatbatch.reporting.export import STATUS_NAMES, export_batch, export_python
-from chatbatch.reporting.export_sql import export_postgres
+from chatbatch.reporting.export import export_batch
+from chatbatch.reporting.export.postgres import export_postgres
+from chatbatch.reporting.export.python import STATUS_NAMES, export_python
 from chatbatch.store.models import batches_table, requests_table
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -147,8 +148,8 @@ def test_awkward_rows_are_byte_identical(
     one block and in blocks of three rows."""
     if chunked_rows and psycopg.pq.version() < 170000:
         pytest.skip("this libpq has no chunked-rows mode")
-    monkeypatch.setattr("chatbatch.reporting.export_sql.CHUNKED_ROWS", chunked_rows)
-    monkeypatch.setattr("chatbatch.reporting.export_sql.FETCH_ROWS", fetch_rows)
+    monkeypatch.setattr("chatbatch.reporting.export.postgres.CHUNKED_ROWS", chunked_rows)
+    monkeypatch.setattr("chatbatch.reporting.export.postgres.FETCH_ROWS", fetch_rows)
     ours, reference, count = both(db, ROWS, fmt)
     assert count == len(ROWS)
     assert ours == reference
@@ -210,8 +211,8 @@ def test_a_status_filter_exports_only_those_requests_identically(
 ) -> None:
     if chunked_rows and psycopg.pq.version() < 170000:
         pytest.skip("this libpq has no chunked-rows mode")
-    monkeypatch.setattr("chatbatch.reporting.export_sql.CHUNKED_ROWS", chunked_rows)
-    monkeypatch.setattr("chatbatch.reporting.export_sql.FETCH_ROWS", 2)
+    monkeypatch.setattr("chatbatch.reporting.export.postgres.CHUNKED_ROWS", chunked_rows)
+    monkeypatch.setattr("chatbatch.reporting.export.postgres.FETCH_ROWS", 2)
     ours, reference, count = both(db, ROWS, fmt, statuses=statuses)
     assert ours == reference
     wanted = [row.get("custom_id", f"c{i}") for i, row in enumerate(ROWS, 1)]
@@ -269,7 +270,7 @@ def test_export_batch_takes_the_sql_path_on_postgresql(
         calls.append(fmt)
         return export_postgres(conn, batch_id, out, fmt, **options)
 
-    monkeypatch.setattr("chatbatch.reporting.export_sql.export_postgres", recording)
+    monkeypatch.setattr("chatbatch.reporting.export.postgres.export_postgres", recording)
     with db.begin() as conn:
         batch_id = insert_rows(conn, ROWS[:3])
     out = io.BytesIO()
@@ -341,8 +342,8 @@ def test_random_rows_are_byte_identical(
 def test_a_failed_write_leaves_a_usable_connection(
     db: Engine, monkeypatch: pytest.MonkeyPatch, chunked_rows: bool
 ) -> None:
-    monkeypatch.setattr("chatbatch.reporting.export_sql.CHUNKED_ROWS", chunked_rows)
-    monkeypatch.setattr("chatbatch.reporting.export_sql.FETCH_ROWS", 3)
+    monkeypatch.setattr("chatbatch.reporting.export.postgres.CHUNKED_ROWS", chunked_rows)
+    monkeypatch.setattr("chatbatch.reporting.export.postgres.FETCH_ROWS", 3)
 
     class DiskFull(io.BytesIO):
         def write(self, data: Any) -> int:

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatbatch.reporting.export import (
+from chatbatch.reporting.export.postgres import _quoted
+from chatbatch.reporting.export.python import (
     CSV_COLUMNS,
     ExportError,
     csv_cells,
@@ -23,7 +24,6 @@ from chatbatch.reporting.export import (
     parse_statuses,
     value_cell,
 )
-from chatbatch.reporting.export_sql import _quoted
 
 COMPLETION = {
     "id": "chatcmpl-1",

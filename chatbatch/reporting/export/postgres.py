@@ -2,7 +2,7 @@
 as bytes in blocks (libpq's chunked rows, or a server-side cursor); Python only joins finished
 lines into blocks and writes them.
 
-The expressions give byte for byte what ``export``'s Python writers give for the same
+The expressions give byte for byte what ``export.python``'s writers give for the same
 row (the tests compare both on tricky rows). The one case SQL cannot reproduce — re-serialising a
 provider's error body, which orjson does — comes back as a marker line that is finished in Python.
 CSV cells from source records and answer fields (JSON that SQL would re-serialise differently)
@@ -20,7 +20,7 @@ import orjson
 import psycopg
 from sqlalchemy import Connection
 
-from chatbatch.reporting.export import (
+from chatbatch.reporting.export.python import (
     ANSWERED,
     FORMULA_PREFIXES,
     OUTPUT_COLUMNS,
@@ -62,7 +62,7 @@ def _json(expr: str) -> str:
 
 
 def _one_line(expr: str) -> str:
-    """``chatbatch.reporting.export._one_line``: CR/LF between tokens become spaces, then strip."""
+    """``export.python._one_line``: CR/LF between tokens become spaces, then strip."""
     return (
         f"CASE WHEN strpos({expr}, E'\\n') > 0 OR strpos({expr}, E'\\r') > 0 "
         f"THEN btrim(translate({expr}, E'\\r\\n', '  '), E' \\t\\x0b\\x0c') ELSE {expr} END"
@@ -75,7 +75,7 @@ def _status_in(statuses: frozenset[str]) -> str:
 
 
 def _unfinished_message() -> str:
-    """``chatbatch.reporting.export.unfinished_message`` of the row's status, as SQL."""
+    """``export.python.unfinished_message`` of the row's status, as SQL."""
     before, after = unfinished_message("\x00").split("\x00")
     return f"'{before}' || status || '{after}'"
 
@@ -147,7 +147,7 @@ _FORMULA_CODES = ", ".join(
 
 def _csv_text(expr: str, *, safe: bool = True) -> str:
     """A text cell as ``write_csv`` writes it: empty for NULL; with a leading quote when a
-    spreadsheet would run it as a formula (``export._safe``); in double quotes when
+    spreadsheet would run it as a formula (``export.python._safe``); in double quotes when
     ``csv_writer`` would use them (the leading quote never changes whether they are needed)."""
     needs_quotes = " OR ".join(f"strpos({expr}, {_SQL_CHAR[c]}) > 0" for c in _CSV_QUOTED_CHARS)
     formula = f"ascii({expr}) IN ({_FORMULA_CODES})"
@@ -178,7 +178,7 @@ def _number(expr: str) -> str:
 
 
 def _finished_only(cell: str) -> str:
-    """``cell``, empty for a request not finished yet (``export.output_cells``)."""
+    """``cell``, empty for a request not finished yet (``export.python.output_cells``)."""
     return f"CASE WHEN {_UNFINISHED} THEN '' ELSE {cell} END"
 
 

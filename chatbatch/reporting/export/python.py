@@ -27,7 +27,6 @@ from chatbatch.errors import ChatbatchError
 from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.rules.states import ACTIVE_STATUSES, ANSWERED_STATUSES, RequestStatus
 from chatbatch.rules.structured import answer_fields
-from chatbatch.store.dialect import is_postgresql
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import requests_table as r
 
@@ -454,28 +453,6 @@ def _safe(value: str | None) -> str | None:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
-
-
-def export_batch(
-    conn: Connection,
-    batch_id: str,
-    out: IO[bytes],
-    fmt: str,
-    *,
-    columns: Sequence[str] | None = None,
-    bom: bool = False,
-    statuses: Sequence[str] | None = None,
-    on_rows: OnRows | None = None,
-) -> int:
-    """Write every request of the batch (only those in ``statuses`` when given) to ``out`` in
-    ``fmt`` (jsonl or csv); returns the count. ``on_rows`` hears how many rows each block
-    wrote. On PostgreSQL the lines are built by the database (``export_sql``)."""
-    options: dict[str, Any] = {"columns": columns, "bom": bom, "statuses": statuses}
-    if is_postgresql(conn):
-        from chatbatch.reporting.export_sql import export_postgres  # it builds on this module
-
-        return export_postgres(conn, batch_id, out, fmt, **options, on_rows=on_rows)
-    return export_python(conn, batch_id, out, fmt, **options, on_rows=on_rows)
 
 
 def export_python(
