@@ -22,7 +22,8 @@ from sqlalchemy import Engine, select, update
 from test_export_sql import FORMULAS, both, insert_rows, sql_export
 
 from chatbatch.reporting.export import export_batch
-from chatbatch.reporting.export.python import BOM, CSV_COLUMNS, export_python, layout_for
+from chatbatch.reporting.export.layout import BOM, CSV_COLUMNS, layout_for
+from chatbatch.reporting.export.python import export_python
 from chatbatch.store.db import make_engine
 from chatbatch.store.migrate import upgrade
 from chatbatch.store.models import requests_table
@@ -337,7 +338,7 @@ def test_random_records_and_answers_are_byte_identical(
 
 
 def _layout(db: Engine, batch_id: str) -> Any:
-    from chatbatch.reporting.export.python import batch_layout
+    from chatbatch.reporting.export.layout import batch_layout
 
     with db.connect() as conn:
         return batch_layout(conn, batch_id).columns

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, insert
 
 from chatbatch.reporting.export import export_batch
+from chatbatch.reporting.export.layout import STATUS_NAMES
 from chatbatch.reporting.export.postgres import export_postgres
-from chatbatch.reporting.export.python import STATUS_NAMES, export_python
+from chatbatch.reporting.export.python import export_python
 from chatbatch.store.models import batches_table, requests_table
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

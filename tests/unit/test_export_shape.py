@@ -13,17 +13,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatbatch.reporting.export.postgres import _quoted
-from chatbatch.reporting.export.python import (
+from chatbatch.reporting.export.layout import (
     CSV_COLUMNS,
     ExportError,
-    csv_cells,
     csv_writer,
     jsonl_line,
     layout_for,
     parse_statuses,
     value_cell,
 )
+from chatbatch.reporting.export.postgres import _quoted
+from chatbatch.reporting.export.python import csv_cells
 
 COMPLETION = {
     "id": "chatcmpl-1",

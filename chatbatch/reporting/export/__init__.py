@@ -12,7 +12,7 @@ from typing import IO, Any
 from sqlalchemy import Connection
 
 from chatbatch.reporting.export import postgres, python
-from chatbatch.reporting.export.python import UNFINISHED, ExportError, OnRows, parse_statuses
+from chatbatch.reporting.export.layout import UNFINISHED, ExportError, OnRows, parse_statuses
 from chatbatch.store.dialect import is_postgresql
 
 __all__ = ["UNFINISHED", "ExportError", "OnRows", "export_batch", "parse_statuses"]

@@ -20,7 +20,7 @@ import orjson
 import psycopg
 from sqlalchemy import Connection
 
-from chatbatch.reporting.export.python import (
+from chatbatch.reporting.export.layout import (
     ANSWERED,
     FORMULA_PREFIXES,
     OUTPUT_COLUMNS,
@@ -62,7 +62,7 @@ def _json(expr: str) -> str:
 
 
 def _one_line(expr: str) -> str:
-    """``export.python._one_line``: CR/LF between tokens become spaces, then strip."""
+    """``layout._one_line``: CR/LF between tokens become spaces, then strip."""
     return (
         f"CASE WHEN strpos({expr}, E'\\n') > 0 OR strpos({expr}, E'\\r') > 0 "
         f"THEN btrim(translate({expr}, E'\\r\\n', '  '), E' \\t\\x0b\\x0c') ELSE {expr} END"
@@ -75,7 +75,7 @@ def _status_in(statuses: frozenset[str]) -> str:
 
 
 def _unfinished_message() -> str:
-    """``export.python.unfinished_message`` of the row's status, as SQL."""
+    """``layout.unfinished_message`` of the row's status, as SQL."""
     before, after = unfinished_message("\x00").split("\x00")
     return f"'{before}' || status || '{after}'"
 
@@ -147,7 +147,7 @@ _FORMULA_CODES = ", ".join(
 
 def _csv_text(expr: str, *, safe: bool = True) -> str:
     """A text cell as ``write_csv`` writes it: empty for NULL; with a leading quote when a
-    spreadsheet would run it as a formula (``export.python._safe``); in double quotes when
+    spreadsheet would run it as a formula (``layout.safe_text``); in double quotes when
     ``csv_writer`` would use them (the leading quote never changes whether they are needed)."""
     needs_quotes = " OR ".join(f"strpos({expr}, {_SQL_CHAR[c]}) > 0" for c in _CSV_QUOTED_CHARS)
     formula = f"ascii({expr}) IN ({_FORMULA_CODES})"
@@ -178,7 +178,7 @@ def _number(expr: str) -> str:
 
 
 def _finished_only(cell: str) -> str:
-    """``cell``, empty for a request not finished yet (``export.python.output_cells``)."""
+    """``cell``, empty for a request not finished yet (``python.output_cells``)."""
     return f"CASE WHEN {_UNFINISHED} THEN '' ELSE {cell} END"
 
 
