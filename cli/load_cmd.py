@@ -19,8 +19,8 @@ from cli.context import handles_errors, ready_database, settings, setup_logging
 from cli.usage_cmd import price_table, prices_option
 
 if TYPE_CHECKING:
-    from chatbatch.input.jsonl_input import ByteProgress
-    from chatbatch.input.loading import BatchOptions, LoadedBatch, Preview, Source
+    from chatbatch.input.loading import BatchOptions, LoadedBatch, Preview
+    from chatbatch.input.sources import ByteProgress, Source
 
 F = TypeVar("F", bound=Callable[..., Any])
 PROGRESS_MIN_BYTES = 1 << 20  # smaller files load before a bar would be worth drawing

@@ -7,18 +7,16 @@ without method/url, and plain lines (``custom_id``? + chat-completions fields).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from chatbatch.input.schemas import ROLES, body_problems, message_problem
+from chatbatch.input.sources import ByteProgress, SourceItem
 from chatbatch.untrusted import has_controls
-
-if TYPE_CHECKING:
-    from chatbatch.input.loading import SourceItem
 
 MAX_CUSTOM_ID_CHARS = 512
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions", "/api/v1/chat/completions")
@@ -85,8 +83,6 @@ class LineError(ValueError):
 
 # (custom_id, model, body as compact JSON bytes): what the loader stores for one line.
 RawRequest = tuple[str, str, bytes]
-# Told the number of bytes of the file read so far (a progress bar's position).
-ByteProgress = Callable[[int], None]
 PROGRESS_BYTES = 1 << 20
 
 
@@ -342,7 +338,7 @@ def _body_of(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 class RequestLines:
-    """A JSONL file of chat requests as the loader's source (``chatbatch.input.loading.Source``)."""
+    """A JSONL file of chat requests as the loader's source (``chatbatch.input.sources.Source``)."""
 
     def __init__(self, path: Path, *, default_model: str | None, max_line_bytes: int) -> None:
         self.path = path

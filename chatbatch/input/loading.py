@@ -1,9 +1,9 @@
 """Load a file into a new batch: validate every request, insert in bulk, all or nothing.
 
-Every kind of input file is a ``Source`` of (line, request) pairs: JSONL files of requests
-(``chatbatch.input.jsonl_input.RequestLines``) and CSV or JSONL files of records rendered through a
-template (``chatbatch.input.records.RecordRequests``). They all go through the same checks and the
-same COPY (PostgreSQL) or chunked INSERT (SQLite).
+Every kind of input file is a ``Source`` (``chatbatch.input.sources``) of (line, request) pairs:
+JSONL files of requests (``chatbatch.input.jsonl_input.RequestLines``) and CSV or JSONL files of
+records rendered through a template (``chatbatch.input.records.RecordRequests``). They all go
+through the same checks and the same COPY (PostgreSQL) or chunked INSERT (SQLite).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import orjson
 import psycopg
@@ -25,8 +25,9 @@ from sqlalchemy.exc import IntegrityError
 from chatbatch.errors import ArgumentError, InputError
 from chatbatch.input.estimates import estimated_input_cost, estimated_prompt_tokens
 from chatbatch.input.fingerprints import fingerprint
-from chatbatch.input.jsonl_input import ByteProgress, RequestLines
+from chatbatch.input.jsonl_input import RequestLines
 from chatbatch.input.reuse import reuse_answers
+from chatbatch.input.sources import ByteProgress, Prepared, Source
 from chatbatch.rules import structured
 from chatbatch.rules.pricing import Cost, PriceTable
 from chatbatch.rules.states import BatchStatus, RequestStatus
@@ -52,32 +53,6 @@ COPY_COLUMNS = (
 )
 PREVIEW_REQUESTS = 3
 BATCH_ID_FORM = re.compile(r"batch_[0-9a-f]{32}", re.IGNORECASE)  # what new_batch_id makes
-
-# One request as a source gives it: custom_id, model, body (a dict the loader may still change:
-# the schema is applied to it) and the source record as compact JSON (record files only).
-Entry = tuple[str, str, dict[str, Any], bytes | None]
-# (line number, the request, None) or (line number, None, why the line is refused).
-SourceItem = tuple[int, Entry | None, str | None]
-# (line number, custom_id, model, body, record): a checked request with the batch options applied.
-Prepared = tuple[int, str, str, dict[str, Any], bytes | None]
-
-
-class Source(Protocol):
-    """An input file as a stream of requests; it can be read more than once."""
-
-    path: Path
-
-    def entries(self, on_bytes: ByteProgress | None = None) -> Iterator[SourceItem]:
-        """Each line's request or the reason it is refused, in file order."""
-        ...
-
-    def duplicate(self, custom_id: str, first_line: int) -> str:
-        """The problem to report for a custom_id seen before on ``first_line``."""
-        ...
-
-    def record_columns(self) -> list[str] | None:
-        """The record files' column names (complete after a full read); None for requests."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,14 @@ import contextlib
 import csv
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from chatbatch.errors import InputError
-from chatbatch.input.jsonl_input import MAX_CUSTOM_ID_CHARS, ByteProgress, iter_raw_lines
+from chatbatch.input.jsonl_input import MAX_CUSTOM_ID_CHARS, iter_raw_lines
+from chatbatch.input.sources import ByteProgress, SourceItem
 from chatbatch.input.templating import PromptTemplate, RenderError, RenderTimeout, names_text
-
-if TYPE_CHECKING:
-    from chatbatch.input.loading import SourceItem
 
 # (line number, row number, record, problem): one row as read; record is None when the row is
 # bad, and then problem says why. Row numbers count the data rows (1 for the first), bad ones
@@ -209,7 +207,7 @@ def _field_size_limit(limit: int) -> Iterator[None]:
 
 
 class RecordRequests:
-    """A CSV or record-JSONL file as the loader's source (``chatbatch.input.loading.Source``): each
+    """A CSV or record-JSONL file as the loader's source (``chatbatch.input.sources.Source``): each
     record rendered through the prompt template into one request for ``model``."""
 
     def __init__(
