@@ -32,6 +32,7 @@ from chatbatch.rules import structured
 from chatbatch.rules.pricing import Cost, PriceTable
 from chatbatch.rules.states import BatchStatus, RequestStatus
 from chatbatch.store.db import db_now
+from chatbatch.store.dialect import is_postgresql
 from chatbatch.store.models import batches_table, requests_table
 
 MAX_PROBLEMS_SHOWN = 50
@@ -143,7 +144,7 @@ def load_source(
     problems = _Problems()
     # On PostgreSQL the unique index finds duplicate custom_ids, so a good file of any size
     # loads in constant memory; only a refused file is read again to list every problem.
-    postgres = conn.dialect.name == "postgresql"
+    postgres = is_postgresql(conn)
     prepared = _prepared(source, options, problems, track_ids=not postgres, on_bytes=on_bytes)
     total = 0
     duplicate_found = False
@@ -298,7 +299,7 @@ def _insert_requests(
     prepared: Iterable[Prepared],
     now: datetime,
 ) -> int:
-    if conn.dialect.name == "postgresql":
+    if is_postgresql(conn):
         return _copy_requests(conn, batch_id, prepared, now)
     return _insert_requests_in_chunks(conn, batch_id, prepared, now)
 
