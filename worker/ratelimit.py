@@ -207,15 +207,17 @@ class RedisRateLimiter(_Limiter):
         prefix: str = "chatbatch:ratelimit",
         tuning: Tuning | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        lua_clock: str | None = None,
     ) -> None:
+        """``lua_clock`` replaces the scripts' Redis-time ``clock()`` (tests fix time with it)."""
         super().__init__(limits=limits, tuning=tuning, clock=time.monotonic, sleep=sleep)
         self._redis = client
         self._prefix = prefix
         self._holder = uuid.uuid4().hex[:12]
         self._sequence = 0
         self._leases: dict[str, list[str]] = {}
-        self._acquire_script = client.register_script(lua_script("acquire"))
-        self._limited_script = client.register_script(lua_script("rate_limited"))
+        self._acquire_script = client.register_script(lua_script("acquire", lua_clock))
+        self._limited_script = client.register_script(lua_script("rate_limited", lua_clock))
         self._last_error_log = -ERROR_LOG_SECONDS
 
     @classmethod
