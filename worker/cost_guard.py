@@ -7,7 +7,8 @@ request answered since was in flight then or claimed since, so at any later clai
     spent + in flight <= S0 + per_request * (F0 + capped_claims - C0)
 
 which needs only the batch row. Claims lock the capped batches' rows, so workers claiming for
-the same capped batch take turns and each sees the others' claims.
+the same capped batch take turns and each sees the others' claims. The statements are in
+``chatbatch.operations.cost_caps``; this module keeps only the per-process snapshots.
 """
 
 from __future__ import annotations
@@ -18,13 +19,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from chatbatch.operations import cost_caps
-from chatbatch.rules.states import BatchStatus, RequestStatus
-from chatbatch.store import writes
-from chatbatch.store.models import batches_table as b
-from chatbatch.store.models import requests_table as r
 
 REFRESH_SECONDS = 1.0
 
@@ -55,13 +52,8 @@ class CostGuard:
         capped = self._capped_batches(conn)
         if not capped:
             return None
-        locked = conn.execute(
-            select(b.c.id, b.c.max_cost, b.c.prices, b.c.capped_claims)
-            .where(b.c.id.in_(capped), b.c.status == BatchStatus.RUNNING, b.c.max_cost.is_not(None))
-            .with_for_update()
-        ).all()
         limits = {}
-        for row in locked:
+        for row in cost_caps.lock_capped(conn, capped):
             snapshot = self._snapshot(conn, row, fresh=False)
             allowed = _allowance(snapshot, row.capped_claims)
             if allowed == 0:  # the bound may be stale: decide on fresh figures
@@ -69,9 +61,9 @@ class CostGuard:
                 allowed = _allowance(snapshot, row.capped_claims)
                 # Answers still outstanding may leave room (estimates run high): pause only
                 # once nothing is in flight and not one more request fits.
-                if allowed == 0 and snapshot.in_flight == 0 and _has_queued(conn, row.id):
-                    reason = cost_caps.pause_reason(snapshot.cap, 0)
-                    if writes.pause_batch(conn, row.id, reason):
+                if allowed == 0 and snapshot.in_flight == 0 and cost_caps.has_queued(conn, row.id):
+                    reason = cost_caps.pause_at_cap(conn, snapshot.cap)
+                    if reason:
                         log.warning("batch %s paused: %s", row.id, reason)
             limits[row.id] = allowed
         return limits
@@ -106,8 +98,3 @@ def _allowance(snapshot: _Snapshot, claims_now: int) -> int:
     as spent at the per-request estimate."""
     committed = snapshot.in_flight + max(0, claims_now - snapshot.claims)
     return cost_caps.allowance(snapshot.cap, committed)
-
-
-def _has_queued(conn: Connection, batch_id: str) -> bool:
-    query = select(r.c.id).where(r.c.batch_id == batch_id, r.c.status == RequestStatus.QUEUED)
-    return conn.execute(query.limit(1)).first() is not None

@@ -1,7 +1,9 @@
 """``--max-cost``: how many more requests a capped batch may submit, and why it pauses.
 
 Spent is exact (stored usage at the batch's price table); what is in flight is estimated at the
-batch's average cost per answer so far or, before any answer, from the request itself.
+batch's average cost per answer so far or, before any answer, from the request itself. Every
+statement the cost cap runs is here (``worker.cost_guard`` keeps only per-process snapshots);
+the claim itself, counting ``capped_claims``, is ``chatbatch.store.claims.claim_for_submit``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from chatbatch.input.estimates import estimated_prompt_tokens
 from chatbatch.reporting.usage import Grouping, usage_report
 from chatbatch.rules.pricing import MILLION, PriceTable, format_money
 from chatbatch.rules.states import BatchStatus, RequestStatus
+from chatbatch.store import writes
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import requests_table as r
 
@@ -129,3 +132,33 @@ def in_flight(conn: Connection, batch_id: str) -> int:
             select(func.count()).where(r.c.batch_id == batch_id, r.c.status.in_(IN_FLIGHT))
         ).scalar_one()
     )
+
+
+def lock_capped(conn: Connection, batch_ids: list[str]) -> list[Any]:
+    """The running, capped batches among ``batch_ids`` (``id``, ``max_cost``, ``prices``,
+    ``capped_claims``), locked until the transaction ends: workers claiming for the same capped
+    batch take turns, and each sees the others' claims."""
+    return list(
+        conn.execute(
+            select(b.c.id, b.c.max_cost, b.c.prices, b.c.capped_claims)
+            .where(
+                b.c.id.in_(batch_ids),
+                b.c.status == BatchStatus.RUNNING,
+                b.c.max_cost.is_not(None),
+            )
+            .with_for_update()
+        ).all()
+    )
+
+
+def has_queued(conn: Connection, batch_id: str) -> bool:
+    """Whether the batch still has a request waiting to be submitted."""
+    query = select(r.c.id).where(r.c.batch_id == batch_id, r.c.status == RequestStatus.QUEUED)
+    return conn.execute(query.limit(1)).first() is not None
+
+
+def pause_at_cap(conn: Connection, cap: CapState) -> str | None:
+    """Pause a capped batch that may submit nothing more, saying why; the reason if this call
+    paused it (None: it was no longer running)."""
+    reason = pause_reason(cap, 0)
+    return reason if writes.pause_batch(conn, cap.batch_id, reason) else None
