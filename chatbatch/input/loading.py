@@ -3,19 +3,20 @@
 Every kind of input file is a ``Source`` (``chatbatch.input.sources``) of (line, request) pairs:
 JSONL files of requests (``chatbatch.input.jsonl_input.RequestLines``) and CSV or JSONL files of
 records rendered through a template (``chatbatch.input.records.RecordRequests``). They all go
-through the same checks and the same COPY (PostgreSQL) or chunked INSERT (SQLite).
+through the same checks here and the same bulk insert (``chatbatch.input.bulk_insert``: COPY on
+PostgreSQL, chunked INSERTs on SQLite).
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import psycopg
@@ -23,35 +24,20 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from chatbatch.errors import ArgumentError, InputError
+from chatbatch.input.bulk_insert import insert_requests
 from chatbatch.input.estimates import estimated_input_cost, estimated_prompt_tokens
-from chatbatch.input.fingerprints import fingerprint
 from chatbatch.input.jsonl_input import RequestLines
 from chatbatch.input.reuse import reuse_answers
 from chatbatch.input.sources import ByteProgress, Prepared, Source
 from chatbatch.rules import structured
 from chatbatch.rules.pricing import Cost, PriceTable
-from chatbatch.rules.states import BatchStatus, RequestStatus
+from chatbatch.rules.states import BatchStatus
 from chatbatch.store.db import db_now
 from chatbatch.store.dialect import is_postgresql
-from chatbatch.store.models import batches_table, requests_table
+from chatbatch.store.models import batches_table
 
 MAX_PROBLEMS_SHOWN = 50
 DUPLICATE_ID_CONSTRAINT = "uq_requests_batch_id_custom_id"
-SQLITE_INSERT_CHUNK = 2000
-COPY_BUFFER_BYTES = 1 << 20
-# The rest (lease_token, attempts, ambiguous_submits, poll_count, retries, invalid_retries) take
-# their server default of 0.
-COPY_COLUMNS = (
-    "batch_id",
-    "line_no",
-    "custom_id",
-    "model",
-    "body",
-    "fingerprint",
-    "record",
-    "status",
-    "due_at",
-)
 PREVIEW_REQUESTS = 3
 BATCH_ID_FORM = re.compile(r"batch_[0-9a-f]{32}", re.IGNORECASE)  # what new_batch_id makes
 
@@ -98,6 +84,7 @@ class _Problems:
         self.count = 0
 
     def add(self, line_no: int | None, reason: str) -> None:
+        """Count one refused line; keep it for the message while there are few."""
         self.count += 1
         if len(self.shown) < MAX_PROBLEMS_SHOWN:
             self.shown.append((line_no, reason))
@@ -149,7 +136,7 @@ def load_source(
     total = 0
     duplicate_found = False
     try:
-        total = _insert_requests(conn, batch_id, prepared, now)
+        total = insert_requests(conn, batch_id, prepared, now)
     except (IntegrityError, psycopg.errors.UniqueViolation) as exc:
         if not _is_duplicate_id(exc):
             raise
@@ -223,6 +210,7 @@ def _batch_row(
 
 
 def _json_text(value: Any) -> str:
+    """``value`` as compact JSON text, for a text column."""
     return orjson.dumps(value).decode()
 
 
@@ -291,108 +279,3 @@ def _prepared(
                 body, schema, mode=options.schema_mode, name=options.schema_name
             )
         yield line_no, custom_id, model, body, record
-
-
-def _insert_requests(
-    conn: Connection,
-    batch_id: str,
-    prepared: Iterable[Prepared],
-    now: datetime,
-) -> int:
-    if is_postgresql(conn):
-        return _copy_requests(conn, batch_id, prepared, now)
-    return _insert_requests_in_chunks(conn, batch_id, prepared, now)
-
-
-def _copy_requests(
-    conn: Connection,
-    batch_id: str,
-    prepared: Iterable[Prepared],
-    now: datetime,
-) -> int:
-    """COPY into the requests table over the transaction's own connection, in large buffers
-    of text-format rows built here (no per-row adaptation by the driver)."""
-    dbapi = cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
-    total = 0
-    statement = f"COPY requests ({', '.join(COPY_COLUMNS)}) FROM STDIN"
-    with dbapi.cursor() as cursor, cursor.copy(statement) as copy:
-        for buffer, rows in _copy_buffers(batch_id, prepared, now):
-            copy.write(buffer)
-            total += rows
-    return total
-
-
-def _copy_buffers(
-    batch_id: str,
-    prepared: Iterable[Prepared],
-    now: datetime,
-) -> Iterator[tuple[bytes, int]]:
-    """COPY text-format rows (``COPY_COLUMNS``) joined into buffers of about
-    ``COPY_BUFFER_BYTES``; each with its row count. The fingerprint is taken of the body as
-    stored."""
-    head = _copy_text(batch_id).encode() + b"\t"
-    tail = f"\t{RequestStatus.QUEUED.value}\t{now.isoformat()}\n".encode()
-    dumps = orjson.dumps
-    parts: list[bytes] = []
-    size = 0
-    for line_no, custom_id, model, body, record in prepared:
-        row = b"%b%d\t%b\t%b\t%b\t%b\t%b%b" % (
-            head,
-            line_no,
-            _copy_text(custom_id).encode(),
-            _copy_text(model).encode(),
-            dumps(body).replace(b"\\", b"\\\\"),  # compact JSON: no raw tab, CR or LF inside
-            fingerprint(body).encode(),
-            b"\\N" if record is None else record.replace(b"\\", b"\\\\"),
-            tail,
-        )
-        parts.append(row)
-        size += len(row)
-        if size >= COPY_BUFFER_BYTES:
-            yield b"".join(parts), len(parts)
-            parts = []
-            size = 0
-    if parts:
-        yield b"".join(parts), len(parts)
-
-
-def _copy_text(value: str) -> str:
-    """``value`` as a COPY text-format field."""
-    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-        return value.translate(_COPY_ESCAPES)
-    return value
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _insert_requests_in_chunks(
-    conn: Connection,
-    batch_id: str,
-    prepared: Iterable[Prepared],
-    now: datetime,
-) -> int:
-    total = 0
-    chunk: list[dict[str, object]] = []
-    for line_no, custom_id, model, body, record in prepared:
-        chunk.append(
-            {
-                "batch_id": batch_id,
-                "line_no": line_no,
-                "custom_id": custom_id,
-                "model": model,
-                "body": orjson.dumps(body).decode(),
-                "fingerprint": fingerprint(body),
-                "record": None if record is None else record.decode(),
-                "status": RequestStatus.QUEUED.value,
-                "due_at": now,
-            }
-        )
-        if len(chunk) >= SQLITE_INSERT_CHUNK:
-            conn.execute(insert(requests_table), chunk)
-            total += len(chunk)
-            chunk = []
-    if chunk:
-        conn.execute(insert(requests_table), chunk)
-        total += len(chunk)
-    return total

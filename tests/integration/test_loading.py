@@ -259,7 +259,8 @@ def test_nul_in_message_content_loads_and_is_kept(db: Engine, tmp_path: Path) ->
 def test_many_buffers_load_in_order_and_a_late_duplicate_undoes_them_all(
     db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("chatbatch.input.loading.COPY_BUFFER_BYTES", 500)  # a few rows per buffer
+    # A few rows per buffer.
+    monkeypatch.setattr("chatbatch.input.bulk_insert.COPY_BUFFER_BYTES", 500)
     lines = [
         orjson.dumps({"custom_id": f"r{i}", "model": "m", "messages": MESSAGES}) for i in range(300)
     ]
@@ -277,7 +278,7 @@ def test_many_buffers_load_in_order_and_a_late_duplicate_undoes_them_all(
 def test_a_bad_line_after_rows_were_sent_loads_nothing(
     db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("chatbatch.input.loading.COPY_BUFFER_BYTES", 200)
+    monkeypatch.setattr("chatbatch.input.bulk_insert.COPY_BUFFER_BYTES", 200)
     lines = [orjson.dumps({"model": "m", "messages": MESSAGES}) for _ in range(50)]
     lines.append(b'{"model": "m", "messages": [], "custom_id": "x"}')
     lines.append(b"\xff\xfe")

@@ -336,7 +336,7 @@ def test_duplicate_ids_are_listed_by_line_and_nothing_loads(
 ) -> None:
     """On PostgreSQL the unique index finds it after rows were already sent; the file is read
     again for the message. SQLite finds it while reading."""
-    monkeypatch.setattr("chatbatch.input.loading.COPY_BUFFER_BYTES", 300)
+    monkeypatch.setattr("chatbatch.input.bulk_insert.COPY_BUFFER_BYTES", 300)
     path = tmp_path / "dups.csv"
     rows = [f"r{i},text {i}" for i in range(60)] + ["r7,again", "r8,and again"]
     path.write_text("id,text\n" + "\n".join(rows) + "\n")
