@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from chatbatch.rules.outcomes import Accepted, Completed, Outcome, Retryable
 from chatbatch.rules.polling import PollPlanner
-from chatbatch.rules.ratelimits import limits_from_models_listing, parse_limits
+from chatbatch.rules.ratelimits import parse_limits
 from chatbatch.rules.states import (
     AnswerCheck,
     Policy,
@@ -36,7 +36,6 @@ from chatbatch.rules.states import (
     unstorable,
 )
 from chatbatch.settings import Settings
-from chatbatch.store import reads, sweeps
 from chatbatch.store.claims import (
     PollClaim,
     SubmitClaim,
@@ -50,6 +49,7 @@ from chatbatch.store.db import db_now, is_transient
 from chatbatch.store.writes import Write, apply_transitions
 from worker.admission import Admission
 from worker.cost_guard import CostGuard
+from worker.housekeeping import Housekeeping
 from worker.provider import Provider
 from worker.ratelimit import LocalRateLimiter, RateLimiter
 
@@ -57,13 +57,10 @@ log = logging.getLogger("chatbatch.engine")
 T = TypeVar("T")
 
 WRITE_RETRIES = 8
-REPLAN_SECONDS = 10.0
-LIMITS_READ_SECONDS = 600.0
 STOP_GRACE_SECONDS = 5.0  # how long calls in flight may take to land after a stop
 FLUSH_SECONDS = 0.05  # outcomes landing this close together are written in one transaction
 MIN_IDLE_SECONDS = 0.01
 MAX_IDLE_SECONDS = 1.0  # look again at least this often: a batch loaded meanwhile is due now
-LEARN_WINDOW = timedelta(hours=6)
 MAX_CACHED_BATCHES = 10_000  # answer checks remembered; past it the cache starts afresh
 
 
@@ -123,14 +120,15 @@ class Engine:
         self._admission = Admission(self._limiter)
         self._batch_id = batch_id  # work only this batch (``run``, ``process``); None: all
         self._stopping = threading.Event()
-        self._limits_read_at: float | None = None
         self.policy = Policy.from_settings(settings)
         self._submit_budget = SubmitBudget(settings.concurrency)
         # Each task thread claims a share, so that while one waits on the database another's
         # POSTs are in flight.
         self._submit_share = max(1, min(settings.chunk_size, settings.concurrency // task_threads))
         self._polls = PollPlanner(geometric_polls(self.policy), settings.poll_gets_per_result)
-        self._planned_at: dict[str, float] = {}  # model -> monotonic time of its last replan
+        self._housekeeping = Housekeeping(
+            db=db, provider=provider, limiter=self._limiter, policy=self.policy, polls=self._polls
+        )
         # batch id -> its schema check (None: no schema); fixed at load, so read once per batch.
         self._checks: dict[str, AnswerCheck | None] = {}
         self._cost_guard = CostGuard()
@@ -143,52 +141,7 @@ class Engine:
     def housekeeping(self) -> list[str]:
         """Requeue lost submissions, expire overdue results, settle cancellations, close finished
         batches."""
-        with self._db.begin() as conn:
-            now = db_now(conn)
-            recovered = sweeps.recover_expired_leases(conn, now=now, policy=self.policy)
-            expired = sweeps.expire_overdue(conn, now=now)
-            cancelled = sweeps.cancel_leftovers(conn, now=now)
-            finished = sweeps.finish_batches(conn, now=now)
-        self._replan_polls()
-        self._read_published_limits()
-        if recovered:
-            log.warning("requeued %d request(s) whose worker was lost while submitting", recovered)
-        if expired:
-            log.warning("%d request(s) expired before their result was fetched", expired)
-        if cancelled:
-            log.info("%d request(s) of cancelled batches marked cancelled", cancelled)
-        for batch_id in finished:
-            log.info("batch %s finished", batch_id)
-        return finished
-
-    def _read_published_limits(self) -> None:
-        """Every ``LIMITS_READ_SECONDS``, tell the limiter the provider's published per-model
-        limits (GeekAI lists them at ``GET /models``); a provider without them changes nothing."""
-        now = time.monotonic()
-        if self._limits_read_at is not None and now - self._limits_read_at < LIMITS_READ_SECONDS:
-            return
-        self._limits_read_at = now
-        listing = self._provider.models()
-        if listing is not None:
-            self._limiter.set_published(limits_from_models_listing(listing))
-
-    def _replan_polls(self) -> None:
-        """Every ``REPLAN_SECONDS``, replan the polls of each model this worker has polled from
-        what the database shows of its completion times in the last ``LEARN_WINDOW``."""
-        if self._polls.gets_per_result is None:
-            return
-        due = [
-            model
-            for model, planned in list(self._planned_at.items())
-            if time.monotonic() - planned >= REPLAN_SECONDS
-        ]
-        for model in due:
-            with self._db.connect() as conn:
-                since = db_now(conn) - LEARN_WINDOW
-                observations = reads.completion_observations(conn, model, since=since)
-            self._planned_at[model] = time.monotonic()
-            if self._polls.replan(model, observations):
-                log.debug("replanned polls of %s: %s", model, self._polls.schedule(model))
+        return self._housekeeping.run()
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """A clean stop (callable from any thread, a signal handler too): claim nothing more;
@@ -232,8 +185,7 @@ class Engine:
         stopping)."""
         if self.stopping:
             return 0
-        if self._limits_read_at is None:  # before this process's first POST, not its first tick
-            self._read_published_limits()
+        self._housekeeping.before_first_post()
         submit_slots = self._submit_budget.take(self._submit_share)
         try:
             wanted = self._reserve_submissions(submit_slots)
@@ -334,8 +286,7 @@ class Engine:
         """Send the chunk's calls and record their outcomes as they land, in micro-batches of at
         most ``FLUSH_SECONDS``: an accepted task id is committed within that of its POST
         returning, whatever the chunk's slowest call is doing."""
-        for poll in polls:
-            self._planned_at.setdefault(poll.model, 0.0)
+        self._housekeeping.polled(poll.model for poll in polls)
         writes: list[Write] = []
         landed: queue.Queue[tuple[int, Outcome]] = queue.Queue()
         calls = self._provider.start(

@@ -1,0 +1,111 @@
+"""Between chunks: the sweeps that keep the database honest, and the engine's plans current.
+
+Each tick requeues submissions whose worker was lost, expires results not fetched in time,
+settles cancellations and closes finished batches (one transaction); then, when due, replans
+the polls of every model this worker has polled and reads the provider's published limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+
+from sqlalchemy import Engine as DbEngine
+
+from chatbatch.rules.polling import PollPlanner
+from chatbatch.rules.ratelimits import limits_from_models_listing
+from chatbatch.rules.states import Policy
+from chatbatch.store import reads, sweeps
+from chatbatch.store.db import db_now
+from worker.provider import Provider
+from worker.ratelimit import RateLimiter
+
+log = logging.getLogger("chatbatch.engine")
+
+REPLAN_SECONDS = 10.0
+LIMITS_READ_SECONDS = 600.0
+LEARN_WINDOW = timedelta(hours=6)
+
+
+class Housekeeping:
+    """The engine's periodic duties: sweeps, poll replanning, published limits."""
+
+    def __init__(
+        self,
+        *,
+        db: DbEngine,
+        provider: Provider,
+        limiter: RateLimiter,
+        policy: Policy,
+        polls: PollPlanner,
+    ) -> None:
+        self._db = db
+        self._provider = provider
+        self._limiter = limiter
+        self._policy = policy
+        self._polls = polls
+        self._planned_at: dict[str, float] = {}  # model -> monotonic time of its last replan
+        self._limits_read_at: float | None = None
+
+    def run(self) -> list[str]:
+        """Requeue lost submissions, expire overdue results, settle cancellations, close finished
+        batches; returns the batches finished."""
+        with self._db.begin() as conn:
+            now = db_now(conn)
+            recovered = sweeps.recover_expired_leases(conn, now=now, policy=self._policy)
+            expired = sweeps.expire_overdue(conn, now=now)
+            cancelled = sweeps.cancel_leftovers(conn, now=now)
+            finished = sweeps.finish_batches(conn, now=now)
+        self.replan_polls()
+        self.read_published_limits()
+        if recovered:
+            log.warning("requeued %d request(s) whose worker was lost while submitting", recovered)
+        if expired:
+            log.warning("%d request(s) expired before their result was fetched", expired)
+        if cancelled:
+            log.info("%d request(s) of cancelled batches marked cancelled", cancelled)
+        for batch_id in finished:
+            log.info("batch %s finished", batch_id)
+        return finished
+
+    def before_first_post(self) -> None:
+        """Read the published limits if this process never has: before its first POST, not its
+        first tick."""
+        if self._limits_read_at is None:
+            self.read_published_limits()
+
+    def polled(self, models: Iterable[str]) -> None:
+        """Note models this worker polls, so that their polls get replanned."""
+        for model in models:
+            self._planned_at.setdefault(model, 0.0)
+
+    def read_published_limits(self) -> None:
+        """Every ``LIMITS_READ_SECONDS``, tell the limiter the provider's published per-model
+        limits (GeekAI lists them at ``GET /models``); a provider without them changes nothing."""
+        now = time.monotonic()
+        if self._limits_read_at is not None and now - self._limits_read_at < LIMITS_READ_SECONDS:
+            return
+        self._limits_read_at = now
+        listing = self._provider.models()
+        if listing is not None:
+            self._limiter.set_published(limits_from_models_listing(listing))
+
+    def replan_polls(self) -> None:
+        """Every ``REPLAN_SECONDS``, replan the polls of each model this worker has polled from
+        what the database shows of its completion times in the last ``LEARN_WINDOW``."""
+        if self._polls.gets_per_result is None:
+            return
+        due = [
+            model
+            for model, planned in list(self._planned_at.items())
+            if time.monotonic() - planned >= REPLAN_SECONDS
+        ]
+        for model in due:
+            with self._db.connect() as conn:
+                since = db_now(conn) - LEARN_WINDOW
+                observations = reads.completion_observations(conn, model, since=since)
+            self._planned_at[model] = time.monotonic()
+            if self._polls.replan(model, observations):
+                log.debug("replanned polls of %s: %s", model, self._polls.schedule(model))
