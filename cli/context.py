@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -21,6 +21,9 @@ from chatbatch.errors import ChatbatchError, ConfigError
 from chatbatch.logs import configure_logging
 from chatbatch.settings import DATABASE_FILE, Settings, default_database_path, get_settings
 from chatbatch.store.db import get_engine
+
+if TYPE_CHECKING:
+    from chatbatch.reporting.summary import BatchSummary
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -79,7 +82,7 @@ def notice_stale_local_database() -> None:
     )
 
 
-def summarise(conn: Connection, batch: Row[Any]) -> dict[str, Any]:
+def summarise(conn: Connection, batch: Row[Any]) -> BatchSummary:
     """The status object of ``batch``, warning about results near the configured deadline."""
     from chatbatch.reporting.summary import batch_summary
 

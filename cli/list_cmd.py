@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 import orjson
@@ -10,8 +10,11 @@ import orjson
 from chatbatch.rules.states import TERMINAL_STATUSES
 from chatbatch.store.db import masked_url
 from chatbatch.untrusted import printable
-from cli.context import handles_errors, ready_database, setup_logging, summarise
-from cli.prices import prices_for_batch
+from cli.context import handles_errors, ready_database, setup_logging
+from cli.prices import priced_summary
+
+if TYPE_CHECKING:
+    from chatbatch.reporting.summary import BatchSummary, CostSummary
 
 DEFAULT_LIMIT = 20
 HEADER = ("NAME", "STATUS", "PROGRESS", "COST", "CREATED", "ID")
@@ -30,7 +33,6 @@ HEADER = ("NAME", "STATUS", "PROGRESS", "COST", "CREATED", "ID")
 def list_command(limit: int, as_json: bool) -> None:
     """The batches, newest first: name, status, progress, cost so far (with the price table
     stored at load time), when each was created, and its id."""
-    from chatbatch.reporting.summary import cost_summary
     from chatbatch.store import reads
 
     setup_logging()
@@ -40,11 +42,7 @@ def list_command(limit: int, as_json: bool) -> None:
         shown = rows[:limit] if limit else rows
         summaries = []
         for row in shown:
-            summary = summarise(conn, row)
-            prices = prices_for_batch(row)
-            if prices is not None:
-                summary["cost"] = cost_summary(conn, row, prices=prices)
-            summaries.append(summary)
+            summaries.append(priced_summary(conn, row))
     if as_json:
         click.echo(orjson.dumps(summaries))
         return
@@ -56,7 +54,7 @@ def list_command(limit: int, as_json: bool) -> None:
         click.echo(f"… and {len(rows) - len(shown)} older batch(es): --limit 0 shows all", err=True)
 
 
-def _cells(summary: dict[str, Any]) -> tuple[str, ...]:
+def _cells(summary: BatchSummary) -> tuple[str, ...]:
     done = sum(summary["counts"][k] for k in TERMINAL_STATUSES)
     total = summary["total"]
     share = f" {done / total:.0%}" if total else ""
@@ -70,7 +68,7 @@ def _cells(summary: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def _cost_text(cost: dict[str, Any] | None) -> str:
+def _cost_text(cost: CostSummary | None) -> str:
     if cost is None:
         return "-"
     if cost["so_far"] is None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 import click
 import httpx
 import orjson
+
+if TYPE_CHECKING:
+    from chatbatch.reporting.summary import BatchSummary
 
 NOTIFY_TIMEOUT_SECONDS = 10.0
 NOTIFY_ATTEMPTS = 3
@@ -23,7 +26,7 @@ NOTIFY_DEADLINE_SECONDS = 30.0  # for all attempts together
 log = logging.getLogger(__name__)
 
 
-def notification(summary: dict[str, Any], *, exit_code: int, output: str | None) -> dict[str, Any]:
+def notification(summary: BatchSummary, *, exit_code: int, output: str | None) -> dict[str, Any]:
     """The JSON body sent: the batch's status object plus how the run ended."""
     return {
         "event": "batch.finished",

@@ -8,9 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.context import settings
+from cli.context import settings, summarise
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from chatbatch.reporting.summary import BatchSummary
     from chatbatch.rules.pricing import PriceTable
 
 prices_option = click.option(
@@ -39,3 +42,15 @@ def prices_for_batch(batch: Any, path: Path | None = None) -> PriceTable | None:
     if given is not None or not getattr(batch, "prices", None):
         return given
     return PriceTable.model_validate_json(batch.prices)
+
+
+def priced_summary(conn: Connection, batch: Any, path: Path | None = None) -> BatchSummary:
+    """The status object of ``batch``, with its ``cost`` when a price table is known (given, set
+    or stored): what ``status``, ``list`` and a finished ``run`` print."""
+    from chatbatch.reporting.summary import cost_summary
+
+    summary = summarise(conn, batch)
+    prices = prices_for_batch(batch, path)
+    if prices is not None:
+        summary["cost"] = cost_summary(conn, batch, prices=prices)
+    return summary

@@ -7,15 +7,18 @@ the provider's escape sequences.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from chatbatch.rules.states import TERMINAL_STATUSES
 from chatbatch.untrusted import printable
 
+if TYPE_CHECKING:
+    from chatbatch.reporting.summary import BatchSummary, CostSummary, Failure, SchemaSummary
 
-def print_summary(summary: dict[str, Any]) -> None:
+
+def print_summary(summary: BatchSummary) -> None:
     """A few readable lines about one batch."""
     counts = summary["counts"]
     usage = summary["usage"]
@@ -62,7 +65,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         click.echo(f"  finished    {summary['finished_at']}")
 
 
-def failure_text(failure: dict[str, Any]) -> str:
+def failure_text(failure: Failure) -> str:
     """``bad_response × 3, e.g. r17: poll answer is not JSON`` (provider text made printable)."""
     text = f"{failure['code']} × {failure['count']}"
     example = failure["example"]
@@ -72,7 +75,7 @@ def failure_text(failure: dict[str, Any]) -> str:
     return text
 
 
-def schema_text(schema: dict[str, Any]) -> str:
+def schema_text(schema: SchemaSummary) -> str:
     """``97.5% valid (39/40) · 3 asked again`` for a batch's ``schema`` summary."""
     judged = schema["valid"] + schema["invalid"]
     if schema["pass_rate"] is None:
@@ -84,7 +87,7 @@ def schema_text(schema: dict[str, Any]) -> str:
     return text
 
 
-def print_cost(cost: dict[str, Any]) -> None:
+def print_cost(cost: CostSummary) -> None:
     """Cost so far and the projected total of a batch (``cost_summary``)."""
     currency = cost["currency"]
     if cost["so_far"] is None:

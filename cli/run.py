@@ -8,12 +8,11 @@ from collections.abc import Iterator
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 import orjson
 
-from chatbatch.reporting.summary import cost_summary
 from chatbatch.rules.states import ANSWERED_STATUSES, BatchStatus
 from chatbatch.settings import Settings
 from chatbatch.store import reads, sweeps
@@ -24,18 +23,18 @@ from cli.context import (
     settings,
     setup_logging,
     stderr_console,
-    summarise,
 )
 from cli.exporting import check_output, export_to, is_stdout, shown_output
 from cli.interrupts import CleanStop
 from cli.load_cmd import LoadArgs, load_options, perform_load, report_reuse
 from cli.notify import notification, send, validate_url
-from cli.prices import prices_for_batch
+from cli.prices import priced_summary
 from cli.progress import ProgressView, progress_bar
 from cli.render import print_summary
 from cli.simulated import simulated
 
 if TYPE_CHECKING:
+    from chatbatch.reporting.summary import BatchSummary
     from worker.engine import Engine
 
 EXIT_ALL_SUCCEEDED = 0
@@ -197,10 +196,7 @@ def _report(batch_id: str, finish: Finish) -> NoReturn:
     count = export_to(batch_id, output, finish.fmt) if output else None
     with ready_database().connect() as conn:
         row = reads.resolve_batch(conn, batch_id)
-        summary = summarise(conn, row)
-        prices = prices_for_batch(row)
-        if prices is not None:
-            summary["cost"] = cost_summary(conn, row, prices=prices)
+        summary = priced_summary(conn, row)
     # With -o - the results own stdout: everything else goes to stderr.
     to_stderr = output is not None and is_stdout(output)
     if finish.as_json:
@@ -241,7 +237,7 @@ def continue_hint(name: str, *, simulate: bool) -> str:
     )
 
 
-def exit_code_for(summary: dict[str, Any]) -> int:
+def exit_code_for(summary: BatchSummary) -> int:
     """0 when every request has an answer (succeeded or reused), 4 when the batch is paused, 3
     when some failed, expired or were cancelled."""
     if summary["status"] == BatchStatus.PAUSED:

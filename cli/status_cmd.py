@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 import orjson
 
-from cli.context import handles_errors, ready_database, setup_logging, summarise
-from cli.prices import prices_for_batch, prices_option
+from cli.context import handles_errors, ready_database, setup_logging
+from cli.prices import priced_summary, prices_option
 from cli.render import print_summary
 
 
@@ -20,16 +20,12 @@ from cli.render import print_summary
 def status_command(batch: str, as_json: bool, prices_path: Path | None) -> None:
     """Progress, usage and problems of a batch (by id or name); with a price table (given here or
     stored by `load --prices`), the cost so far and a projected total."""
-    from chatbatch.reporting.summary import cost_summary
     from chatbatch.store import reads
 
     setup_logging()
     with ready_database().connect() as conn:
         row = reads.resolve_batch(conn, batch)
-        summary = summarise(conn, row)
-        prices = prices_for_batch(row, prices_path)
-        if prices is not None:
-            summary["cost"] = cost_summary(conn, row, prices=prices)
+        summary = priced_summary(conn, row, prices_path)
     if as_json:
         click.echo(orjson.dumps(summary))
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from sqlalchemy import Connection, Row
 
@@ -19,9 +19,69 @@ PROJECTION_EXPONENT = -6
 TOP_FAILURES = 3
 
 
-def batch_summary(
-    conn: Connection, batch: Row[Any], *, expiry_warning: timedelta
-) -> dict[str, Any]:
+class Expiring(TypedDict):
+    """Submitted requests whose results the provider deletes soon, and the first deadline."""
+
+    count: int
+    earliest_deadline: str | None
+
+
+class FailureExample(TypedDict):
+    """One request that failed for a reason, and the provider's (or our) words."""
+
+    custom_id: str
+    message: str | None
+
+
+class Failure(TypedDict):
+    """A reason requests failed or expired: how many, and one example."""
+
+    code: str
+    count: int
+    example: FailureExample | None
+
+
+class SchemaSummary(TypedDict):
+    """How the answers fared against the batch's schema."""
+
+    valid: int
+    invalid: int
+    pass_rate: float | None
+    retried: int
+
+
+class CostSummary(TypedDict):
+    """Money as exact decimal text (None where a model has no price), and which models lack one."""
+
+    currency: str
+    so_far: str | None
+    projected_total: str | None
+    unpriced_models: dict[str, str]
+
+
+class BatchSummary(TypedDict):
+    """The status object, key for key in the order ``status --json`` prints it; ``schema`` only
+    for a batch with a schema, ``cost`` only when a command priced it."""
+
+    id: str
+    name: str
+    status: str
+    pause_reason: str | None
+    total: int
+    counts: dict[str, int]
+    usage: dict[str, int]
+    possible_duplicates: int
+    usage_clamped: int
+    expiring: Expiring
+    source: str | None
+    created_at: str
+    finished_at: str | None
+    failures: list[Failure]
+    schema: NotRequired[SchemaSummary]
+    cost: NotRequired[CostSummary]
+
+
+def batch_summary(conn: Connection, batch: Row[Any], *, expiry_warning: timedelta) -> BatchSummary:
     """Counts by state, summed usage, results at risk of expiring, and the batch's own fields.
 
     ``expiring`` counts submitted requests whose provider deadline is less than
@@ -32,7 +92,7 @@ def batch_summary(
     usage_clamped = usage.pop("usage_clamped")
     now = db_now(conn)
     at_risk, earliest = reads.expiry_risk(conn, batch.id, before=now + expiry_warning)
-    summary = {
+    summary: BatchSummary = {
         "id": batch.id,
         "name": batch.name,
         "status": batch.status,
@@ -44,16 +104,16 @@ def batch_summary(
         "usage_clamped": usage_clamped,
         "expiring": {"count": at_risk, "earliest_deadline": _iso(earliest)},
         "source": batch.source,
-        "created_at": _iso(batch.created_at),
+        "created_at": batch.created_at.isoformat(),  # never null
         "finished_at": _iso(batch.finished_at),
+        "failures": top_failures(conn, batch.id),
     }
-    summary["failures"] = top_failures(conn, batch.id)
     if batch.response_schema:
         summary["schema"] = schema_summary(conn, batch.id)
     return summary
 
 
-def top_failures(conn: Connection, batch_id: str) -> list[dict[str, Any]]:
+def top_failures(conn: Connection, batch_id: str) -> list[Failure]:
     """The most frequent reasons requests failed or expired (answers that broke the schema
     too), each with a count and one example."""
     groups = error_groups(conn, batch_id, examples=1)[:TOP_FAILURES]
@@ -72,7 +132,7 @@ def top_failures(conn: Connection, batch_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def schema_summary(conn: Connection, batch_id: str) -> dict[str, Any]:
+def schema_summary(conn: Connection, batch_id: str) -> SchemaSummary:
     """How many answers follow the batch's schema, the share that do (None before any answer),
     and how many invalid answers were asked again."""
     counts = reads.schema_counts(conn, batch_id)
@@ -85,7 +145,7 @@ def schema_summary(conn: Connection, batch_id: str) -> dict[str, Any]:
     }
 
 
-def cost_summary(conn: Connection, batch: Row[Any], *, prices: PriceTable) -> dict[str, Any]:
+def cost_summary(conn: Connection, batch: Row[Any], *, prices: PriceTable) -> CostSummary:
     """What the batch has cost so far (exact, retried answers included) and a projected total:
     so far, plus the current round's average cost per finished request for each request still
     open. Amounts are decimal text, null when some model has no price."""
@@ -111,4 +171,5 @@ def cost_summary(conn: Connection, batch: Row[Any], *, prices: PriceTable) -> di
 
 
 def _iso(value: datetime | None) -> str | None:
+    """``value`` as ISO 8601 text, None for None."""
     return value.isoformat() if value else None
