@@ -1,154 +1,28 @@
 """``chatbatch load``: a JSONL file of requests, or a CSV / JSONL file of records rendered through
-a prompt template, into a new batch. ``chatbatch run`` loads with the same options."""
+a prompt template, into a new batch. ``chatbatch run`` loads with the same options
+(``cli.load_options``) through ``perform_load``; ``--dry-run`` prints a preview
+(``cli.load_preview``) instead of loading."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
 
 from cli.context import handles_errors, ready_database, settings, setup_logging
-from cli.usage_cmd import price_table, prices_option
+from cli.load_options import LoadArgs, batch_options, build_source, load_options
+from cli.load_preview import print_preview
 
 if TYPE_CHECKING:
-    from chatbatch.input.loading import BatchOptions, LoadedBatch, Preview
-    from chatbatch.input.sources import ByteProgress, Source
+    from chatbatch.input.loading import LoadedBatch
+    from chatbatch.input.sources import ByteProgress
 
-F = TypeVar("F", bound=Callable[..., Any])
 PROGRESS_MIN_BYTES = 1 << 20  # smaller files load before a bar would be worth drawing
-CSV_SUFFIXES = (".csv",)
-
-
-class _Amount(click.ParamType):
-    """A positive decimal amount of money, kept exact."""
-
-    name = "amount"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, Decimal):
-            return value
-        try:
-            amount = Decimal(str(value).strip())
-        except InvalidOperation:
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not amount.is_finite() or amount <= 0:
-            self.fail(f"{value!r} must be a positive amount", param, ctx)
-        return amount
-
-
-@dataclass(frozen=True)
-class LoadArgs:
-    """The load options as given on the command line."""
-
-    name: str | None = None
-    model: str | None = None
-    template: str | None = None
-    system: str | None = None
-    id_column: str | None = None
-    params: tuple[str, ...] = ()
-    schema_path: Path | None = None
-    schema_mode: str | None = None
-    retry_invalid: int | None = None
-    prices_path: Path | None = None
-    max_cost: Decimal | None = None
-    reuse: bool = False
-    dry_run: bool = False
-
-
-_OPTIONS = (
-    click.option("--name", help="A unique name for the batch (default: file name + short id)."),
-    click.option(
-        "--model",
-        help="Model for requests that do not name one (required with --template).",
-    ),
-    click.option(
-        "--template",
-        metavar="TEXT|@FILE",
-        help="Jinja2 template of the user message, rendered with each row's columns "
-        "({{ text }}; {{ row['a b'] }} for any name). With it, a .csv file's rows or a JSONL "
-        "file's records (objects of fields) become requests.",
-    ),
-    click.option(
-        "--system",
-        metavar="TEXT|@FILE",
-        help="System message put before the user message (a template too); needs --template.",
-    ),
-    click.option(
-        "--id-column",
-        metavar="COLUMN",
-        help="Take each request's custom_id from this column (unique, non-empty) instead of "
-        "the row number; needs --template.",
-    ),
-    click.option(
-        "--param",
-        "params",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="A request parameter for every templated request, e.g. --param temperature=0 "
-        "--param max_tokens=50 (VALUE is read as JSON, else taken as text); repeatable.",
-    ),
-    click.option(
-        "--schema",
-        "schema_path",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="JSON Schema file every answer must follow: sets the provider's JSON output.",
-    ),
-    click.option(
-        "--schema-mode",
-        type=click.Choice(["json_schema", "json_mode"]),
-        help="How --schema reaches the model: response_format json_schema (default) or "
-        "json_mode, for models that only promise some JSON object.",
-    ),
-    click.option(
-        "--retry-invalid",
-        type=click.IntRange(min=0),
-        metavar="N",
-        help="Ask again up to N times when an answer does not follow --schema (default 0).",
-    ),
-    prices_option,
-    click.option(
-        "--max-cost",
-        type=_Amount(),
-        metavar="AMOUNT",
-        help="Stop submitting before the cost (spent plus in flight) would pass AMOUNT, in the "
-        "price table's currency; needs a price table.",
-    ),
-    click.option(
-        "--reuse",
-        is_flag=True,
-        help="Answer requests identical to ones that already succeeded in earlier batches from "
-        "those answers, instead of paying again.",
-    ),
-    click.option(
-        "--dry-run",
-        is_flag=True,
-        help="Check the file and show the first requests, their number and the estimated "
-        "prompt tokens and input cost; load nothing.",
-    ),
-)
-_PARAMS = tuple(LoadArgs.__dataclass_fields__)
-
-
-def load_options(fn: F) -> F:
-    """Add the load options to a command; ``fn`` receives them as one ``load`` argument."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        load = LoadArgs(**{name: kwargs.pop(name) for name in _PARAMS})
-        return fn(*args, load=load, **kwargs)
-
-    command: Any = wrapper
-    for option in reversed(_OPTIONS):
-        command = option(command)
-    return cast(F, command)
 
 
 def perform_load(file: Path, load: LoadArgs, *, as_json: bool = False) -> LoadedBatch | None:
@@ -173,107 +47,6 @@ def report_reuse(load: LoadArgs, batch: LoadedBatch) -> None:
     """With ``--reuse``, say on stderr how many requests were answered from earlier batches."""
     if load.reuse:
         click.echo(f"reused {batch.reused} answer(s) from earlier batches", err=True)
-
-
-def build_source(file: Path, load: LoadArgs) -> Source:
-    """The file as requests: JSONL request lines, or records through the template."""
-    from chatbatch.input.jsonl_input import RequestLines, control_problem
-    from chatbatch.input.records import CsvRecords, JsonlRecords, RecordRequests
-    from chatbatch.input.templating import prompt_template
-    from chatbatch.untrusted import has_controls
-
-    if load.model is not None and has_controls(load.model):
-        # It fills in every request's model, stored in a text column and printed as one line.
-        raise click.BadParameter(control_problem(load.model), param_hint="--model")
-    max_line_bytes = settings().max_line_bytes
-    is_csv = file.suffix.lower() in CSV_SUFFIXES
-    if load.template is None:
-        if is_csv:
-            raise click.UsageError(
-                "a CSV file needs --template to turn its rows into requests, e.g. "
-                "--template 'Classify: {{ text }}' --model MODEL"
-            )
-        for flag, value in (
-            ("--system", load.system),
-            ("--id-column", load.id_column),
-            ("--param", load.params or None),
-        ):
-            if value is not None:
-                raise click.UsageError(f"{flag} needs --template")
-        return RequestLines(file, default_model=load.model, max_line_bytes=max_line_bytes)
-    if not load.model:
-        raise click.UsageError("--template needs --model: the model every request is sent to")
-    template = prompt_template(load.template, system=load.system)
-    records: CsvRecords | JsonlRecords
-    if is_csv:
-        records = CsvRecords(file, max_line_bytes=max_line_bytes, id_column=load.id_column)
-    else:
-        records = JsonlRecords(file, max_line_bytes=max_line_bytes)
-    return RecordRequests(
-        records,
-        template,
-        model=load.model,
-        id_column=load.id_column,
-        params=request_params(load.params),
-    )
-
-
-def request_params(given: tuple[str, ...]) -> dict[str, Any]:
-    """``--param KEY=VALUE`` options as body fields, checked like any request's fields."""
-    from chatbatch.input.schemas import body_problems
-
-    params: dict[str, Any] = {}
-    for item in given:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
-        if key in ("model", "messages", "stream", "background"):
-            raise click.BadParameter(f"{key!r} is set by chatbatch", param_hint="--param")
-        try:
-            params[key] = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            params[key] = text
-    problems = body_problems({"messages": [{"role": "user", "content": "x"}], **params})
-    if problems:
-        raise click.BadParameter("; ".join(problems), param_hint="--param")
-    return params
-
-
-def batch_options(load: LoadArgs) -> BatchOptions:
-    """Schema, price table, cost cap and reuse, read and checked before anything is loaded."""
-    from chatbatch.input.loading import BatchOptions
-    from chatbatch.rules import structured
-
-    schema = None
-    if load.schema_path is not None:
-        schema = structured.load_schema(load.schema_path)
-    else:
-        for flag, value in (
-            ("--schema-mode", load.schema_mode),
-            ("--retry-invalid", load.retry_invalid),
-        ):
-            if value is not None:
-                raise click.UsageError(f"{flag} needs --schema")
-    prices = price_table(load.prices_path)
-    if load.max_cost is not None and prices is None:
-        raise click.UsageError(
-            "--max-cost needs a price table to measure cost: --prices FILE or CHATBATCH_PRICES"
-        )
-    if load.max_cost is not None and prices and load.model and not prices.price_for(load.model):
-        raise click.UsageError(
-            f"--max-cost: the price table has no price for {load.model!r}, so the cost "
-            "cannot be measured"
-        )
-    return BatchOptions(
-        schema=schema,
-        schema_mode=load.schema_mode or "json_schema",
-        schema_name=load.schema_path.stem if load.schema_path else "answer",
-        retry_invalid=load.retry_invalid or 0,
-        prices=prices,
-        max_cost=load.max_cost,
-        reuse=load.reuse,
-    )
 
 
 @contextlib.contextmanager
@@ -307,59 +80,6 @@ def byte_progress(path: Path, description: str) -> Iterator[ByteProgress | None]
     with Progress(*columns, console=Console(stderr=True)) as progress:
         task = progress.add_task(description, total=size)
         yield lambda done: progress.update(task, completed=done)
-
-
-def print_preview(file: Path, preview: Preview, options: BatchOptions, *, as_json: bool) -> None:
-    """The dry run's findings: the first requests, the count and the estimates."""
-    from chatbatch.input.estimates import CHARS_PER_TOKEN
-    from chatbatch.rules.pricing import format_money
-
-    cost = preview.cost
-    currency = options.prices.currency if options.prices else None
-    if as_json:
-        click.echo(
-            orjson.dumps(
-                {
-                    "dry_run": True,
-                    "source": str(file),
-                    "total": preview.total,
-                    "estimated_prompt_tokens": preview.prompt_tokens,
-                    "estimated_prompt_tokens_by_model": preview.tokens_by_model,
-                    "estimated_input_cost": format_money(cost.amount) if cost else None,
-                    "currency": currency,
-                    "unpriced_models": dict(cost.missing) if cost else {},
-                    "requests": preview.requests,
-                }
-            )
-        )
-        return
-    first_format = None
-    for number, request in enumerate(preview.requests, 1):
-        click.echo(
-            f"# request {number} of {preview.total:,} (line {request['line']}, "
-            f"custom_id {request['custom_id']!r})"
-        )
-        body = dict(request["body"])
-        if number == 1:
-            first_format = body.get("response_format")
-        elif first_format is not None and body.get("response_format") == first_format:
-            body["response_format"] = "(as in request 1)"  # the schema is shown once
-        click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
-    click.echo(f"{preview.total:,} request(s) in {file}; nothing was loaded (--dry-run)")
-    click.echo(
-        f"estimated prompt tokens: {preview.prompt_tokens:,} (an estimate: characters of "
-        f"message text / {CHARS_PER_TOKEN}; the provider's count will differ)"
-    )
-    if cost is None:
-        click.echo("estimated input cost: no price table (--prices FILE or CHATBATCH_PRICES)")
-    elif cost.amount is None:
-        unpriced = ", ".join(f"{m} ({why})" for m, why in sorted(cost.missing.items()))
-        click.echo(f"estimated input cost: unknown, the price table does not cover: {unpriced}")
-    else:
-        click.echo(
-            f"estimated input cost: {format_money(cost.amount)} {currency} (those tokens at the "
-            "input price; answers cost extra)"
-        )
 
 
 @click.command("load")
