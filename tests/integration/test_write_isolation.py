@@ -43,7 +43,7 @@ def test_a_refused_write_fails_its_request_and_stores_every_neighbour(
     poisoned = claims[2].id
     # Text cannot hold NUL: PostgreSQL refuses the whole batched UPDATE.
     writes[2] = accepted(claims[2], "task\x00x", now)
-    engine._write(writes, now)  # must not raise
+    engine._recorder.write(writes, now)  # must not raise
     by_id = {row.id: row for row in rows(pg, batch_id)}
     assert by_id[poisoned].status == RequestStatus.FAILED
     assert by_id[poisoned].error_code == "unstorable_answer"
