@@ -1,4 +1,6 @@
-"""Ask the rate limiter before claiming, so a claimed submission is one that goes out at once.
+"""Ask the rate limiter before claiming, so a claimed submission is one that goes out at once;
+tell it afterwards how the POSTs fared; and keep what a process holds as ``submitting`` within
+its HTTP concurrency.
 
 A row is marked ``submitting`` only for a POST the limiter already let through: a worker lost
 while waiting on the limiter leaves nothing behind, and ``possible_duplicates`` counts only
@@ -12,8 +14,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
+from chatbatch.rules.outcomes import Accepted, Completed, Outcome, Retryable
 from worker.ratelimit import RateLimiter
 
 ADMIT_SECONDS = 2.0  # longest one chunk waits for the limiter before claiming without it
@@ -21,7 +24,8 @@ MIN_HOLD_SECONDS = 0.2
 
 
 class Admission:
-    """Grants per model from the limiter, and which models it is holding back."""
+    """Grants per model from the limiter, which models it is holding back, and the feedback
+    on what was sent."""
 
     def __init__(self, limiter: RateLimiter, *, wait_seconds: float = ADMIT_SECONDS) -> None:
         self._limiter = limiter
@@ -67,7 +71,31 @@ class Admission:
             if count > counts[model]:
                 self._limiter.release(model, count - counts[model])
 
+    def report(self, models: Sequence[str], outcomes: Sequence[Outcome]) -> None:
+        """Hand back concurrency slots and report acceptances and 429s, per model, of POSTs
+        (``models``: each POST's model; ``outcomes``: its outcome)."""
+        sent: Counter[str] = Counter()
+        accepted: Counter[str] = Counter()
+        refused: dict[str, float | None] = {}
+        for model, outcome in zip(models, outcomes, strict=True):
+            sent[model] += 1
+            if isinstance(outcome, Accepted | Completed):
+                accepted[model] += 1
+            elif isinstance(outcome, Retryable) and outcome.rate_limited:
+                retry_after = refused.get(model)
+                if outcome.retry_after is not None:
+                    retry_after = max(retry_after or 0.0, outcome.retry_after)
+                refused[model] = retry_after
+        for model, count in sent.items():
+            self._limiter.release(model, count)
+            if accepted[model]:
+                self._limiter.on_accepted(model, accepted[model])
+        for model, retry_after in refused.items():
+            self._limiter.on_rate_limited(model, retry_after)
+
     def _acquire(self, model: str, wanted: int, deadline: float) -> int:
+        """Up to ``wanted`` grants for ``model``, asking again after partial grants until
+        ``deadline``."""
         got = 0
         while got < wanted:
             left = max(0.0, deadline - time.monotonic())
@@ -78,6 +106,29 @@ class Admission:
         return got
 
     def _hold(self, model: str) -> None:
+        """Pass over ``model`` until the limiter may grant it again (at least a moment)."""
         wait = max(self._limiter.retry_in(model), MIN_HOLD_SECONDS)
         with self._lock:
             self._held_until[model] = time.monotonic() + wait
+
+
+class SubmitBudget:
+    """How many more rows this process may hold as ``submitting``: at most its HTTP concurrency,
+    across all its task threads, so a worker lost mid-chunk leaves at most that many possible
+    duplicates."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._lock = threading.Lock()
+
+    def take(self, wanted: int) -> int:
+        """Up to ``wanted`` slots, as many as are free."""
+        with self._lock:
+            granted = min(wanted, self._free)
+            self._free -= granted
+            return granted
+
+    def give_back(self, count: int) -> None:
+        """Free ``count`` slots taken before."""
+        with self._lock:
+            self._free += count

@@ -9,14 +9,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
 
 from sqlalchemy import Connection
 from sqlalchemy import Engine as DbEngine
 
-from chatbatch.rules.outcomes import Accepted, Completed, Outcome, Retryable
 from chatbatch.rules.polling import PollPlanner
 from chatbatch.rules.ratelimits import parse_limits
 from chatbatch.rules.states import Policy, geometric_polls
@@ -29,7 +27,7 @@ from chatbatch.store.claims import (
     next_claimable_at,
 )
 from chatbatch.store.db import db_now
-from worker.admission import Admission
+from worker.admission import Admission, SubmitBudget
 from worker.cost_guard import CostGuard
 from worker.housekeeping import Housekeeping
 from worker.provider import Provider
@@ -39,26 +37,6 @@ from worker.recording import Chunk, DbClock, Landed, Recorder
 STOP_GRACE_SECONDS = 5.0  # how long calls in flight may take to land after a stop
 MIN_IDLE_SECONDS = 0.01
 MAX_IDLE_SECONDS = 1.0  # look again at least this often: a batch loaded meanwhile is due now
-
-
-class SubmitBudget:
-    """How many more rows this process may hold as ``submitting``: at most its HTTP concurrency,
-    across all its task threads, so a worker lost mid-chunk leaves at most that many possible
-    duplicates."""
-
-    def __init__(self, size: int) -> None:
-        self._free = size
-        self._lock = threading.Lock()
-
-    def take(self, wanted: int) -> int:
-        with self._lock:
-            granted = min(wanted, self._free)
-            self._free -= granted
-            return granted
-
-    def give_back(self, count: int) -> None:
-        with self._lock:
-            self._free += count
 
 
 class Engine:
@@ -100,6 +78,7 @@ class Engine:
 
     @property
     def chunk_size(self) -> int:
+        """The most polls, and the most submissions, one step claims (``CHATBATCH_CHUNK_SIZE``)."""
         return self._settings.chunk_size
 
     def housekeeping(self) -> list[str]:
@@ -116,6 +95,7 @@ class Engine:
 
     @property
     def stopping(self) -> bool:
+        """Whether ``stop`` was called: nothing more is claimed."""
         return self._stopping.is_set()
 
     def drain(self, budget_seconds: float) -> int:
@@ -138,6 +118,7 @@ class Engine:
         return handled
 
     def _seconds_until_due(self) -> float | None:
+        """Seconds until the next row is claimable, on the database's clock (None: none)."""
         with self._db.connect() as conn:
             due = next_claimable_at(conn, self._batch_id)
             if due is None:
@@ -216,6 +197,7 @@ class Engine:
         return claims
 
     def close(self) -> None:
+        """Close the provider's connections."""
         self._provider.close()
 
     def _call_and_record(self, chunk: Chunk) -> None:
@@ -229,25 +211,4 @@ class Engine:
             lambda index, outcome: landed.put((index, outcome)),
         )
         outcomes = self._recorder.record(chunk, landed, calls)
-        self._tell_limiter(chunk.submits, outcomes)
-
-    def _tell_limiter(self, claims: list[SubmitClaim], outcomes: list[Outcome]) -> None:
-        """Hand back concurrency slots and report acceptances and 429s, per model."""
-        sent: Counter[str] = Counter()
-        accepted: Counter[str] = Counter()
-        refused: dict[str, float | None] = {}
-        for claim, outcome in zip(claims, outcomes, strict=True):
-            sent[claim.model] += 1
-            if isinstance(outcome, Accepted | Completed):
-                accepted[claim.model] += 1
-            elif isinstance(outcome, Retryable) and outcome.rate_limited:
-                retry_after = refused.get(claim.model)
-                if outcome.retry_after is not None:
-                    retry_after = max(retry_after or 0.0, outcome.retry_after)
-                refused[claim.model] = retry_after
-        for model, count in sent.items():
-            self._limiter.release(model, count)
-            if accepted[model]:
-                self._limiter.on_accepted(model, accepted[model])
-        for model, retry_after in refused.items():
-            self._limiter.on_rate_limited(model, retry_after)
+        self._admission.report([claim.model for claim in chunk.submits], outcomes)

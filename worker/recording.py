@@ -56,6 +56,7 @@ class DbClock:
     started: float = field(default_factory=time.monotonic)
 
     def now(self) -> datetime:
+        """The database's time now, as nearly as the claim's anchor and elapsed time tell."""
         return self.anchor + timedelta(seconds=time.monotonic() - self.started)
 
 
@@ -163,12 +164,14 @@ class Recorder:
         now: datetime,
         check: AnswerCheck | None,
     ) -> Write:
+        """The write a submission's outcome makes (the row must still be ``submitting``)."""
         rule = after_submit
         return self._outcome_write(claim, RequestStatus.SUBMITTING, rule, outcome, now, check)
 
     def _poll_write(
         self, claim: PollClaim, outcome: Outcome, now: datetime, check: AnswerCheck | None
     ) -> Write:
+        """The write a poll's outcome makes (the row must still be ``submitted``)."""
         rule = after_poll
         return self._outcome_write(claim, RequestStatus.SUBMITTED, rule, outcome, now, check)
 
