@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Snapshot:
+    """A capped batch's spend, what it had in flight and its claim count, at ``taken_at``."""
+
     cap: cost_caps.CapState
     in_flight: int
     claims: int
@@ -69,6 +71,7 @@ class CostGuard:
         return limits
 
     def _capped_batches(self, conn: Connection) -> list[str]:
+        """The running batches with a cap, listed at most once every ``REFRESH_SECONDS``."""
         now = time.monotonic()
         with self._lock:
             if now - self._listed_at < REFRESH_SECONDS:
@@ -80,6 +83,7 @@ class CostGuard:
         return capped
 
     def _snapshot(self, conn: Connection, row: Any, *, fresh: bool) -> _Snapshot:
+        """The batch's snapshot, taken again when older than ``REFRESH_SECONDS`` or ``fresh``."""
         batch_id: str = row.id
         now = time.monotonic()
         with self._lock:

@@ -100,9 +100,11 @@ class _Limiter:
         self._published = dict(published)
 
     def limit(self, model: str) -> ModelLimit:
+        """The limit enforced for ``model``: configured, tightened by what is published."""
         return limit_for(model, self._configured, self._published)
 
     def acquire(self, model: str, count: int, *, max_wait: float) -> int:
+        """See ``RateLimiter.acquire``: ask, and sleep between asks while the wait fits."""
         if count <= 0:
             return 0
         deadline = self._clock() + max(0.0, max_wait)
@@ -119,18 +121,22 @@ class _Limiter:
             self._sleep(max(wait, 0.001))
 
     def on_accepted(self, model: str, count: int) -> None:
+        """Note acceptances; the next call for the model carries them (no round trip now)."""
         if count > 0:
             with self._lock:
                 self._pending[model] = self._pending.get(model, 0) + count
 
     def retry_in(self, model: str) -> float:
+        """See ``RateLimiter.retry_in``."""
         return self._retry_in.get(model, 0.0)
 
     def _take_pending(self, model: str) -> int:
+        """The acceptances noted since the model's last call, now carried by this one."""
         with self._lock:
             return self._pending.pop(model, 0)
 
     def _try(self, model: str, count: int, limit: ModelLimit) -> tuple[int, float]:
+        """One ask: how many of ``count`` may start now, and if none, the seconds to wait."""
         raise NotImplementedError
 
 
@@ -155,6 +161,7 @@ class LocalRateLimiter(_Limiter):
             return self._states.get(model, ModelState())
 
     def _try(self, model: str, count: int, limit: ModelLimit) -> tuple[int, float]:
+        """One ask, with the maths of ``chatbatch.rules.ratelimits`` on this process's state."""
         with self._lock:
             now = self._clock()
             state = self._flush(model, now, limit)
@@ -173,11 +180,13 @@ class LocalRateLimiter(_Limiter):
             return granted, wait
 
     def release(self, model: str, count: int) -> None:
+        """Free concurrency slots of answered POSTs."""
         with self._lock:
             if model in self._in_flight:
                 self._in_flight[model] = max(0, self._in_flight[model] - count)
 
     def on_rate_limited(self, model: str, retry_after: float | None) -> None:
+        """A 429: hold the model back and cut its rate (``rules.ratelimits.rate_limited``)."""
         limit = self.limit(model)
         with self._lock:
             now = self._clock()
@@ -222,6 +231,7 @@ class RedisRateLimiter(_Limiter):
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisRateLimiter:
+        """A limiter on the Redis at ``url``, with short timeouts (it fails open)."""
         client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         return cls(client, **kwargs)
 
@@ -231,6 +241,7 @@ class RedisRateLimiter(_Limiter):
         return [base, base + ":slots"]
 
     def _tuning_args(self) -> list[Arg]:
+        """The tuning as the scripts' last arguments, in the order their ``tuning()`` reads."""
         t = self.tuning
         return [
             *(t.headroom, t.admitted_share, t.decrease, t.increase, t.cooldown, t.pause),
@@ -239,6 +250,7 @@ class RedisRateLimiter(_Limiter):
         ]
 
     def _try(self, model: str, count: int, limit: ModelLimit) -> tuple[int, float]:
+        """One ask, as one script call on the shared state; every grant if Redis fails."""
         with self._lock:
             first, self._sequence = self._sequence, self._sequence + count
         pending = self._take_pending(model)
@@ -259,6 +271,8 @@ class RedisRateLimiter(_Limiter):
         return granted, float(wait)
 
     def release(self, model: str, count: int) -> None:
+        """Give back this process's latest slot leases for the model (a round trip only for a
+        model with a concurrency limit)."""
         with self._lock:
             held = self._leases.get(model)
             if not held or count <= 0:
@@ -270,6 +284,7 @@ class RedisRateLimiter(_Limiter):
             self._log_error("release", exc)  # the leases expire on their own
 
     def on_rate_limited(self, model: str, retry_after: float | None) -> None:
+        """A 429, applied to the shared state by one script call."""
         pending = self._take_pending(model)
         retry_after = bounded_retry_after(retry_after, self.tuning)
         args: list[Arg] = [_arg(retry_after), _arg(self.limit(model).rpm), pending]
@@ -302,6 +317,7 @@ class RedisRateLimiter(_Limiter):
         return seconds - EPOCH + micros / 1e6
 
     def _log_error(self, what: str, exc: Exception) -> None:
+        """Warn that Redis failed, at most once every ``ERROR_LOG_SECONDS``."""
         now = time.monotonic()
         if now - self._last_error_log >= ERROR_LOG_SECONDS:
             self._last_error_log = now
@@ -309,10 +325,12 @@ class RedisRateLimiter(_Limiter):
 
 
 def _text(value: bytes | str) -> str:
+    """A Redis reply as text."""
     return value.decode() if isinstance(value, bytes) else value
 
 
 def _arg(value: float | None) -> str:
+    """An optional number as a script argument ('' for None), exact."""
     return "" if value is None else repr(float(value))
 
 
