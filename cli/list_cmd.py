@@ -55,6 +55,7 @@ def list_command(limit: int, as_json: bool) -> None:
 
 
 def _cells(summary: BatchSummary) -> tuple[str, ...]:
+    """One row of the table: name, status, progress, cost, when created, id (names printable)."""
     done = sum(summary["counts"][k] for k in TERMINAL_STATUSES)
     total = summary["total"]
     share = f" {done / total:.0%}" if total else ""
@@ -69,6 +70,7 @@ def _cells(summary: BatchSummary) -> tuple[str, ...]:
 
 
 def _cost_text(cost: CostSummary | None) -> str:
+    """The cost so far with its currency, ``unknown`` when a model has no price, ``-`` unpriced."""
     if cost is None:
         return "-"
     if cost["so_far"] is None:

@@ -63,6 +63,7 @@ def detail_lines(detail: dict[str, Any]) -> list[str]:
 
 
 def _task_lines(task: dict[str, Any]) -> list[str]:
+    """The provider task's id, status and times; nothing before one was created."""
     if not task["remote_id"]:
         return []
     times = [f"{name} {task[f'{name}_at']}" for name in ("submitted", "completed", "expires")]
@@ -71,6 +72,7 @@ def _task_lines(task: dict[str, Any]) -> list[str]:
 
 
 def _request_lines(request: dict[str, Any]) -> list[str]:
+    """The main parameters as sent, then each message by role."""
     parameters = [f"{k} {_compact(request[k])}" for k in PARAMETERS_SHOWN if k in request]
     lines = ["  request     " + " · ".join(parameters)]
     for message in request.get("messages", []):
@@ -80,6 +82,7 @@ def _request_lines(request: dict[str, Any]) -> list[str]:
 
 
 def _answer_lines(answer: dict[str, Any] | None) -> list[str]:
+    """Why and by which model the answer ended, then its content indented."""
     if answer is None:
         return ["  answer      (none yet)"]
     about = f"finish_reason {answer['finish_reason']}, model {answer['model']}"
@@ -88,6 +91,7 @@ def _answer_lines(answer: dict[str, Any] | None) -> list[str]:
 
 
 def _usage_lines(detail: dict[str, Any]) -> list[str]:
+    """Tokens by kind with the cost, and whether the provider's usage was clamped."""
     usage = detail["usage"]
     if usage is None:
         return []
@@ -98,6 +102,7 @@ def _usage_lines(detail: dict[str, Any]) -> list[str]:
 
 
 def _history_lines(history: list[dict[str, Any]]) -> list[str]:
+    """A line per earlier round that ``retry`` or a schema re-ask replaced."""
     if not history:
         return []
     lines = ["  earlier rounds"]
@@ -114,6 +119,7 @@ def _history_lines(history: list[dict[str, Any]]) -> list[str]:
 
 
 def _schema_text(schema: dict[str, Any]) -> str:
+    """The answer's schema verdict, with the reason and how often it was asked again."""
     verdict = {True: "valid", False: "invalid", None: "not judged yet"}[schema["valid"]]
     if schema["error"]:
         verdict += f": {printable(schema['error'])}"
@@ -123,10 +129,12 @@ def _schema_text(schema: dict[str, Any]) -> str:
 
 
 def _error_text(error: dict[str, Any]) -> str:
+    """``code: message``, made printable (the message may be the provider's)."""
     return printable(f"{error['code']}: {error['message']}")
 
 
 def _content_text(content: Any) -> str:
+    """A message's content as text: its text parts joined, anything else as JSON."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -135,8 +143,10 @@ def _content_text(content: Any) -> str:
 
 
 def _compact(value: Any) -> str:
+    """``value`` as is when text, else as compact JSON."""
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def _indented(text: str) -> list[str]:
+    """``text`` made printable, one indented line per line (one empty line for none)."""
     return ["    " + line for line in printable(text).splitlines() or [""]]

@@ -102,6 +102,7 @@ def _places(rows: list[dict[str, Any]]) -> int:
 
 
 def _money(row: dict[str, Any], places: int) -> str:
+    """A row's cost padded to ``places``, or ``unknown`` with the priced part as a lower bound."""
     if row["cost"] is not None:
         return _padded(row["cost"], places)
     part = row.get("cost_priced_part")
@@ -109,5 +110,6 @@ def _money(row: dict[str, Any], places: int) -> str:
 
 
 def _padded(amount: str, places: int) -> str:
+    """Decimal text with its fraction zero-padded to ``places``, so the column lines up."""
     whole, _, fraction = amount.partition(".")
     return f"{whole}.{fraction.ljust(places, '0')}" if places else whole

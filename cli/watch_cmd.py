@@ -127,6 +127,7 @@ class _Watcher:
         self._cost_at = -COST_EVERY_SECONDS
 
     def snapshot(self) -> Snapshot:
+        """Read the batch once: counts, latest errors, cost (now and then), whether it moves."""
         from chatbatch.reporting.report_data import recent_errors
         from chatbatch.store import reads
 
@@ -161,6 +162,7 @@ class _Watcher:
         return stall_hint(snap.name, self.stalled_for, embedded=self.embedded, broker=self.broker)
 
     def _cost_text(self, conn: Any, row: Any) -> str:
+        """The cost so far and the projected total, or which models have no price."""
         from chatbatch.reporting.summary import cost_summary
 
         assert self.prices is not None
@@ -266,4 +268,5 @@ def _view(snap: Snapshot, rate: float | None, hint: str | None = None) -> Group:
 
 
 def _status_style(status: str) -> str:
+    """The colour of a batch status in the header."""
     return {"completed": "green", "paused": "yellow", "cancelling": "yellow"}.get(status, "cyan")
