@@ -306,8 +306,10 @@ LIMITS = st.builds(
     concurrency=st.none() | st.integers(1, 12),
 )
 SECONDS = st.floats(0, 2) | st.sampled_from([0.0, 1e-7, 0.001, 0.0097, 0.1, 1.0]) | st.floats(2, 45)
+ACQUIRE = st.builds(Acquire, MODELS, st.integers(1, 40))
 EVENTS = st.one_of(
-    st.builds(Acquire, MODELS, st.integers(1, 40)),
+    ACQUIRE,
+    ACQUIRE,  # twice: asking is what the limiters are for
     st.builds(Answer, MODELS, st.integers(1, 40), st.integers(0, 40)),
     st.builds(
         Refused,
@@ -325,7 +327,7 @@ EVENTS = st.one_of(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    events=st.lists(EVENTS, max_size=60),
+    events=st.lists(EVENTS, min_size=10, max_size=80),
     limits=st.dictionaries(st.sampled_from(["a", "b", "*"]), LIMITS, max_size=3),
     tuning=st.sampled_from(TUNINGS),
 )
