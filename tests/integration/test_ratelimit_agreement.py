@@ -309,7 +309,7 @@ SECONDS = st.floats(0, 2) | st.sampled_from([0.0, 1e-7, 0.001, 0.0097, 0.1, 1.0]
 ACQUIRE = st.builds(Acquire, MODELS, st.integers(1, 40))
 EVENTS = st.one_of(
     ACQUIRE,
-    ACQUIRE,  # twice: asking is what the limiters are for
+    st.builds(Acquire, MODELS, st.integers(1, 8)),  # asking is what the limiters are for
     st.builds(Answer, MODELS, st.integers(1, 40), st.integers(0, 40)),
     st.builds(
         Refused,
