@@ -51,7 +51,13 @@ local function save(key, s, now, t)
   redis.call('PEXPIRE', key, math.ceil(ttl * 1000))
 end
 
+local IDLE_RESTART = 3
+
 local function fold(v, at, since, now, count, t)
+  if since ~= nil and now - at > IDLE_RESTART * t.tau then
+    v = 0
+    since = nil
+  end
   local decayed = v * math.exp(-math.max(0, now - at) / t.tau)
   return decayed + count * 60 / t.tau, now, since or now
 end
@@ -149,7 +155,8 @@ if retry_after == nil and now >= s.blk then
 elseif retry_after ~= nil then
   s.blk = math.max(s.blk, now + retry_after)
 end
-if now - s.lc >= t.cooldown and s.asc == 1 then
+local measured = s.ssn ~= nil and now - s.ssn >= t.tau
+if now - s.lc >= t.cooldown and s.asc == 1 and measured then
   local current = pace_rpm(s, ceiling, t)
   if current == nil then current = math.max(read_rpm(s.sv, s.sat, s.ssn, now, t), t.min_rpm) end
   local target = read_rpm(s.av, s.aat, s.asn, now, t) * t.share

@@ -171,6 +171,7 @@ class LocalRateLimiter(_Limiter):
             if limit.concurrency is not None:
                 free = limit.concurrency - self._in_flight.get(model, 0)
                 if free <= 0:
+                    self._states[model] = state  # the acceptances it carried still count
                     return 0, self.tuning.concurrency_poll
                 count = min(count, free)
             state, granted, wait = grant(state, now, count, limit.rpm, self.tuning)

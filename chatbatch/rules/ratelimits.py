@@ -16,13 +16,16 @@ The maths, per model:
 - **AIMD** when the provider answers 429 anyway (a limit nobody told us, a TPM limit, another
   client on the same key). A 429 cuts the learned rate, once per congestion episode (something
   was accepted since the last cut, and ``cooldown`` seconds passed: answers to requests already
-  in flight say nothing new), to ``admitted_share`` of the rate the provider accepted lately, or
-  by ``decrease`` when that would be no cut (the first cut of a model with no known limit starts
-  from the measured rate of grants), but never below ``floor_share`` of the best rate seen before
-  a cut: a provider refusing a steady few per cent at random (shared capacity) must slow us
-  down, not spiral the rate to nothing. Each accepted submission adds a little back:
-  ``increase`` × that best rate, per minute of traffic, linearly. The learned rate never exceeds
-  the known limit; reaching it, it is dropped.
+  in flight say nothing new; and not before the traffic has lasted one averaging window, so
+  there is a measured rate to cut from: earlier 429s only hold the model back), to
+  ``admitted_share`` of the rate the provider accepted lately, or by ``decrease`` when that
+  would be no cut (the first cut of a model with no known limit starts from the measured rate
+  of grants), but never below ``floor_share`` of the best rate seen before a cut: a provider
+  refusing a steady few per cent at random (shared capacity) must slow us down, not spiral the
+  rate to nothing. Each accepted submission adds a little back: ``increase`` × that best rate,
+  per minute of traffic, linearly. The learned rate never exceeds the known limit; reaching it,
+  it is dropped. A measured rate idle for a few time constants starts afresh with the next
+  stretch of traffic.
 - **Holding back**: a 429 with Retry-After stops every grant for the model until it has passed;
   without one, for ``pause`` seconds, doubling with each 429 to a request sent after the last
   pause (up to ``pause_max``) until something is accepted again: a provider counting a sliding
@@ -42,6 +45,7 @@ WILDCARD = "*"
 SETTING = "CHATBATCH_RATE_LIMITS"
 FORM = "MODEL=RPM[/CONCURRENCY], e.g. 'gpt-4o-mini=500/32, deepseek-chat=60, *=1000'"
 _EPSILON = 1e-9
+IDLE_RESTART = 3.0  # a measured rate idle this many time constants (95 % decayed) starts afresh
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,8 @@ def rate_limited(
         state = replace(state, blocked_until=max(state.blocked_until, now + retry_after))
     if now - state.last_cut < tuning.cooldown or not state.accepted_since_cut:
         return state
+    if not measured(state, now, tuning):
+        return state
     current = pace_rpm(state, ceiling, tuning)
     if current is None:
         current = max(read_rpm(state.sent, now, tuning), tuning.min_rpm)
@@ -289,6 +295,14 @@ def rate_limited(
     peak = max(state.before_cut, current)
     learned = max(tuning.min_rpm, target, peak * tuning.floor_share)
     return replace(state, learned=learned, before_cut=peak, last_cut=now, accepted_since_cut=False)
+
+
+def measured(state: ModelState, now: float, tuning: Tuning) -> bool:
+    """Whether this stretch of traffic has lasted a whole averaging window, so the rates a cut
+    starts from are measured, not the start-up ramp: a cut from the first second's trickle
+    would set the floor (half the rate before the first cut) for good."""
+    since = state.sent[2]
+    return since is not None and now - since >= tuning.average_seconds
 
 
 def accepted(
@@ -309,8 +323,12 @@ def accepted(
 
 
 def fold(average: Average, now: float, count: int, tuning: Tuning) -> Average:
-    """Add ``count`` events at ``now`` to an exponentially weighted rate (rpm)."""
+    """Add ``count`` events at ``now`` to an exponentially weighted rate (rpm). After an idle
+    spell of ``IDLE_RESTART`` time constants the average starts afresh, so the next stretch of
+    traffic is measured on its own (as the very first one is)."""
     value, at, since = average
+    if since is not None and now - at > IDLE_RESTART * tuning.average_seconds:
+        value, since = 0.0, None
     decayed = value * math.exp(-max(0.0, now - at) / tuning.average_seconds)
     return decayed + count * 60.0 / tuning.average_seconds, now, now if since is None else since
 

@@ -22,6 +22,7 @@ from chatbatch.rules.ratelimits import (
     parse_duration,
     parse_limits,
     rate_limited,
+    read_rpm,
     wait_from_ratelimit_headers,
 )
 from worker.ratelimit import LocalRateLimiter
@@ -112,11 +113,18 @@ def test_openai_style_headers_give_a_wait_only_when_nothing_is_left() -> None:
 # --- pacing --------------------------------------------------------------------------------------
 
 
-def drive(state: ModelState, ceiling: float | None, seconds: float, step: float, want: int):
-    """Ask for ``want`` every ``step`` seconds; the grant times."""
+def drive(
+    state: ModelState,
+    ceiling: float | None,
+    seconds: float,
+    step: float,
+    want: int,
+    start: float = 0.0,
+):
+    """Ask for ``want`` every ``step`` seconds for ``seconds`` from ``start``; the grant times."""
     times: list[float] = []
-    now = 0.0
-    while now < seconds:
+    now = start
+    while now < start + seconds:
         state, granted, _ = grant(state, now, want, ceiling, T)
         times += [now] * granted
         now = round(now + step, 9)
@@ -161,8 +169,6 @@ def test_no_known_limit_and_no_429_means_no_limiting_but_the_rate_is_measured() 
 
 
 def _read_sent(state: ModelState, now: float) -> float:
-    from chatbatch.rules.ratelimits import read_rpm
-
     return read_rpm(state.sent, now, T)
 
 
@@ -179,6 +185,7 @@ def test_retry_after_blocks_every_grant_until_it_has_passed() -> None:
 def test_a_429_cuts_to_a_share_of_the_accepted_rate() -> None:
     state = ModelState()
     for second in range(30):  # the provider accepts 300 rpm of the 582 we send
+        state = grant(state, float(second), 5, 600, T)[0]
         state = accepted(state, float(second), 5, 600, T)
     state = rate_limited(state, 30.0, None, 600, T)
     assert state.learned == pytest.approx(0.9 * 300, rel=0.1)
@@ -192,20 +199,41 @@ def test_with_nothing_accepted_the_cut_is_multiplicative_from_the_measured_rate(
 
 
 def test_one_cut_per_congestion_episode() -> None:
-    state = accepted(ModelState(), 0.0, 10, 600, T)
-    state = rate_limited(state, 1.0, None, 600, T)
+    state = grant(ModelState(), 0.0, 8, 600, T)[0]
+    state = accepted(state, 10.0, 10, 600, T)
+    state = rate_limited(state, 11.0, None, 600, T)
     first = state.learned
     assert first is not None
     # the rest of the in-flight answers, and later 429s with nothing accepted in between
-    for now in (1.01, 1.5, 5.0, 20.0):
+    for now in (11.01, 11.5, 15.0, 30.0):
         state = rate_limited(state, now, None, 600, T)
     assert state.learned == first
-    state = accepted(state, 20.5, 1, 600, T)
-    state = rate_limited(state, 21.0, None, 600, T)
+    state = accepted(state, 30.5, 1, 600, T)
+    state = rate_limited(state, 31.0, None, 600, T)
     assert state.learned is not None and state.learned < first
     # ... but within the cooldown an accepted answer does not open a new episode
-    state = accepted(state, 21.5, 1, 600, T)
-    assert rate_limited(state, 22.0, None, 600, T).learned == state.learned
+    state = accepted(state, 31.5, 1, 600, T)
+    assert rate_limited(state, 32.0, None, 600, T).learned == state.learned
+
+
+def test_429s_before_the_traffic_has_lasted_one_averaging_window_only_hold_back() -> None:
+    """The first chunk's answers say little about the provider: a cut from that trickle would
+    set the floor (half the rate before the first cut) far below what it accepts."""
+    state = grant(ModelState(), 0.0, 16, None, T)[0]
+    state = rate_limited(accepted(state, 0.3, 15, None, T), 0.3, None, None, T)
+    assert state.learned is None and state.blocked_until == pytest.approx(0.8)
+    state, _ = drive(state, None, seconds=9.5, step=0.1, want=10, start=0.5)  # 6000 rpm
+    state = rate_limited(accepted(state, 10.0, 1, None, T), 10.0, None, None, T)
+    assert state.learned == pytest.approx(6000 * T.decrease, rel=0.1)
+
+
+def test_after_an_idle_spell_the_rates_are_measured_afresh() -> None:
+    state, _ = drive(ModelState(), None, seconds=20, step=0.1, want=10)  # 6000 rpm
+    state = grant(state, 300.0, 16, None, T)[0]  # a new batch, minutes later
+    assert state.sent[2] == 300.0
+    assert rate_limited(state, 300.3, None, None, T).learned is None
+    state, _ = drive(state, None, seconds=10, step=0.1, want=10, start=300.5)
+    assert rate_limited(state, 310.5, None, None, T).learned == pytest.approx(3000, rel=0.1)
 
 
 def test_without_retry_after_the_pause_doubles_until_something_is_accepted() -> None:
@@ -254,6 +282,25 @@ def test_random_429s_slow_the_rate_down_but_never_to_nothing() -> None:
             rates.append(state.learned)
     assert rates and min(rates) >= T.floor_share * state.before_cut - 1e-9
     assert state.before_cut > 0 and rates[-1] >= T.floor_share * state.before_cut
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_429s_from_the_first_request_do_not_set_a_floor_from_the_first_second(
+    seed: int,
+) -> None:
+    """3 % refused at random from the start, 6,000 rpm wanted: the best rate before a cut (whose
+    half is the floor) is measured over a whole averaging window of traffic. Cut from the first
+    second's trickle, seeds 1 and 3 set it at 628 and 440 rpm, and ran at a fifth of the rate."""
+    rng = random.Random(seed)
+    state, now = ModelState(), 0.0
+    while now < 120:
+        state, granted, wait = grant(state, now, 1, None, T)
+        if granted and rng.random() < 0.03:
+            state = rate_limited(state, now, None, None, T)
+        elif granted:
+            state = accepted(state, now, granted, None, T)
+        now += max(wait, 0.01)
+    assert state.before_cut >= 1000
 
 
 def test_a_learned_rate_is_never_above_the_known_limit() -> None:
@@ -345,6 +392,7 @@ def test_local_limiter_concurrency_and_reported_outcomes() -> None:
     limiter.release("m", 2)
     assert limiter.acquire("m", 5, max_wait=0) == 2
     limiter.on_accepted("m", 4)
+    fake.now += T.average_seconds  # a measured rate to cut from
     limiter.on_rate_limited("m", 3.0)
     state = limiter.state("m")
     assert state.blocked_until == pytest.approx(fake.now + 3.0)
@@ -352,6 +400,17 @@ def test_local_limiter_concurrency_and_reported_outcomes() -> None:
     limiter.release("m", 5)
     assert limiter.acquire("m", 1, max_wait=1) == 0
     assert limiter.retry_in("m") == pytest.approx(3.0)
+
+
+def test_acceptances_reported_while_every_slot_is_taken_are_counted() -> None:
+    fake = FakeTime()
+    limiter = LocalRateLimiter(limits={"m": ModelLimit(concurrency=1)}, clock=fake.clock)
+    assert limiter.acquire("m", 1, max_wait=0) == 1
+    limiter.on_rate_limited("m", None)
+    limiter.on_accepted("m", 1)
+    fake.now += 1.0
+    assert limiter.acquire("m", 1, max_wait=0) == 0  # the one slot is still taken
+    assert limiter.state("m").strikes == 0 and limiter.state("m").admitted[0] > 0
 
 
 def test_tuning_rejects_impossible_fractions() -> None:
