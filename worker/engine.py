@@ -133,25 +133,33 @@ class Engine:
         self._housekeeping.before_first_post()
         submit_slots = self._submit_budget.take(self._submit_share)
         try:
-            wanted = self._reserve_submissions(submit_slots)
+            chunk = self._claim_chunk(self._reserve_submissions(submit_slots))
+            if chunk.polls or chunk.submits:
+                self._call_and_record(chunk)
+        finally:
+            self._submit_budget.give_back(submit_slots)
+        return len(chunk.polls) + len(chunk.submits)
+
+    def _claim_chunk(self, wanted: Mapping[str, int]) -> Chunk:
+        """Claim due polls and the reserved submissions in one transaction; the grants no row
+        was claimed for go back to the limiter, also when the claim fails."""
+        claimed: list[SubmitClaim] = []
+        try:
             with self._db.begin() as conn:
                 clock = DbClock(db_now(conn))
-                lease = self._settings.lease_seconds
                 polls = claim_for_poll(
                     conn,
                     now=clock.anchor,
                     limit=self.chunk_size,
-                    lease_seconds=lease,
+                    lease_seconds=self._settings.lease_seconds,
                     batch_id=self._batch_id,
                 )
                 submits = self._claim_submissions(conn, clock.anchor, wanted)
                 checks = self._recorder.learn_checks(conn, polls, submits)
-            self._admission.release_unclaimed(wanted, [claim.model for claim in submits])
-            if polls or submits:
-                self._call_and_record(Chunk(submits, polls, clock, checks))
+            claimed = submits
         finally:
-            self._submit_budget.give_back(submit_slots)
-        return len(polls) + len(submits)
+            self._admission.release_unclaimed(wanted, [claim.model for claim in claimed])
+        return Chunk(submits, polls, clock, checks)
 
     def _reserve_submissions(self, slots: int) -> dict[str, int]:
         """What the rate limiter lets this chunk submit, per model, asked before any row is
