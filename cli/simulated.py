@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from chatbatch.settings import Settings, data_dir
 from chatbatch.store.db import masked_url, normalise_url
+from chatbatch.store.dialect import sqlite_file
 
 SIMULATOR_KEY = "sk-simulator"  # the simulator's default key; not a secret
 STORE_SUFFIX = ".simulator"
@@ -27,9 +28,8 @@ def simulator_store(settings: Settings) -> Path | None:
     data directory under a name taken from the database URL (None for an in-memory SQLite)."""
     url = make_url(normalise_url(settings.database_url))
     if url.get_backend_name() == "sqlite":
-        if not url.database or url.database == ":memory:":
-            return None
-        return Path(url.database + STORE_SUFFIX)
+        database = sqlite_file(url)
+        return None if database is None else Path(database + STORE_SUFFIX)
     name = hashlib.sha256(masked_url(url).encode()).hexdigest()[:16]
     return data_dir() / "simulator" / f"{name}.sqlite3"
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Float, Integer, String, text
+from sqlalchemy import URL, Connection, Float, Integer, String, text
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -23,6 +23,13 @@ SORT_MEMORY = "64MB"  # a report sorts every latency: in memory, not on disk
 def is_postgresql(conn: Connection) -> bool:
     """Whether ``conn`` is to PostgreSQL (else SQLite, the embedded default)."""
     return conn.dialect.name == "postgresql"
+
+
+def sqlite_file(url: URL) -> str | None:
+    """The file a SQLite ``url`` names; None for PostgreSQL and for an in-memory SQLite."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return url.database
 
 
 @contextmanager

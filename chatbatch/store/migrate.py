@@ -14,6 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
 from chatbatch.errors import ConfigError
+from chatbatch.store.dialect import is_postgresql, sqlite_file
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -33,7 +34,7 @@ def upgrade(engine: Engine) -> None:
     at once (two first `run`s on a new machine) take turns: the second finds it done."""
     cfg = alembic_config()
     with _migration_lock(engine), engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
+        if is_postgresql(conn):
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
@@ -43,8 +44,8 @@ def upgrade(engine: Engine) -> None:
 def _migration_lock(engine: Engine) -> Iterator[None]:
     """For a SQLite file, an exclusive lock on a file beside it while migrating (SQLite's own
     locks do not cover Alembic's schema reads and DDL together); nothing otherwise."""
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+    database = sqlite_file(engine.url)
+    if database is None:
         yield
         return
     with open(f"{database}.migrate-lock", "a") as lock:

@@ -31,7 +31,7 @@ from simulator.embedded import SimulatorHandle
 ACTIVE = ("queued", "submitting", "submitted")
 WORKER_CONCURRENCY = 8  # HTTP requests one worker process has in flight at most
 START_TIMEOUT = 60.0
-STALE_WRITES = re.compile(r"(\d+) stale write\(s\) ignored")  # worker/engine.py, _write
+STALE_WRITES = re.compile(r"(\d+) stale write\(s\) ignored")  # logged by worker/recording.py
 
 
 class ServiceError(RuntimeError):
