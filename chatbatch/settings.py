@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -25,6 +26,7 @@ APP_NAME = "chatbatch"
 DATABASE_FILE = "chatbatch.db"  # the embedded database's file name, in the user's data directory
 ENV_FILE = ".env"  # read from the working directory; the environment wins over it
 LEASE_MARGIN_SECONDS = 5.0  # slack between the last start of an HTTP call and the lease's end
+DEFAULT_LEASE_SECONDS = 300.0  # raised past the longest call when a long sync POST needs it
 
 
 def data_dir() -> Path:
@@ -62,12 +64,14 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("CHATBATCH_API_KEY", "GEEKAI_API_KEY")
     )
+    # background: GeekAI's submit-then-poll; sync: a plain POST whose answer is the result.
+    api_mode: Literal["background", "sync"] = "background"
     result_retention_seconds: float = 7 * 24 * 3600
 
     # How much work one worker process does at once.
     concurrency: int = Field(default=16, ge=1, le=1024)
     chunk_size: int = Field(default=64, ge=1, le=5000)
-    lease_seconds: float = Field(default=300.0, gt=0)
+    lease_seconds: float = Field(default=DEFAULT_LEASE_SECONDS, gt=0)
     tick_seconds: float = Field(default=1.0, gt=0)
     task_budget_seconds: float = Field(default=20.0, gt=0)
     # Per-model limits shared by all workers, e.g. "gpt-4o-mini=500/32, *=1000" (RPM[/in flight]).
@@ -88,6 +92,8 @@ class Settings(BaseSettings):
     # HTTP timeouts (seconds).
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=60.0, gt=0)
+    # In sync mode a POST waits while the model generates: its read timeout.
+    sync_read_timeout: float = Field(default=600.0, gt=0)
     # A provider answer longer than this is unusable (bad_response), never read whole.
     max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
 
@@ -109,18 +115,33 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_orderings(self) -> Settings:
         needed = self.worst_call_seconds + LEASE_MARGIN_SECONDS
+        if "lease_seconds" not in self.model_fields_set and self.lease_seconds <= needed:
+            self.lease_seconds = needed + DEFAULT_LEASE_SECONDS / 5  # the default, stretched
         if self.lease_seconds <= needed:
             raise ValueError(
                 f"CHATBATCH_LEASE_SECONDS ({self.lease_seconds}) must exceed the longest HTTP call "
-                f"(connect + 2 x read timeout) plus {LEASE_MARGIN_SECONDS:g} s = {needed:g}, "
+                f"({self.worst_call_text}) plus {LEASE_MARGIN_SECONDS:g} s = {needed:g}, "
                 "or a live request could be taken over by another worker"
             )
         return self
 
     @property
     def worst_call_seconds(self) -> float:
-        """The longest one HTTP call can take before its timeouts fire."""
-        return self.connect_timeout + 2 * self.read_timeout
+        """The longest one HTTP call can take before its timeouts fire (``worker.provider``'s
+        deadlines): a sync POST waits for the whole generation, then reads the answer."""
+        background = self.connect_timeout + 2 * self.read_timeout
+        if self.api_mode == "sync":
+            return max(
+                background, self.connect_timeout + self.sync_read_timeout + self.read_timeout
+            )
+        return background
+
+    @property
+    def worst_call_text(self) -> str:
+        """How ``worst_call_seconds`` is made up, for an error message."""
+        if self.api_mode == "sync":
+            return "connect + sync read + read timeout"
+        return "connect + 2 x read timeout"
 
     @property
     def expiry_warning_seconds(self) -> float:

@@ -261,6 +261,7 @@ class Simulator:
         await asyncio.sleep(min(SYNC_CAP_SECONDS, max(0.0, task.ready_at - time.monotonic())))
         if task.fails:
             return self._reject(500, "The model failed to produce an answer", "task_failed")
+        self.state.stats.served_by_fingerprint[task.fingerprint] += 1
         if self.dice.roll(self.config.lost_response_rate):
             return self._drop(request, "lost_response")
         self.state.stats.sync_completions += 1

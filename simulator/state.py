@@ -145,6 +145,9 @@ class Stats:
     completed_results_served: int = 0
     expired: int = 0
     accepted_by_fingerprint: Counter[str] = field(default_factory=Counter)
+    # Synchronous completions generated (so billed) per request, whether or not the answer
+    # reached the client: a request served twice was sent twice.
+    served_by_fingerprint: Counter[str] = field(default_factory=Counter)
     # Per finished task, seconds from creation to ready, and from ready to the first poll that
     # saw the outcome: what polling efficiency is measured by.
     completion_times: list[float] = field(default_factory=list)
@@ -169,6 +172,7 @@ class Stats:
             "sync_completions": self.sync_completions,
             "accepted_by_fingerprint": by_fingerprint,
             "duplicate_fingerprints": sorted(fp for fp, n in by_fingerprint.items() if n > 1),
+            "served_by_fingerprint": dict(self.served_by_fingerprint),
             "rejected": {**dict.fromkeys(REJECTION_KEYS + DROP_KEYS, 0), **self.rejected},
             "statuses_served": {**dict.fromkeys(STATUS_KEYS, 0), **self.statuses_served},
             "completed_results_served": self.completed_results_served,

@@ -67,10 +67,10 @@ def classify_submit(
 
     def classify() -> Outcome:
         if 200 <= status < 300:
-            return _classify_accepted(status, text)
-        return _classify_error(status, headers, text, is_post=True, retry_cap=retry_cap)
+            return _classify_accepted(status, headers, text)
+        return classify_error(status, headers, text, is_post=True, retry_cap=retry_cap)
 
-    return _never_raising(classify, status, maybe_accepted=True)
+    return never_raising(classify, status, maybe_accepted=True)
 
 
 def classify_poll(
@@ -83,9 +83,9 @@ def classify_poll(
             return _classify_poll_answer(status, text)
         if status in (404, 410):
             return NotFound(message=_error_message(text) or "task id not found")
-        return _classify_error(status, headers, text, is_post=False, retry_cap=retry_cap)
+        return classify_error(status, headers, text, is_post=False, retry_cap=retry_cap)
 
-    return _never_raising(classify, status, maybe_accepted=False)
+    return never_raising(classify, status, maybe_accepted=False)
 
 
 def bad_response(message: str, *, http_status: int | None, maybe_accepted: bool) -> Retryable:
@@ -93,9 +93,7 @@ def bad_response(message: str, *, http_status: int | None, maybe_accepted: bool)
     return Retryable(BAD_RESPONSE, message, http_status=http_status, maybe_accepted=maybe_accepted)
 
 
-def _never_raising(
-    classify: Callable[[], Outcome], status: int, *, maybe_accepted: bool
-) -> Outcome:
+def never_raising(classify: Callable[[], Outcome], status: int, *, maybe_accepted: bool) -> Outcome:
     """``classify()``, or a ``bad_response`` if the answer broke it: one odd answer must never
     take a chunk (or a worker) down with it."""
     try:
@@ -124,7 +122,7 @@ def classify_exception(exc: httpx.HTTPError, *, is_post: bool) -> Retryable:
     return Retryable(code, f"{name}: {exc}"[:500], maybe_accepted=is_post and not never_sent)
 
 
-def _classify_accepted(status: int, text: str) -> Outcome:
+def _classify_accepted(status: int, headers: Mapping[str, str], text: str) -> Outcome:
     def unusable(message: str) -> Retryable:
         return bad_response(message, http_status=status, maybe_accepted=True)
 
@@ -136,11 +134,11 @@ def _classify_accepted(status: int, text: str) -> Outcome:
         return unusable("accepted answer is not an object")
     raw = storable(text.lstrip())
     if "choices" in body and normalise_status(body.get("status"), default="succeed") == "succeed":
-        return Completed(raw, body, status)  # provider answered synchronously
+        return Completed(raw, body, status, answer_id(body, headers))  # answered at once
     remote_id = body.get("id")
     if not isinstance(remote_id, str) or not remote_id:
         return unusable("accepted answer has no task id")
-    if len(remote_id) > MAX_REMOTE_ID_CHARS or has_controls(remote_id):
+    if not usable_id(remote_id):
         return unusable("accepted answer's task id is too long or holds control characters")
     remote_status = _status_text(body.get("status") or "pending")
     if normalise_status(remote_status) == "failed":
@@ -182,9 +180,25 @@ def normalise_status(value: Any, *, default: str | None = None) -> str | None:
     return None
 
 
-def _classify_error(
+def answer_id(body: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
+    """What names a completion given in answer to the POST: its ``id``, else the
+    ``x-request-id`` header; None when neither is a usable id."""
+    for candidate in (body.get("id"), headers.get("x-request-id")):
+        if isinstance(candidate, str) and candidate and usable_id(candidate):
+            return candidate
+    return None
+
+
+def usable_id(remote_id: str) -> bool:
+    """Whether a provider's id fits its column and can be put in a URL and a log line."""
+    return len(remote_id) <= MAX_REMOTE_ID_CHARS and not has_controls(remote_id)
+
+
+def classify_error(
     status: int, headers: Mapping[str, str], text: str, *, is_post: bool, retry_cap: float
 ) -> Outcome:
+    """Outcome of a non-2xx answer: 401/402/403 block the account, 429/408/5xx retry (a POST
+    answered 500/502/504 may have been accepted), anything else rejects the request."""
     message = _describe_status(status, _error_message(text))
     code = _error_code(text) or f"http_{status}"
     if status in ACCOUNT_STATUSES:

@@ -29,26 +29,23 @@ from httpx_aiohttp import AiohttpTransport
 from chatbatch.redaction import Redactor
 from chatbatch.rules.outcomes import NotSent, Outcome, Retryable
 from chatbatch.settings import Settings
-from worker.classify import (
-    RETRY_AFTER_CAP,
-    bad_response,
-    classify_exception,
-    classify_poll,
-    classify_submit,
-)
+from worker.classify import RETRY_AFTER_CAP, bad_response, classify_exception
 from worker.http_loop import BackgroundLoop
+from worker.protocols import Classifier, Protocol, protocol_for
 
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 KEEPALIVE_SECONDS = 30
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+READ_HEADERS = ("retry-after", "x-request-id")  # the only headers of an answer we look at
 # aiohttp errors that mean the connection was never made, so a POST cannot have been sent.
 _CONNECT_FAILURES = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 class Provider:
-    """Submits background chat completions and polls their results; never raises on HTTP."""
+    """Submits chat completions in its protocol's way and polls what they left behind; never
+    raises on HTTP."""
 
     def __init__(
         self,
@@ -60,7 +57,11 @@ class Provider:
         max_connections: int = 16,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         retry_cap: float = RETRY_AFTER_CAP,
+        protocol: Protocol | None = None,
+        sync_read_timeout: float = 600.0,
     ) -> None:
+        """``sync_read_timeout`` replaces ``read_timeout`` for a POST that waits while the model
+        generates (``protocol.waits_for_answer``)."""
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "chatbatch/0.1",
@@ -72,7 +73,13 @@ class Provider:
         self._max_connections = max_connections
         self._max_bytes = max_response_bytes
         self._retry_cap = retry_cap
+        self._protocol = protocol or protocol_for("background")
         self._call_seconds = connect_timeout + 2 * read_timeout
+        self._post_timeout: httpx.Timeout | None = None  # None: the client's own
+        self._post_seconds = self._call_seconds
+        if self._protocol.waits_for_answer:  # generation happens inside the POST
+            self._post_timeout = httpx.Timeout(sync_read_timeout, connect=connect_timeout)
+            self._post_seconds = connect_timeout + sync_read_timeout + read_timeout
         self._loop = BackgroundLoop()
 
         def session() -> aiohttp.ClientSession:
@@ -103,6 +110,8 @@ class Provider:
             max_connections=settings.concurrency,
             max_response_bytes=settings.max_response_bytes,
             retry_cap=settings.retry_max_seconds,
+            protocol=protocol_for(settings.api_mode),
+            sync_read_timeout=settings.sync_read_timeout,
         )
 
     def start(
@@ -136,11 +145,11 @@ class Provider:
         return ordered[: len(bodies)], ordered[len(bodies) :]
 
     def submit(self, body: str) -> Outcome:
-        """POST one request in background mode."""
+        """POST one request in the provider's protocol."""
         return self.exchange([body], [])[0][0]
 
     def poll(self, remote_id: str) -> Outcome:
-        """GET the status (and, when done, the result) of one background task."""
+        """GET the status (and, when done, the result) of one task a POST left behind."""
         return self.exchange([], [remote_id])[1][0]
 
     def models(self) -> object | None:
@@ -162,16 +171,22 @@ class Provider:
         self._loop.close()
 
     async def _submit(self, body: str) -> Outcome:
-        payload = orjson.loads(body)
-        payload["background"] = True
+        protocol = self._protocol
+        content = orjson.dumps(protocol.prepare(orjson.loads(body)))
         request = self._client.build_request(
-            "POST", "chat/completions", content=orjson.dumps(payload)
+            "POST",
+            protocol.submit_path,
+            content=content,
+            timeout=self._post_timeout or httpx.USE_CLIENT_DEFAULT,
         )
-        return await self._call(request, is_post=True)
+        exchange = Exchange(protocol.classify_submit, self._post_seconds, is_post=True)
+        return await self._call(request, exchange)
 
     async def _poll(self, remote_id: str) -> Outcome:
-        request = self._client.build_request("GET", f"chat/{quote(remote_id, safe='')}")
-        return await self._call(request, is_post=False)
+        path = self._protocol.poll_path.format(id=quote(remote_id, safe=""))
+        request = self._client.build_request("GET", path)
+        exchange = Exchange(self._protocol.classify_poll, self._call_seconds, is_post=False)
+        return await self._call(request, exchange)
 
     def stop(self, grace: float) -> None:
         """Send nothing more (callable from any thread): calls not yet sent end ``NotSent`` at
@@ -190,7 +205,7 @@ class Provider:
         for task in list(self._sending):
             task.cancel()
 
-    async def _call(self, request: httpx.Request, *, is_post: bool) -> Outcome:
+    async def _call(self, request: httpx.Request, exchange: Exchange) -> Outcome:
         """Send ``request`` once a connection slot is free, unless stopping: a call that never
         started is ``NotSent``, one cut off while in flight is possibly accepted."""
         task = asyncio.current_task()
@@ -209,18 +224,20 @@ class Provider:
             if self._stopping:
                 return NotSent()
             self._sending.add(task)
-            return await self._exchange(request, is_post=is_post)
+            return await self._exchange(request, exchange)
         except asyncio.CancelledError:
-            return Retryable("interrupted", "stopped while in flight", maybe_accepted=is_post)
+            message = "stopped while in flight"
+            return Retryable("interrupted", message, maybe_accepted=exchange.is_post)
         finally:
             self._sending.discard(task)
             slots.release()
 
-    async def _exchange(self, request: httpx.Request, *, is_post: bool) -> Outcome:
+    async def _exchange(self, request: httpx.Request, exchange: Exchange) -> Outcome:
         """Send ``request`` and classify its answer, read within the size cap and the call's
         deadline; transport failures are outcomes too."""
+        is_post = exchange.is_post
         try:
-            async with asyncio.timeout(self._call_seconds):
+            async with asyncio.timeout(exchange.deadline):
                 response = await self._client.send(request, stream=True)
                 try:
                     raw = await self._read_capped(response)
@@ -233,8 +250,13 @@ class Provider:
             message = f"answer larger than {self._max_bytes} bytes, or not decodable"
             return bad_response(message, http_status=response.status_code, maybe_accepted=is_post)
         text = self._redact(raw.decode("utf-8", errors="replace"))
-        classify = classify_submit if is_post else classify_poll
-        return classify(response.status_code, response.headers, text, retry_cap=self._retry_cap)
+        headers = {
+            name: self._redact(value)
+            for name in READ_HEADERS
+            if (value := response.headers.get(name)) is not None
+        }
+        status, cap = response.status_code, self._retry_cap
+        return exchange.classify(status, headers, text, retry_cap=cap)
 
     async def _read_capped(self, response: httpx.Response) -> bytes | None:
         """The body, or None when it is larger than the cap (declared or as it arrives) or in
@@ -256,6 +278,16 @@ class Provider:
         if self._slots is None:  # created on the loop's thread, where it is used
             self._slots = asyncio.Semaphore(self._max_connections)
         return self._slots
+
+
+@dataclasses.dataclass(frozen=True)
+class Exchange:
+    """How one call's answer is read: its classifier, its overall deadline in seconds, and
+    whether it is a POST (one cut off may have been accepted)."""
+
+    classify: Classifier
+    deadline: float
+    is_post: bool
 
 
 def decoded_body(raw: bytes, encoding: str, limit: int) -> bytes | None:

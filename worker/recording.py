@@ -9,6 +9,7 @@ unstorable answer fails one request, never its neighbours.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import random
@@ -152,7 +153,7 @@ class Recorder:
         if index < len(chunk.submits):
             claim = chunk.submits[index]
             check = chunk.checks.get(claim.batch_id)
-            return self._submit_write(claim, outcome, now, check)
+            return self._submit_write(claim, outcome, now, check, sent_at=chunk.clock.anchor)
         poll = chunk.polls[index - len(chunk.submits)]
         check = chunk.checks.get(poll.batch_id)
         return self._poll_write(poll, outcome, now, check)
@@ -163,9 +164,12 @@ class Recorder:
         outcome: Outcome,
         now: datetime,
         check: AnswerCheck | None,
+        *,
+        sent_at: datetime,
     ) -> Write:
-        """The write a submission's outcome makes (the row must still be ``submitting``)."""
-        rule = after_submit
+        """The write a submission's outcome makes (the row must still be ``submitting``); its
+        POST went out at ``sent_at`` (just after the claim)."""
+        rule = functools.partial(after_submit, sent_at=sent_at)
         return self._outcome_write(claim, RequestStatus.SUBMITTING, rule, outcome, now, check)
 
     def _poll_write(

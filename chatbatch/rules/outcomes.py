@@ -29,11 +29,13 @@ class Pending:
 
 @dataclass(frozen=True)
 class Completed:
-    """The finished completion: the raw text as the provider sent it, and its parsed body."""
+    """The finished completion: the raw text as the provider sent it, and its parsed body;
+    ``remote_id`` names it when it answered the POST itself (the answer's id or request id)."""
 
     raw: str
     body: dict[str, Any] = field(repr=False)
     http_status: int = 200
+    remote_id: str | None = None
 
 
 @dataclass(frozen=True)

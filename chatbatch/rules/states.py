@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -173,9 +173,11 @@ def after_submit(
     rng: random.Random,
     polls: PollSchedule | None = None,
     check: AnswerCheck | None = None,
+    sent_at: datetime | None = None,
 ) -> Transition:
     """What a POST's outcome does to a ``submitting`` row; ``polls`` times the first poll
-    (default: the policy's geometric schedule), ``check`` judges an answer given at once."""
+    (default: the policy's geometric schedule), ``check`` judges an answer given at once and
+    ``sent_at`` (default ``now``) is when its POST went out, the start of its latency."""
     if isinstance(outcome, Accepted):
         expires_at = result_deadline(outcome.expires_at, now=now, policy=policy)
         changes = {
@@ -190,8 +192,11 @@ def after_submit(
         first_poll = (polls or geometric_polls(policy)).next_age(0.0)
         due = _cap_to_expiry(now + _seconds(first_poll), expires_at, policy, now)
         return Transition(RequestStatus.SUBMITTED, due, changes)
-    if isinstance(outcome, Completed):
-        return _succeeded(row, outcome, now, check)
+    if isinstance(outcome, Completed):  # answered at once: a sync POST, or one that ignored
+        done = _succeeded(row, outcome, now, check)  # background mode
+        sent = {"remote_id": outcome.remote_id, "submitted_at": sent_at or now}
+        archive = done.archive and {**done.archive, **sent}  # a re-ask keeps who answered
+        return replace(done, changes={**sent, **done.changes}, archive=archive)
     if isinstance(outcome, NotSent):
         return never_sent(row, now=now)
     if isinstance(outcome, Retryable) and outcome.rate_limited:

@@ -7,8 +7,9 @@ import socket
 import orjson
 import pytest
 
-from chatbatch.rules.outcomes import Accepted, Retryable
+from chatbatch.rules.outcomes import Accepted, Completed, Retryable
 from simulator.answers import expected_content
+from worker.protocols import protocol_for
 from worker.provider import Provider
 
 BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
@@ -50,3 +51,48 @@ def test_a_chunk_of_calls_comes_back_in_order(sim, provider) -> None:
     _, polled = provider.exchange([], [outcome.remote_id for outcome in submitted])  # type: ignore[union-attr]
     contents = [outcome.body["choices"][0]["message"]["content"] for outcome in polled]  # type: ignore[union-attr]
     assert contents == [expected_content(body) for body in bodies]
+
+
+def sync_provider(sim, **options: float) -> Provider:
+    """A client in sync mode against the simulator (which answers at once without background)."""
+    return Provider(
+        base_url=sim.base_url,
+        api_key="sk-simulator",
+        read_timeout=2,
+        max_connections=4,
+        protocol=protocol_for("sync"),
+        **options,
+    )
+
+
+def test_sync_mode_gets_the_completion_from_the_post_itself(sim) -> None:
+    sim.reconfigure(latency="0.3")
+    client = sync_provider(sim)
+    try:
+        outcome = client.submit(BODY.decode())
+    finally:
+        client.close()
+    assert isinstance(outcome, Completed) and outcome.remote_id, outcome
+    assert outcome.body["choices"][0]["message"]["content"] == expected_content(orjson.loads(BODY))
+    stats = sim.stats()
+    assert stats["sync_completions"] == 1 and stats["accepted"] == 0  # no background task
+
+
+def test_a_sync_post_that_outlasts_its_read_timeout_was_possibly_served(sim) -> None:
+    sim.reconfigure(latency="3")  # generation takes longer than the sync read timeout
+    client = sync_provider(sim, sync_read_timeout=1)
+    try:
+        outcome = client.submit(BODY.decode())
+    finally:
+        client.close()
+    assert isinstance(outcome, Retryable) and outcome.code == "timeout" and outcome.maybe_accepted
+
+
+def test_sync_mode_waits_past_the_ordinary_read_timeout(sim) -> None:
+    sim.reconfigure(latency="2.5")  # longer than read_timeout=2, shorter than the sync one
+    client = sync_provider(sim, sync_read_timeout=10)
+    try:
+        outcome = client.submit(BODY.decode())
+    finally:
+        client.close()
+    assert isinstance(outcome, Completed), outcome

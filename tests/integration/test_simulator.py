@@ -43,6 +43,7 @@ STATS_KEYS = {
     "sync_completions",
     "accepted_by_fingerprint",
     "duplicate_fingerprints",
+    "served_by_fingerprint",
     "rejected",
     "statuses_served",
     "completed_results_served",
@@ -152,6 +153,7 @@ def test_synchronous_mode_waits_and_answers_the_completion(sim, client) -> None:
     assert answer["usage"] == expected_usage(BODY)
     stats = sim.stats()
     assert stats["sync_completions"] == 1 and stats["accepted"] == 0 and stats["tasks"] == 0
+    assert list(stats["served_by_fingerprint"].values()) == [1]
 
 
 def test_json_mode_and_thinking(client) -> None:

@@ -36,6 +36,20 @@ def test_a_lease_shorter_than_an_http_call_is_refused() -> None:
     Settings(lease_seconds=18, connect_timeout=2, read_timeout=5)
 
 
+def test_sync_mode_stretches_the_default_lease_past_a_generation_but_keeps_a_chosen_one() -> None:
+    assert Settings().lease_seconds == 300  # background mode: the calls are short
+    sync = Settings(api_mode="sync", sync_read_timeout=600, connect_timeout=10, read_timeout=60)
+    assert sync.worst_call_seconds == 670 and sync.lease_seconds > 670 + 5
+    with pytest.raises(ValidationError, match="sync read"):
+        Settings(api_mode="sync", lease_seconds=300)
+    Settings(api_mode="sync", sync_read_timeout=100, lease_seconds=300)
+
+
+def test_an_unknown_api_mode_is_refused() -> None:
+    with pytest.raises(ValidationError, match="api_mode"):
+        Settings(api_mode="stream")
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="platformdirs reads XDG_DATA_HOME on Linux")
 def test_the_default_database_is_in_the_user_data_directory(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path

@@ -87,6 +87,15 @@ def test_synchronous_completion_on_submit_succeeds_with_usage() -> None:
     assert (t.changes["reasoning_tokens"], t.changes["billed_units"]) == (1, 2)
 
 
+def test_a_completion_answering_the_post_keeps_its_id_and_when_it_was_sent() -> None:
+    sent = NOW - timedelta(seconds=4)
+    outcome = Completed("{}", COMPLETION, remote_id="chatcmpl-1")
+    t = after_submit(SUBMITTING, outcome, now=NOW, policy=POLICY, rng=rng(), sent_at=sent)
+    assert t.status is RequestStatus.SUCCEEDED
+    assert (t.changes["remote_id"], t.changes["submitted_at"]) == ("chatcmpl-1", sent)
+    assert t.changes["completed_at"] == NOW  # the latency is the 4 s the POST was open
+
+
 def test_retryable_requeues_with_retry_after_and_no_ambiguity() -> None:
     outcome = Retryable("http_503", "overloaded", retry_after=30.0, http_status=503)
     t = after_submit(SUBMITTING, outcome, now=NOW, policy=POLICY, rng=rng())

@@ -1,0 +1,119 @@
+"""Sync mode (``CHATBATCH_API_MODE=sync``) through the installed binary: a plain chat-completions
+POST whose answer is the result, on the embedded default and with two workers against a
+provider that misbehaves. Nothing is polled, and nothing is sent twice that is not counted."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import orjson
+import pytest
+from cli_process import (
+    BINARY,
+    REPO,
+    base_env,
+    chatbatch,
+    database_dump,
+    start_worker,
+    stop,
+    wait_finished,
+    write_prompts,
+)
+
+from simulator.answers import expected_content, expected_usage
+
+pytestmark = pytest.mark.skipif(
+    BINARY is None and not os.environ.get("CI"), reason="chatbatch is not installed"
+)
+
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens", "billed_units")
+
+
+def test_an_embedded_run_in_sync_mode_stores_each_answer_in_one_step(tmp_path) -> None:
+    env = base_env(tmp_path) | {"CHATBATCH_API_MODE": "sync"}
+    prompts = REPO / "examples" / "prompts.jsonl"
+    proc = chatbatch("run", str(prompts), "-o", "out.jsonl", "--simulate", env=env, cwd=tmp_path)
+    assert "Traceback" not in proc.stderr
+    lines = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    assert len(lines) == 14 and all(line["error"] is None for line in lines)
+    ids = [line["response"]["request_id"] for line in lines]
+    assert all(ids) and len(set(ids)) == 14, ids  # the answers' own ids
+    assert all(line["response"]["body"]["choices"][0]["message"]["content"] for line in lines)
+
+
+def test_sync_mode_with_two_workers_against_a_provider_that_misbehaves(
+    distributed_env, sim, tmp_path
+) -> None:
+    sim.reconfigure(
+        latency="lognormal:0.2,0.6",
+        rate_429=0.05,
+        retry_after=0.5,
+        rate_500=0.03,
+        rate_503=0.03,
+        drop_rate=0.03,
+        lost_response_rate=0.04,
+        slow_rate=0.03,
+        slow_seconds=4.0,
+    )
+    env = distributed_env | {
+        "CHATBATCH_API_MODE": "sync",
+        "CHATBATCH_MAX_ATTEMPTS": "12",
+        "CHATBATCH_RETRY_BASE_SECONDS": "0.05",
+        "CHATBATCH_RETRY_MAX_SECONDS": "0.5",
+        "CHATBATCH_CONNECT_TIMEOUT": "1",
+        "CHATBATCH_READ_TIMEOUT": "2",
+        "CHATBATCH_SYNC_READ_TIMEOUT": "3",  # the slow answers (4 s) time out after the POST
+        "CHATBATCH_LEASE_SECONDS": "15",
+    }
+    n = 200
+    bodies = write_prompts(tmp_path / "prompts.jsonl", n)
+    chatbatch("db", "upgrade", env=env)
+    chatbatch("load", str(tmp_path / "prompts.jsonl"), "--name", "sync", env=env)
+    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
+    workers = [start_worker(env, log) for log in logs]
+    try:
+        status = wait_finished(env, "sync", timeout=180)
+    finally:
+        for proc in workers:
+            stop(proc)
+    worker_logs = "".join(log.read_text() for log in logs)
+    assert status["status"] == "completed", worker_logs[-3000:]
+    assert status["counts"]["succeeded"] == n, status["counts"]
+
+    chatbatch("export", "sync", "-o", str(tmp_path / "out.jsonl"), env=env)
+    lines = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    for body, line in zip(bodies, lines, strict=True):
+        content = line["response"]["body"]["choices"][0]["message"]["content"]
+        assert content == expected_content(body)
+        assert line["response"]["request_id"]
+    expected = {k: sum(expected_usage(b)[k] for b in bodies) for k in USAGE_KEYS}
+    assert {k: status["usage"][k] for k in USAGE_KEYS} == expected
+
+    stats = sim.stats()
+    served = stats["served_by_fingerprint"]
+    assert len(served) == n and stats["accepted"] == 0 and stats["gets"] == 0
+    assert stats["rejected"]["lost_response"] > 0 and stats["rejected"]["429"] > 0
+    resent = sum(count - 1 for count in served.values())
+    assert 0 < resent <= status["possible_duplicates"]
+
+    secret = env["GEEKAI_API_KEY"]
+    assert secret not in worker_logs
+    assert secret not in database_dump(env["CHATBATCH_DATABASE_URL"])
+
+
+def test_a_sync_answer_slower_than_the_read_timeout_is_waited_for(sim, tmp_path) -> None:
+    sim.reconfigure(latency="1.5")  # longer than the ordinary read timeout
+    env = base_env(tmp_path) | {
+        "CHATBATCH_API_MODE": "sync",
+        "CHATBATCH_API_BASE": sim.base_url,
+        "CHATBATCH_API_KEY": "sk-simulator",
+        "CHATBATCH_READ_TIMEOUT": "1",
+    }
+    prompts = str(REPO / "examples" / "prompts.jsonl")
+    started = time.monotonic()
+    chatbatch("run", prompts, "--name", "slow", "-o", str(tmp_path / "out.jsonl"), env=env)
+    assert time.monotonic() - started >= 1.5
+    status = orjson.loads(chatbatch("status", "slow", "--json", env=env).stdout)
+    assert status["counts"]["succeeded"] == 14 and status["possible_duplicates"] == 0
+    assert sum(sim.stats()["served_by_fingerprint"].values()) == 14
