@@ -138,13 +138,13 @@ def wait_all_finished(database_url: str, total: int, timeout: float = 3600) -> f
 
 
 def time_warm_batch(
-    sim: SimulatorHandle, n: int, *, worker_count: int, concurrency: int
+    sim: SimulatorHandle, n: int, *, worker_count: int, concurrency: int, **settings: str
 ) -> tuple[float, dict[str, Any]]:
     """Seconds from ``load`` returning to all ``n`` requests finished, with ``worker_count``
     workers already running (warmed up on a one-request batch) as in a deployment, and the
-    simulator's counters for the batch."""
+    simulator's counters for the batch; ``settings`` are further ``CHATBATCH_*`` variables."""
     with fresh_database() as url, tempfile.TemporaryDirectory() as tmp:
-        env = environment(url, sim.base_url, CHATBATCH_CONCURRENCY=str(concurrency))
+        env = environment(url, sim.base_url, CHATBATCH_CONCURRENCY=str(concurrency), **settings)
         warmup = write_prompts(Path(tmp) / "warmup.jsonl", 1)
         prompts = write_prompts(Path(tmp) / "prompts.jsonl", n)
         with workers(env, count=worker_count, concurrency=concurrency, log_dir=Path(tmp)):

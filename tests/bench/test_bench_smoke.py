@@ -36,8 +36,10 @@ def quick(module: str, redis_url: str, capsys: pytest.CaptureFixture[str]) -> st
 @pytest.mark.usefixtures("pg_url")
 def test_engine_overhead(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = quick("engine_overhead", redis_url, capsys)
-    assert re.search(r"ratio chatbatch / baseline\s+\d+\.\d+", out)
+    assert len(re.findall(r"ratio chatbatch / baseline\s+\d+\.\d+", out)) == 2  # both modes
     assert out.count("1.00 GETs/result") == 2  # zero latency: one poll per result, both ways
+    assert out.count("0.00 GETs/result") == 2  # sync mode polls nothing
+    assert re.search(r"chatbatch sync / background time\s+\d+\.\d+", out)
 
 
 @pytest.mark.usefixtures("pg_url")
