@@ -20,21 +20,23 @@ local function opt(v) if v == '' then return nil end return tonumber(v) end
 
 local function tuning(first)
   local names = {'headroom', 'share', 'decrease', 'increase', 'cooldown', 'pause',
-                 'pause_max', 'min_rpm', 'tau', 'poll', 'slot_ttl', 'state_ttl', 'floor'}
+                 'pause_max', 'min_rpm', 'tau', 'poll', 'slot_ttl', 'state_ttl', 'floor',
+                 'quota'}
   local t = {}
   for i, name in ipairs(names) do t[name] = tonumber(ARGV[first + i - 1]) end
   return t
 end
 
 local FIELDS = {'tat', 'blk', 'lrn', 'bc', 'lc', 'asc', 'stk',
-                'sv', 'sat', 'ssn', 'av', 'aat', 'asn'}
+                'sv', 'sat', 'ssn', 'av', 'aat', 'asn', 'rv', 'rat', 'rsn'}
 
 local function load(key)
   local f = redis.call('HMGET', key, unpack(FIELDS))
   return {tat = num(f[1], 0), blk = num(f[2], 0), lrn = num(f[3], nil), bc = num(f[4], 0),
           lc = num(f[5], -1e300), asc = num(f[6], 1), stk = num(f[7], 0),
           sv = num(f[8], 0), sat = num(f[9], 0), ssn = num(f[10], nil),
-          av = num(f[11], 0), aat = num(f[12], 0), asn = num(f[13], nil)}
+          av = num(f[11], 0), aat = num(f[12], 0), asn = num(f[13], nil),
+          rv = num(f[14], 0), rat = num(f[15], 0), rsn = num(f[16], nil)}
 end
 
 local function save(key, s, now, t)
@@ -66,6 +68,12 @@ local function read_rpm(v, at, since, now, t)
   if since == nil then return 0 end
   local decayed = v * math.exp(-math.max(0, now - at) / t.tau)
   return decayed / (1 - math.exp(-math.max(1, now - since) / t.tau))
+end
+
+local function over_quota(s, now, t)
+  local refused = read_rpm(s.rv, s.rat, s.rsn, now, t)
+  local admitted = read_rpm(s.av, s.aat, s.asn, now, t)
+  return refused > 0 and refused >= t.quota * (refused + admitted)
 end
 
 local function cap_of(ceiling, t)
@@ -149,6 +157,7 @@ local t = tuning(4)
 local now = clock()
 local s = load(KEYS[1])
 accepted(s, now, pending, ceiling, t)
+s.rv, s.rat, s.rsn = fold(s.rv, s.rat, s.rsn, now, 1, t)
 if retry_after == nil and now >= s.blk then
   s.blk = now + math.min(t.pause_max, t.pause * 2 ^ s.stk)
   s.stk = s.stk + 1
@@ -159,11 +168,17 @@ local measured = s.ssn ~= nil and now - s.ssn >= t.tau
 if now - s.lc >= t.cooldown and s.asc == 1 and measured then
   local current = pace_rpm(s, ceiling, t)
   if current == nil then current = math.max(read_rpm(s.sv, s.sat, s.ssn, now, t), t.min_rpm) end
-  local target = read_rpm(s.av, s.aat, s.asn, now, t) * t.share
+  local admitted = read_rpm(s.av, s.aat, s.asn, now, t)
+  local target = admitted * t.share
   if not (target > 0 and target < current) then target = current * t.decrease end
-  local peak = math.max(s.bc, current)
-  s.lrn = math.max(t.min_rpm, target, peak * t.floor)
-  s.bc = peak
+  if over_quota(s, now, t) then
+    s.lrn = math.max(t.min_rpm, target)
+    s.bc = admitted
+  else
+    local peak = math.max(s.bc, current)
+    s.lrn = math.max(t.min_rpm, target, peak * t.floor)
+    s.bc = peak
+  end
   s.lc = now
   s.asc = 0
 end

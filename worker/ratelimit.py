@@ -247,7 +247,7 @@ class RedisRateLimiter(_Limiter):
         return [
             *(t.headroom, t.admitted_share, t.decrease, t.increase, t.cooldown, t.pause),
             *(t.pause_max, t.min_rpm, t.average_seconds, t.concurrency_poll, t.slot_ttl),
-            *(t.state_ttl, t.floor_share),
+            *(t.state_ttl, t.floor_share, t.quota_refusals),
         ]
 
     def _try(self, model: str, count: int, limit: ModelLimit) -> tuple[int, float]:

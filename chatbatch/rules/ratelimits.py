@@ -22,10 +22,13 @@ The maths, per model:
   would be no cut (the first cut of a model with no known limit starts from the measured rate
   of grants), but never below ``floor_share`` of the best rate seen before a cut: a provider
   refusing a steady few per cent at random (shared capacity) must slow us down, not spiral the
-  rate to nothing. Each accepted submission adds a little back: ``increase`` × that best rate,
-  per minute of traffic, linearly. The learned rate never exceeds the known limit; reaching it,
-  it is dropped. A measured rate idle for a few time constants starts afresh with the next
-  stretch of traffic.
+  rate to nothing. The floor does not hold while ``quota_refusals`` of the POSTs answered
+  lately (or more) were 429s: that is a quota nobody published, and the rate it admits is the
+  rate (the best one seen becomes that, too); an opening burst a full bucket let through must
+  not leave us sending twice the quota for good. Each accepted submission adds a little back:
+  ``increase`` × the best rate, per minute of traffic, linearly. The learned rate never
+  exceeds the known limit; reaching it, it is dropped. A measured rate idle for a few time
+  constants starts afresh with the next stretch of traffic.
 - **Holding back**: a 429 with Retry-After stops every grant for the model until it has passed;
   without one, for ``pause`` seconds, doubling with each 429 to a request sent after the last
   pause (up to ``pause_max``) until something is accepted again: a provider counting a sliding
@@ -195,6 +198,7 @@ class Tuning:
     increase: float = 0.25  # per minute of accepted traffic, the rate grows by this share
     cooldown: float = 10.0  # 429s this soon after a cut do not cut again
     floor_share: float = 0.5  # ... and no cut goes below this share of the best rate before cuts
+    quota_refusals: float = 0.25  # ... unless this share of POSTs or more is refused lately
     pause: float = 0.5  # a 429 without Retry-After holds the model back this long, doubling ...
     pause_max: float = 30.0  # ... up to this, until a submission is accepted again
     min_rpm: float = 1.0  # the learned rate never goes below this
@@ -205,7 +209,7 @@ class Tuning:
     retry_after_max: float = 300.0  # a longer Retry-After holds a model back only this long
 
     def __post_init__(self) -> None:
-        for name in ("headroom", "admitted_share", "decrease", "floor_share"):
+        for name in ("headroom", "admitted_share", "decrease", "floor_share", "quota_refusals"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a fraction in (0, 1)")
 
@@ -216,8 +220,8 @@ Average = tuple[float, float, float | None]  # (rpm, when last folded, when firs
 @dataclass(frozen=True)
 class ModelState:
     """What the limiter keeps per model (in Redis: one hash). Times are seconds on one clock;
-    ``sent`` and ``admitted`` are exponentially weighted rates (rpm) of grants and of accepted
-    submissions, each as (value, when last folded, when first folded)."""
+    ``sent``, ``admitted`` and ``refused`` are exponentially weighted rates (rpm) of grants, of
+    accepted submissions and of 429s, each as (value, when last folded, when first folded)."""
 
     tat: float = 0.0  # GCRA theoretical arrival time
     blocked_until: float = 0.0  # Retry-After
@@ -228,6 +232,7 @@ class ModelState:
     strikes: int = 0  # 429s without Retry-After since the last accepted submission
     sent: Average = (0.0, 0.0, None)
     admitted: Average = (0.0, 0.0, None)
+    refused: Average = (0.0, 0.0, None)
 
 
 def pace_rpm(state: ModelState, ceiling: float | None, tuning: Tuning) -> float | None:
@@ -277,6 +282,7 @@ def rate_limited(
     congestion episode (some submission accepted since the last cut, and ``cooldown`` passed):
     to a share of what the provider accepted lately, or multiplicatively when that is no cut."""
     retry_after = bounded_retry_after(retry_after, tuning)
+    state = replace(state, refused=fold(state.refused, now, 1, tuning))
     if retry_after is None and now >= state.blocked_until:
         pause = min(tuning.pause_max, tuning.pause * 2.0**state.strikes)
         state = replace(state, blocked_until=now + pause, strikes=state.strikes + 1)
@@ -289,12 +295,25 @@ def rate_limited(
     current = pace_rpm(state, ceiling, tuning)
     if current is None:
         current = max(read_rpm(state.sent, now, tuning), tuning.min_rpm)
-    target = read_rpm(state.admitted, now, tuning) * tuning.admitted_share
+    admitted = read_rpm(state.admitted, now, tuning)
+    target = admitted * tuning.admitted_share
     if not 0 < target < current:
         target = current * tuning.decrease
-    peak = max(state.before_cut, current)
-    learned = max(tuning.min_rpm, target, peak * tuning.floor_share)
+    if over_quota(state, now, tuning):  # what the quota admits is the rate, with no floor
+        learned, peak = max(tuning.min_rpm, target), admitted
+    else:
+        peak = max(state.before_cut, current)
+        learned = max(tuning.min_rpm, target, peak * tuning.floor_share)
     return replace(state, learned=learned, before_cut=peak, last_cut=now, accepted_since_cut=False)
+
+
+def over_quota(state: ModelState, now: float, tuning: Tuning) -> bool:
+    """Whether ``quota_refusals`` of the POSTs answered lately, or more, were 429s: a quota is
+    refusing them, not chance (a floor at half the best rate would keep sending twice what the
+    provider admits)."""
+    refused = read_rpm(state.refused, now, tuning)
+    admitted = read_rpm(state.admitted, now, tuning)
+    return refused > 0 and refused >= tuning.quota_refusals * (refused + admitted)
 
 
 def measured(state: ModelState, now: float, tuning: Tuning) -> bool:

@@ -182,6 +182,7 @@ def stored_state(client: redis.Redis, key: str) -> ModelState:
         strikes=int(raw.get("stk", 0)),
         sent=(raw.get("sv", 0.0), raw.get("sat", 0.0), raw.get("ssn")),
         admitted=(raw.get("av", 0.0), raw.get("aat", 0.0), raw.get("asn")),
+        refused=(raw.get("rv", 0.0), raw.get("rat", 0.0), raw.get("rsn")),
     )
 
 
@@ -245,6 +246,17 @@ def test_learned_rates_fall_and_climb_back_alike(client: redis.Redis) -> None:
     steps += [Wait(12.0), Refused("m", 1.0), Wait(2.0), Acquire("m", 50), Answer("m", 50, 50)]
     run(client, steps, {"m": ModelLimit(rpm=3000)})
     run(client, steps, {}, TUNINGS[1])  # no known limit: the first cut is from the grant rate
+
+
+def test_a_hidden_quota_is_learned_alike(client: redis.Redis) -> None:
+    """Most POSTs refused (a quota nobody published): the cut follows what is admitted."""
+    steps: list[Event] = []
+    for _ in range(12):  # 20 a second sent, 2 admitted: the grant rate reads 1,200 rpm
+        steps += [Acquire("m", 20), Answer("m", 20, 2)]
+        steps += [Refused("m", 1.0) for _ in range(18)] + [Wait(1.0)]
+    twins = run(client, steps, {})
+    learned = twins.local.state("m").learned
+    assert learned is not None and learned < 300  # not the floor: half of 1,200 rpm
 
 
 def test_published_limits_tighten_alike(client: redis.Redis) -> None:

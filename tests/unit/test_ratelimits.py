@@ -243,7 +243,8 @@ def test_without_retry_after_the_pause_doubles_until_something_is_accepted() -> 
     for _ in range(8):
         state = rate_limited(state, now, None, 600, T)
         pauses.append(state.blocked_until - now)
-        assert rate_limited(state, now + 0.01, None, 600, T) == state  # in flight: no escalation
+        in_flight = rate_limited(state, now + 0.01, None, 600, T)  # counted, no escalation
+        assert replace(in_flight, refused=state.refused) == state
         now = state.blocked_until
     assert pauses == [0.5, 1, 2, 4, 8, 16, 30, 30]
     state = accepted(state, now, 1, 600, T)
@@ -355,6 +356,57 @@ def test_an_unknown_limit_with_retry_after_is_learned() -> None:
 def test_an_unknown_limit_without_retry_after_does_not_collapse() -> None:
     throughput, refused = simulate_sliding_window(600, ceiling=None, retry_after=False)
     assert throughput >= 0.7 and refused < 0.25
+
+
+def simulate_token_bucket(rpm: int, *, minutes: int = 4) -> tuple[float, float, float]:
+    """Greedy senders (32 wanted every 10 ms) against a quota nobody published, counted as
+    llmock counts it: a bucket of ``rpm`` requests, full at the start, refilled at rpm / 60 a
+    second, a 429 saying the whole seconds until a request fits. (Accepted per minute after
+    the first / rpm, the share of POSTs answered 429 then, and the learned rate / rpm.)"""
+    state, tokens, now = ModelState(), float(rpm), 0.0
+    accepted_late = refused_late = 0
+    while now < minutes * 60:
+        tokens = min(rpm, tokens + rpm / 60 * 0.01)
+        state, granted, _ = grant(state, now, 32, None, T)
+        for _ in range(granted):
+            late = now >= 60
+            if tokens >= 1:
+                tokens -= 1
+                accepted_late += late
+                state = accepted(state, now, 1, None, T)
+            else:
+                refused_late += late
+                wait = math.ceil((1 - tokens) * 60 / rpm)
+                state = rate_limited(state, now, wait, None, T)
+        now = round(now + 0.01, 6)
+    learned = (state.learned or math.inf) / rpm
+    total = accepted_late + refused_late
+    return accepted_late / (minutes - 1) / rpm, refused_late / max(1, total), learned
+
+
+@pytest.mark.parametrize("rpm", [30, 100, 1000])
+def test_a_hidden_quota_is_learned_within_a_minute(rpm: int) -> None:
+    """The opening burst is accepted (the bucket is full) and reads as thousands of rpm; half
+    of it used to be a floor the rate never went below, so 9 POSTs in 10 were refused for good
+    (100 rpm: learned 1,161, 2,578 answers of 429 for 400 requests)."""
+    throughput, refused, learned = simulate_token_bucket(rpm)
+    assert refused < 0.05 and throughput >= 0.85 and learned < 1.2
+
+
+def test_random_refusals_below_the_quota_share_keep_the_floor() -> None:
+    """Refusals at random, a fifth of all POSTs whatever the rate: no quota to follow down."""
+    rng = random.Random(7)
+    state, now = ModelState(), 0.0
+    while now < 300:
+        state, granted, wait = grant(state, now, 4, None, T)
+        for _ in range(granted):
+            if rng.random() < 0.2:
+                state = rate_limited(state, now, None, None, T)
+            else:
+                state = accepted(state, now, 1, None, T)
+        now += max(wait, 0.01)
+    assert state.learned is not None and state.before_cut > 0
+    assert state.learned >= T.floor_share * state.before_cut - 1e-9
 
 
 # --- the in-process limiter ----------------------------------------------------------------------
