@@ -1,0 +1,139 @@
+"""Sync mode against llmock (PyPI), an OpenAI-compatible server nobody here wrote: random 500s
+and 503s, a quota it does not publish, a permanent error scripted for some requests, and its own
+verdict on how a client retries. Two workers, through the installed binary."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from cli_process import BINARY, chatbatch, start_worker, stop, wait_finished
+
+LLMOCK = shutil.which("llmock", path=str(Path(sys.executable).parent))
+pytestmark = pytest.mark.skipif(
+    (BINARY is None or LLMOCK is None) and not os.environ.get("CI"),
+    reason="chatbatch and llmock (the dev extras) are not installed",
+)
+
+QUOTA_RPM = 300  # llmock's token bucket: 300 at once, then 5 a second; nobody publishes it
+REFUSED_MODEL = "llmock-refuses-this"  # a scripted, permanent 400
+
+
+@pytest.fixture
+def llmock(tmp_path: Path) -> Iterator[str]:
+    """A llmock server on a free loopback port; its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "llmock.json"
+    config.write_text(
+        json.dumps({"error_rates": {"500": 0.03, "503": 0.05}, "limits": {"rpm": QUOTA_RPM}})
+    )
+    assert LLMOCK, "llmock is in the dev extras"
+    args = [LLMOCK, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    with (tmp_path / "llmock.log").open("wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, proc)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "llmock exited at start"
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("llmock did not come up within 30 s")
+
+
+def write_requests(path: Path, n: int, refused: int) -> None:
+    """``n`` distinct requests, the first ``refused`` of them for the model llmock refuses."""
+    with path.open("w") as fh:
+        for i in range(n):
+            model = REFUSED_MODEL if i < refused else "gpt-4o-mini"
+            content = f"Label ticket {i}: the printer on floor {i % 7} jams."
+            body = {"model": model, "messages": [{"role": "user", "content": content}]}
+            fh.write(json.dumps({"custom_id": f"t-{i}", "body": body}) + "\n")
+
+
+def test_sync_mode_against_llmock_with_faults_and_an_unpublished_quota(
+    distributed_env, llmock, tmp_path
+) -> None:
+    n, refused = 700, 4
+    scenario = {"type": "fail", "status": 400, "times": None, "message": "model not allowed"}
+    scenario["match"] = {"model": REFUSED_MODEL}
+    httpx.post(f"{llmock}/_llmock/scenario", json={"behaviors": [scenario]}).raise_for_status()
+    env = distributed_env | {
+        "CHATBATCH_API_MODE": "sync",
+        "CHATBATCH_API_BASE": f"{llmock}/v1",
+        "CHATBATCH_API_KEY": "sk-llmock-e2e-key",
+    }
+    write_requests(tmp_path / "tickets.jsonl", n, refused)
+    chatbatch("db", "upgrade", env=env)
+    chatbatch("load", str(tmp_path / "tickets.jsonl"), "--name", "llmock", env=env)
+    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
+    started = time.monotonic()
+    workers = [start_worker(env, log) for log in logs]
+    try:
+        status = wait_finished(env, "llmock", timeout=300)
+    finally:
+        for proc in workers:
+            stop(proc)
+    took = time.monotonic() - started
+    worker_logs = "".join(log.read_text() for log in logs)
+    assert status["status"] == "completed", worker_logs[-3000:]
+    assert status["counts"]["succeeded"] == n - refused, status["counts"]
+    assert status["counts"]["failed"] == refused
+
+    chatbatch("export", "llmock", "-o", str(tmp_path / "out.jsonl"), env=env)
+    lines = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    for line in lines[:refused]:
+        assert line["error"]["message"].endswith("model not allowed"), line
+    for line in lines[refused:]:
+        assert line["response"]["request_id"].startswith("chatcmpl-"), line
+
+    verdict = httpx.get(f"{llmock}/_llmock/verdict").json()
+    errors = [f for f in verdict["findings"] if f["severity"] == "error"]
+    assert verdict["passed"] and not errors, errors[:5]
+
+    posts = httpx.get(f"{llmock}/_llmock/requests", timeout=30).json()["requests"]
+    posts = [p for p in posts if p["method"] == "POST"]
+    served = Counter(p["fingerprint"] for p in posts if p["status"] == 200)
+    assert sum(served.values()) == n - refused and max(served.values()) == 1  # none twice
+    per_request = Counter(p["fingerprint"] for p in posts)
+    quota_429s = [p for p in posts if p["fault"] == "ratelimit:requests"]
+    first = min(p["started_at"] for p in posts)
+    late = [p for p in posts if p["started_at"] >= first + 60]
+    late_429s = [p for p in late if p["status"] == 429]
+    print(
+        f"llmock: {n} requests in {took:.0f} s, {len(posts)} POSTs, {len(quota_429s)} quota "
+        f"429s, after the first minute {len(late_429s)} of {len(late)} POSTs answered 429, "
+        f"at most {max(per_request.values())} POSTs for one request; "
+        f"verdict warnings: {Counter((f['code'], f['path']) for f in verdict['findings'])}"
+    )
+    assert max(per_request.values()) <= 6  # a few times for a quota, not a storm
+    assert len(late) >= 20 and len(late_429s) < 0.05 * len(late)
