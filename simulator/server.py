@@ -259,6 +259,7 @@ class Simulator:
     async def _answer_synchronously(self, request: web.Request, task: Task) -> web.Response:
         """Hold the request for the task's latency (GeekAI cuts at ~5 min), then answer it."""
         await asyncio.sleep(min(SYNC_CAP_SECONDS, max(0.0, task.ready_at - time.monotonic())))
+        self.state.stats.record_sync(task.created, time.monotonic())
         if task.fails:
             return self._reject(500, "The model failed to produce an answer", "task_failed")
         self.state.stats.served_by_fingerprint[task.fingerprint] += 1

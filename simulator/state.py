@@ -148,6 +148,10 @@ class Stats:
     # Synchronous completions generated (so billed) per request, whether or not the answer
     # reached the client: a request served twice was sent twice.
     served_by_fingerprint: Counter[str] = field(default_factory=Counter)
+    # Seconds synchronous requests were held open in all, and from the first one's arrival to
+    # the last one's answer: their ratio is how many the client kept in flight on average.
+    sync_held_seconds: float = 0.0
+    sync_window: tuple[float, float] | None = None
     # Per finished task, seconds from creation to ready, and from ready to the first poll that
     # saw the outcome: what polling efficiency is measured by.
     completion_times: list[float] = field(default_factory=list)
@@ -173,6 +177,10 @@ class Stats:
             "accepted_by_fingerprint": by_fingerprint,
             "duplicate_fingerprints": sorted(fp for fp, n in by_fingerprint.items() if n > 1),
             "served_by_fingerprint": dict(self.served_by_fingerprint),
+            "sync_held_seconds": self.sync_held_seconds,
+            "sync_span_seconds": self.sync_window[1] - self.sync_window[0]
+            if self.sync_window
+            else 0.0,
             "rejected": {**dict.fromkeys(REJECTION_KEYS + DROP_KEYS, 0), **self.rejected},
             "statuses_served": {**dict.fromkeys(STATUS_KEYS, 0), **self.statuses_served},
             "completed_results_served": self.completed_results_served,
@@ -185,6 +193,12 @@ class Stats:
             "usage_served_totals": dict(self.usage_totals),
             "usage_served_tasks": len(self.usage_served),
         }
+
+    def record_sync(self, arrived: float, answered: float) -> None:
+        """Note a synchronous request held open from ``arrived`` to ``answered``."""
+        self.sync_held_seconds += answered - arrived
+        first, last = self.sync_window or (arrived, answered)
+        self.sync_window = (min(first, arrived), max(last, answered))
 
     def record_fetch(self, task: Task, now: float) -> None:
         """Note the first time a poll sees ``task``'s outcome."""

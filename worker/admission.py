@@ -119,16 +119,30 @@ class SubmitBudget:
 
     def __init__(self, size: int) -> None:
         self._free = size
-        self._lock = threading.Lock()
+        self._freed = threading.Condition()
 
     def take(self, wanted: int) -> int:
         """Up to ``wanted`` slots, as many as are free."""
-        with self._lock:
+        with self._freed:
             granted = min(wanted, self._free)
             self._free -= granted
             return granted
 
     def give_back(self, count: int) -> None:
         """Free ``count`` slots taken before."""
-        with self._lock:
+        if count <= 0:
+            return
+        with self._freed:
             self._free += count
+            self._freed.notify_all()
+
+    @property
+    def free(self) -> int:
+        """Slots free now."""
+        with self._freed:
+            return self._free
+
+    def wait_free(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a free slot; whether there is one."""
+        with self._freed:
+            return self._freed.wait_for(lambda: self._free > 0, timeout=max(0.0, timeout))

@@ -30,6 +30,7 @@ from chatbatch.store.db import db_now
 from worker.admission import Admission, SubmitBudget
 from worker.cost_guard import CostGuard
 from worker.housekeeping import Housekeeping
+from worker.pipeline import ChunkPipeline
 from worker.provider import Provider
 from worker.ratelimit import LocalRateLimiter, RateLimiter
 from worker.recording import Chunk, DbClock, Landed, Recorder
@@ -75,6 +76,10 @@ class Engine:
         )
         self._recorder = Recorder(db=db, policy=self.policy, polls=self._polls)
         self._cost_guard = CostGuard()
+        self._pipeline: ChunkPipeline | None = None  # sync mode: chunks overlap (pipeline.py)
+        if provider.waits_for_answers:
+            threads = settings.concurrency + 1  # a chunk holds one submission at least
+            self._pipeline = ChunkPipeline(self._call_and_record, threads=threads)
 
     @property
     def chunk_size(self) -> int:
@@ -105,9 +110,14 @@ class Engine:
         deadline = time.monotonic() + budget_seconds
         handled = 0
         while time.monotonic() < deadline and not self.stopping:
+            if self._pipeline:
+                self._pipeline.reap()
             step = self.step()
             handled += step
             if step:
+                continue
+            if self._pipeline and self._pipeline.busy and not self._submit_budget.free:
+                self._submit_budget.wait_free(min(MAX_IDLE_SECONDS, deadline - time.monotonic()))
                 continue
             wait = self._seconds_until_due()
             if wait is None or time.monotonic() + wait >= deadline:
@@ -126,18 +136,24 @@ class Engine:
             return (due - db_now(conn)).total_seconds()
 
     def step(self) -> int:
-        """Claim, call and record one chunk; returns how many requests it held (none once
-        stopping)."""
+        """Claim, call and record one chunk (in sync mode: start it on the pipeline); returns
+        how many requests it held (none once stopping)."""
         if self.stopping:
             return 0
         self._housekeeping.before_first_post()
         submit_slots = self._submit_budget.take(self._submit_share)
         try:
             chunk = self._claim_chunk(self._reserve_submissions(submit_slots))
-            if chunk.polls or chunk.submits:
-                self._call_and_record(chunk)
-        finally:
+        except BaseException:
             self._submit_budget.give_back(submit_slots)
+            raise
+        self._submit_budget.give_back(submit_slots - len(chunk.submits))  # claimed for none
+        if not (chunk.polls or chunk.submits):
+            return 0
+        if self._pipeline:
+            self._pipeline.start(chunk)
+        else:
+            self._call_and_record(chunk)
         return len(chunk.polls) + len(chunk.submits)
 
     def _claim_chunk(self, wanted: Mapping[str, int]) -> Chunk:
@@ -205,8 +221,12 @@ class Engine:
         return claims
 
     def close(self) -> None:
-        """Close the provider's connections."""
-        self._provider.close()
+        """Record the chunks still in flight, then close the provider's connections."""
+        try:
+            if self._pipeline:
+                self._pipeline.close()
+        finally:
+            self._provider.close()
 
     def _call_and_record(self, chunk: Chunk) -> None:
         """Send the chunk's calls and record their outcomes as they land (an accepted task id is
@@ -218,5 +238,15 @@ class Engine:
             [claim.remote_id for claim in chunk.polls],
             lambda index, outcome: landed.put((index, outcome)),
         )
-        outcomes = self._recorder.record(chunk, landed, calls)
+        held = len(chunk.submits)  # submit slots, each given back once its outcome is written
+
+        def written(count: int) -> None:
+            nonlocal held
+            held -= count
+            self._submit_budget.give_back(count)
+
+        try:
+            outcomes = self._recorder.record(chunk, landed, calls, written)
+        finally:
+            self._submit_budget.give_back(held)
         self._admission.report([claim.model for claim in chunk.submits], outcomes)

@@ -114,6 +114,11 @@ class Provider:
             sync_read_timeout=settings.sync_read_timeout,
         )
 
+    @property
+    def waits_for_answers(self) -> bool:
+        """Whether a POST stays open while the model generates (sync mode)."""
+        return self._protocol.waits_for_answer
+
     def start(
         self,
         bodies: Sequence[str],

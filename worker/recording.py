@@ -105,23 +105,29 @@ class Recorder:
         self._checks = checks
         return checks
 
-    def record(self, chunk: Chunk, landed: Landed, calls: Future[None]) -> list[Outcome]:
+    def record(
+        self,
+        chunk: Chunk,
+        landed: Landed,
+        calls: Future[None],
+        on_submits_written: Callable[[int], None] | None = None,
+    ) -> list[Outcome]:
         """Record the chunk's outcomes as they land, in micro-batches of at most
-        ``FLUSH_SECONDS``; returns the submissions' outcomes, in order."""
-        writes: list[Write] = []
+        ``FLUSH_SECONDS``, telling ``on_submits_written`` how many submissions each one
+        settled; returns the submissions' outcomes, in order."""
         outcomes: dict[int, Outcome] = {}
         remaining = len(chunk.submits) + len(chunk.polls)
         while remaining:
             batch = self._next_landed(landed, calls, remaining)
             remaining -= len(batch)
             now = chunk.clock.now()
+            writes: list[Write] = []
             for index, outcome in batch:
                 outcomes[index] = outcome
                 writes.append(self._judge(chunk, index, outcome, now))
             self.write(writes, now)
-            writes = []
-        if writes:
-            self.write(writes, chunk.clock.now())
+            if on_submits_written:
+                on_submits_written(sum(index < len(chunk.submits) for index, _ in batch))
         return [outcomes[i] for i in range(len(chunk.submits))]
 
     @staticmethod

@@ -44,6 +44,8 @@ STATS_KEYS = {
     "accepted_by_fingerprint",
     "duplicate_fingerprints",
     "served_by_fingerprint",
+    "sync_held_seconds",
+    "sync_span_seconds",
     "rejected",
     "statuses_served",
     "completed_results_served",
