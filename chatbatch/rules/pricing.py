@@ -19,7 +19,6 @@ reasoning or as output; nothing is counted twice. ``total_tokens`` is not charge
 
 from __future__ import annotations
 
-import fnmatch
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -30,9 +29,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chatbatch.errors import ConfigError
+from chatbatch.rules.model_names import most_specific
 
 MILLION = Decimal(1_000_000)
-WILDCARD_CHARS = "*?["
 NO_PRICE = "no price"
 YAML_SUFFIXES = (".yaml", ".yml")
 NO_UNIT_PRICE = "billed units but no per_unit price"
@@ -61,13 +60,8 @@ class PriceTable(BaseModel):
 
     def price_for(self, model: str) -> ModelPrice | None:
         """The price of ``model``, or None when the table does not cover it."""
-        if model in self.models:
-            return self.models[model]
-        patterns = [p for p in self.models if any(c in p for c in WILDCARD_CHARS)]
-        matching = [p for p in patterns if fnmatch.fnmatchcase(model, p)]
-        if not matching:
-            return None
-        return self.models[max(matching, key=len)]
+        name = most_specific(model, self.models)
+        return None if name is None else self.models[name]
 
 
 @dataclass(frozen=True)
@@ -156,7 +150,7 @@ def load_prices(path: Path) -> PriceTable:
     try:
         return PriceTable.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"price table {path}: {_problems(exc)}") from None
+        raise ConfigError(f"price table {path}: {validation_problems(exc)}") from None
 
 
 class _DecimalYamlLoader(yaml.SafeLoader):
@@ -180,7 +174,8 @@ def format_money(amount: Decimal | None) -> str | None:
     return "0" if text in ("", "-0") else text
 
 
-def _problems(exc: ValidationError) -> str:
+def validation_problems(exc: ValidationError) -> str:
+    """Each problem pydantic found in a TOML file, as ``key.path: what is wrong``."""
     problems = []
     for error in exc.errors():
         where = ".".join(_toml_key(part) for part in error["loc"]) or "the file"

@@ -44,6 +44,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from chatbatch.rules.model_names import most_specific
+
 WILDCARD = "*"
 SETTING = "CHATBATCH_RATE_LIMITS"
 FORM = "MODEL=RPM[/CONCURRENCY], e.g. 'gpt-4o-mini=500/32, deepseek-chat=60, *=1000'"
@@ -147,7 +149,8 @@ def limit_for(
 ) -> ModelLimit:
     """The limit to enforce for ``model``: the configured one (or ``*``), tightened by what the
     provider publishes; each field is the smaller of the two known values."""
-    mine = configured.get(model) or configured.get(WILDCARD) or NO_LIMIT
+    name = most_specific(model, configured)  # an exact name, else the longest glob ("*" last)
+    mine = NO_LIMIT if name is None else configured[name]
     theirs = (published or {}).get(model) or NO_LIMIT
     concurrency = _smaller(mine.concurrency, theirs.concurrency)
     return ModelLimit(rpm=_smaller(mine.rpm, theirs.rpm), concurrency=concurrency)
