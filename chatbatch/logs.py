@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from chatbatch.redaction import Redactor
 
@@ -11,9 +12,9 @@ class RedactSecret(logging.Filter):
     """Scrub the key from a record's message, its exception and its stack: tracebacks of
     database errors quote statement parameters, and those hold provider answers."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, *secrets: str) -> None:
         super().__init__()
-        self._redact = Redactor(secret)
+        self._redact = Redactor(*secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -30,15 +31,15 @@ class RedactSecret(logging.Filter):
 
 
 def configure_logging(
-    level: int, *, secret: str | None, handler: logging.Handler | None = None
+    level: int, *, secrets: Sequence[str], handler: logging.Handler | None = None
 ) -> None:
-    """Log at ``level`` through ``handler`` (default: plain lines on stderr); never let
-    ``secret`` through."""
+    """Log at ``level`` through ``handler`` (default: plain lines on stderr); never let any of
+    ``secrets`` through."""
     if handler is None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    if secret:
-        handler.addFilter(RedactSecret(secret))
+    if secrets:
+        handler.addFilter(RedactSecret(*secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -47,21 +47,29 @@ def _spellings(char: str) -> str:
 
 
 class Redactor:
-    """Replaces the key, in any of its echoed spellings, with ``[redacted]``."""
+    """Replaces the keys (one per provider), in any of their echoed spellings, with
+    ``[redacted]``."""
 
-    def __init__(self, key: str | None) -> None:
-        self._key = key or None
-        self._pattern = re.compile("".join(_spellings(ch) for ch in key)) if key else None
+    def __init__(self, *keys: str | None) -> None:
+        self._keys = [
+            (key, re.compile("".join(_spellings(ch) for ch in key))) for key in keys if key
+        ]
 
     def __call__(self, text: str) -> str:
-        """``text`` without the key."""
-        if self._pattern is None or self._key is None or not text:
+        """``text`` without the keys."""
+        for key, pattern in self._keys:
+            text = self._scrub(text, key, pattern)
+        return text
+
+    @staticmethod
+    def _scrub(text: str, key: str, pattern: re.Pattern[str]) -> str:
+        if not text:
             return text
-        if self._key in text:  # the common echo, replaced without the regex
-            text = text.replace(self._key, REDACTED)
+        if key in text:  # the common echo, replaced without the regex
+            text = text.replace(key, REDACTED)
         if "\\" not in text and "%" not in text:
             return text  # no escaped spelling can be present
-        return self._pattern.sub(REDACTED, text)
+        return pattern.sub(REDACTED, text)
 
     def optional(self, text: str | None) -> str | None:
         """``text`` without the key, None kept."""

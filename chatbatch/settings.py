@@ -102,6 +102,8 @@ class Settings(BaseSettings):
 
     # Price table (TOML) that `usage` and `status` turn usage into cost with; `--prices` wins.
     prices: Path | None = None
+    # Providers file (TOML): several providers, each serving some models; `--providers` wins.
+    providers: Path | None = None
 
     @field_validator("rate_limits")
     @classmethod
@@ -130,16 +132,20 @@ class Settings(BaseSettings):
         """The longest one HTTP call can take before its timeouts fire (``worker.provider``'s
         deadlines): a sync POST waits for the whole generation, then reads the answer."""
         background = self.connect_timeout + 2 * self.read_timeout
-        if self.api_mode == "sync":
-            return max(
-                background, self.connect_timeout + self.sync_read_timeout + self.read_timeout
-            )
-        return background
+        if not self.may_wait_for_answers:
+            return background
+        return max(background, self.connect_timeout + self.sync_read_timeout + self.read_timeout)
+
+    @property
+    def may_wait_for_answers(self) -> bool:
+        """Whether some POST may stay open for a whole generation: sync mode, or a providers
+        file (which may name sync providers; it is read where it is used)."""
+        return self.api_mode == "sync" or self.providers is not None
 
     @property
     def worst_call_text(self) -> str:
         """How ``worst_call_seconds`` is made up, for an error message."""
-        if self.api_mode == "sync":
+        if self.may_wait_for_answers:
             return "connect + sync read + read timeout"
         return "connect + 2 x read timeout"
 

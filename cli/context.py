@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -19,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from chatbatch.errors import ChatbatchError, ConfigError
 from chatbatch.logs import configure_logging
+from chatbatch.providers import provider_table
 from chatbatch.settings import DATABASE_FILE, Settings, default_database_path, get_settings
 from chatbatch.store.db import get_engine
 
@@ -118,15 +120,23 @@ def stderr_console() -> Console:
     return Console(stderr=True)
 
 
+def _every_key() -> list[str]:
+    """The API key, and every key a providers file names, to keep out of the logs."""
+    try:
+        settings = get_settings()
+    except ValueError:
+        return []
+    keys = [key] if (key := settings.api_key_value()) else []
+    with contextlib.suppress(ChatbatchError):  # a bad providers file is reported where used
+        keys += provider_table(settings).keys()
+    return keys
+
+
 def setup_logging(level: int = logging.WARNING) -> None:
     """Log to stderr, scrubbing the API key: through rich on a terminal (so the lines never
     break a live bar), plain lines otherwise (files, pipes, workers under a supervisor)."""
-    try:
-        secret = get_settings().api_key_value()
-    except ValueError:
-        secret = None
     handler = None
     if sys.stderr.isatty():
         handler = RichHandler(console=stderr_console(), show_path=False, markup=False)
-    configure_logging(level, secret=secret, handler=handler)
+    configure_logging(level, secrets=_every_key(), handler=handler)
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -21,6 +21,7 @@ from cli.prices import price_table, prices_option
 if TYPE_CHECKING:
     from chatbatch.input.loading import BatchOptions
     from chatbatch.input.sources import Source
+    from chatbatch.providers import ProviderTable
 
 F = TypeVar("F", bound=Callable[..., Any])
 CSV_SUFFIXES = (".csv",)
@@ -249,4 +250,14 @@ def batch_options(load: LoadArgs) -> BatchOptions:
         prices=prices,
         max_cost=load.max_cost,
         reuse=load.reuse,
+        providers=providers_file_table(),
     )
+
+
+def providers_file_table() -> ProviderTable | None:
+    """The providers file's table (``CHATBATCH_PROVIDERS``), so a load refuses models no
+    provider serves; None without a file (the one provider serves every model)."""
+    from chatbatch.providers import provider_table
+
+    config = settings()
+    return provider_table(config) if config.providers is not None else None

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 import orjson
 
+from chatbatch.providers import provider_table
 from chatbatch.rules.states import ANSWERED_STATUSES, BatchStatus
 from chatbatch.settings import Settings
 from chatbatch.store import reads, sweeps
@@ -116,7 +117,7 @@ def run_command(
     setup_logging()
     check_output(output)  # before anything is loaded or paid for, not after
     if not simulate and not load.dry_run:
-        settings().usable_api_key()
+        provider_table(settings()).check_keys()
     batch = perform_load(file, load)
     if batch is None:  # --dry-run: shown, nothing loaded, nothing to process
         return
@@ -152,7 +153,7 @@ def process_command(
     if output is not None:
         check_output(output)
     if not simulate:
-        settings().usable_api_key()
+        provider_table(settings()).check_keys()
     with ready_database().begin() as conn:
         row = reads.resolve_batch(conn, batch)
         if sweeps.reopen_unfinished(conn, row.id):

@@ -43,5 +43,9 @@ def simulated(config: Settings) -> Iterator[Settings]:
     retention = SimConfig(retention_seconds=config.result_retention_seconds)
     with running_simulator(retention, store=simulator_store(config)) as sim:
         yield config.model_copy(
-            update={"api_base": sim.base_url, "api_key": SecretStr(SIMULATOR_KEY)}
+            update={
+                "api_base": sim.base_url,
+                "api_key": SecretStr(SIMULATOR_KEY),
+                "providers": None,
+            }
         )

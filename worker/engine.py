@@ -10,6 +10,7 @@ import queue
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import Connection
@@ -32,6 +33,7 @@ from worker.cost_guard import CostGuard
 from worker.housekeeping import Housekeeping
 from worker.pipeline import ChunkPipeline
 from worker.provider import Provider
+from worker.providers import Call, ProviderSet
 from worker.ratelimit import LocalRateLimiter, RateLimiter
 from worker.recording import Chunk, DbClock, Landed, Recorder
 
@@ -52,13 +54,15 @@ class Engine:
         self,
         *,
         db: DbEngine,
-        provider: Provider,
+        provider: Provider | ProviderSet,
         settings: Settings,
         limiter: RateLimiter | None = None,
         task_threads: int = 1,
         batch_id: str | None = None,
     ) -> None:
         self._db = db
+        if isinstance(provider, Provider):
+            provider = ProviderSet.single(provider)
         self._provider = provider
         self._settings = settings
         self._limiter = limiter or LocalRateLimiter(limits=parse_limits(settings.rate_limits))
@@ -170,12 +174,16 @@ class Engine:
                     lease_seconds=self._settings.lease_seconds,
                     batch_id=self._batch_id,
                 )
-                submits = self._claim_submissions(conn, clock.anchor, wanted)
+                submits = self._routed(self._claim_submissions(conn, clock.anchor, wanted))
                 checks = self._recorder.learn_checks(conn, polls, submits)
             claimed = submits
         finally:
             self._admission.release_unclaimed(wanted, [claim.model for claim in claimed])
         return Chunk(submits, polls, clock, checks)
+
+    def _routed(self, submits: list[SubmitClaim]) -> list[SubmitClaim]:
+        """``submits``, each naming the provider that serves its model."""
+        return [replace(claim, provider=self._provider.route(claim.model)) for claim in submits]
 
     def _reserve_submissions(self, slots: int) -> dict[str, int]:
         """What the rate limiter lets this chunk submit, per model, asked before any row is
@@ -233,9 +241,10 @@ class Engine:
         committed soon after its POST returns); then tell the limiter how the POSTs fared."""
         self._housekeeping.polled(poll.model for poll in chunk.polls)
         landed: Landed = queue.Queue()
+        route = self._provider.poll_route
         calls = self._provider.start(
-            [claim.body for claim in chunk.submits],
-            [claim.remote_id for claim in chunk.polls],
+            [Call(claim.provider, claim.body) for claim in chunk.submits],
+            [Call(route(poll.provider, poll.model), poll.remote_id) for poll in chunk.polls],
             lambda index, outcome: landed.put((index, outcome)),
         )
         held = len(chunk.submits)  # submit slots, each given back once its outcome is written

@@ -19,7 +19,7 @@ from chatbatch.rules.ratelimits import limits_from_models_listing
 from chatbatch.rules.states import Policy
 from chatbatch.store import reads, sweeps
 from chatbatch.store.db import db_now
-from worker.provider import Provider
+from worker.providers import ProviderSet
 from worker.ratelimit import RateLimiter
 
 log = logging.getLogger("chatbatch.engine")
@@ -36,7 +36,7 @@ class Housekeeping:
         self,
         *,
         db: DbEngine,
-        provider: Provider,
+        provider: ProviderSet,
         limiter: RateLimiter,
         policy: Policy,
         polls: PollPlanner,

@@ -28,7 +28,6 @@ from httpx_aiohttp import AiohttpTransport
 
 from chatbatch.redaction import Redactor
 from chatbatch.rules.outcomes import NotSent, Outcome, Retryable
-from chatbatch.settings import Settings
 from worker.classify import RETRY_AFTER_CAP, bad_response, classify_exception
 from worker.http_loop import BackgroundLoop
 from worker.protocols import Classifier, Protocol, protocol_for
@@ -59,9 +58,12 @@ class Provider:
         retry_cap: float = RETRY_AFTER_CAP,
         protocol: Protocol | None = None,
         sync_read_timeout: float = 600.0,
+        poll_path: str | None = None,
+        other_keys: Sequence[str] = (),
     ) -> None:
         """``sync_read_timeout`` replaces ``read_timeout`` for a POST that waits while the model
-        generates (``protocol.waits_for_answer``)."""
+        generates (``protocol.waits_for_answer``); ``poll_path`` (``{id}`` in it) replaces the
+        protocol's; ``other_keys`` (other providers') are scrubbed from answers too."""
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "chatbatch/0.1",
@@ -69,11 +71,12 @@ class Provider:
         }
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self._redact = Redactor(api_key)
+        self._redact = Redactor(api_key, *other_keys)
         self._max_connections = max_connections
         self._max_bytes = max_response_bytes
         self._retry_cap = retry_cap
         self._protocol = protocol or protocol_for("background")
+        self._poll_path = poll_path or self._protocol.poll_path
         self._call_seconds = connect_timeout + 2 * read_timeout
         self._post_timeout: httpx.Timeout | None = None  # None: the client's own
         self._post_seconds = self._call_seconds
@@ -99,20 +102,6 @@ class Provider:
         self._stopping = False  # set on the loop's thread by stop()
         self._waiting: set[asyncio.Task[object]] = set()  # calls waiting for a slot
         self._sending: set[asyncio.Task[object]] = set()  # calls in flight
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Provider:
-        return cls(
-            base_url=settings.api_base,
-            api_key=settings.api_key_value(),
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            max_connections=settings.concurrency,
-            max_response_bytes=settings.max_response_bytes,
-            retry_cap=settings.retry_max_seconds,
-            protocol=protocol_for(settings.api_mode),
-            sync_read_timeout=settings.sync_read_timeout,
-        )
 
     @property
     def waits_for_answers(self) -> bool:
@@ -188,7 +177,7 @@ class Provider:
         return await self._call(request, exchange)
 
     async def _poll(self, remote_id: str) -> Outcome:
-        path = self._protocol.poll_path.format(id=quote(remote_id, safe=""))
+        path = self._poll_path.replace("{id}", quote(remote_id, safe=""))
         request = self._client.build_request("GET", path)
         exchange = Exchange(self._protocol.classify_poll, self._call_seconds, is_post=False)
         return await self._call(request, exchange)

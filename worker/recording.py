@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 from sqlalchemy import Engine as DbEngine
 from sqlalchemy.exc import DBAPIError
 
-from chatbatch.rules.outcomes import Outcome
+from chatbatch.rules.outcomes import NotSent, Outcome
 from chatbatch.rules.polling import PollPlanner
 from chatbatch.rules.states import (
     AnswerCheck,
@@ -33,6 +33,7 @@ from chatbatch.rules.states import (
     Transition,
     after_poll,
     after_submit,
+    sent_to,
     unstorable,
 )
 from chatbatch.store.claims import PollClaim, SubmitClaim, answer_checks
@@ -176,7 +177,10 @@ class Recorder:
         """The write a submission's outcome makes (the row must still be ``submitting``); its
         POST went out at ``sent_at`` (just after the claim)."""
         rule = functools.partial(after_submit, sent_at=sent_at)
-        return self._outcome_write(claim, RequestStatus.SUBMITTING, rule, outcome, now, check)
+        write = self._outcome_write(claim, RequestStatus.SUBMITTING, rule, outcome, now, check)
+        if claim.provider is None or isinstance(outcome, NotSent):
+            return write
+        return replace(write, transition=sent_to(write.transition, claim.provider))
 
     def _poll_write(
         self, claim: PollClaim, outcome: Outcome, now: datetime, check: AnswerCheck | None

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 
+from chatbatch.providers import provider_table
 from chatbatch.rules.ratelimits import Tuning, parse_limits
 from chatbatch.settings import Settings, get_settings
 from chatbatch.store.db import get_engine
 from worker.engine import Engine
-from worker.provider import Provider
+from worker.providers import ProviderSet
 from worker.ratelimit import build_rate_limiter
 
 _lock = threading.Lock()
@@ -21,18 +22,19 @@ TASK_THREADS = 2  # chunk tasks one `chatbatch worker` runs at once; HTTP concur
 def build_engine(
     settings: Settings, *, task_threads: int = 1, batch_id: str | None = None
 ) -> Engine:
-    """A new engine for the configured database and provider (working only ``batch_id``, if
-    given); needs a usable API key."""
-    settings.usable_api_key()
+    """A new engine for the configured database and providers (working only ``batch_id``, if
+    given); needs a usable key for each provider."""
+    table = provider_table(settings)
+    providers = ProviderSet.from_settings(settings, table)  # every key checked
     limiter = build_rate_limiter(
-        parse_limits(settings.rate_limits),
+        {**parse_limits(settings.rate_limits), **table.rate_limits()},
         redis_url=settings.broker_url,
         prefix=f"chatbatch:ratelimit:{settings.queue}",
         tuning=Tuning(retry_after_max=settings.retry_max_seconds),
     )
     return Engine(
         db=get_engine(),
-        provider=Provider.from_settings(settings),
+        provider=providers,
         settings=settings,
         limiter=limiter,
         task_threads=task_threads,

@@ -29,6 +29,7 @@ from chatbatch.input.estimates import estimated_input_cost, estimated_prompt_tok
 from chatbatch.input.jsonl_input import RequestLines
 from chatbatch.input.reuse import reuse_answers
 from chatbatch.input.sources import ByteProgress, Prepared, Source
+from chatbatch.providers import ProviderTable
 from chatbatch.rules import structured
 from chatbatch.rules.pricing import Cost, PriceTable
 from chatbatch.rules.states import BatchStatus
@@ -53,6 +54,7 @@ class BatchOptions:
     prices: PriceTable | None = None
     max_cost: Decimal | None = None
     reuse: bool = False
+    providers: ProviderTable | None = None  # a providers file: each model must be served
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,13 @@ def _is_duplicate_id(exc: IntegrityError | psycopg.errors.UniqueViolation) -> bo
     return DUPLICATE_ID_CONSTRAINT in str(exc.orig if isinstance(exc, IntegrityError) else exc)
 
 
+def _unserved(model: str, providers: ProviderTable | None) -> str | None:
+    """Why no provider will take ``model`` (None: one serves it, or there is no file)."""
+    if providers is None or providers.route(model) is not None:
+        return None
+    return f"no provider in {providers.source} serves model {model!r}"
+
+
 def _prepared(
     source: Source,
     options: BatchOptions,
@@ -267,6 +276,10 @@ def _prepared(
             problems.add(line_no, problem or "unreadable line")
             continue
         custom_id, model, body, record = entry
+        unserved = _unserved(model, options.providers)
+        if unserved:
+            problems.add(line_no, unserved)
+            continue
         if track_ids:
             first = seen.setdefault(custom_id, line_no)
             if first != line_no:

@@ -26,6 +26,7 @@ RETRYABLE = {status.value: status for status in TERMINAL_STATUSES}  # what retry
 _ARCHIVED = (
     "status",
     "attempts",
+    "provider",
     "remote_id",
     "submitted_at",
     "completed_at",

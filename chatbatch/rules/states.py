@@ -239,6 +239,14 @@ def after_submit(
     raise TypeError(f"unexpected outcome {outcome!r}")
 
 
+def sent_to(transition: Transition, provider: str) -> Transition:
+    """``transition`` noting the provider a POST went to, in the row (unless a new round clears
+    it) and in what it archives (a re-asked answer keeps who gave it)."""
+    changes = {"provider": provider, **transition.changes}
+    archive = transition.archive and {**transition.archive, "provider": provider}
+    return replace(transition, changes=changes, archive=archive)
+
+
 def result_deadline(given: datetime | None, *, now: datetime, policy: Policy) -> datetime:
     """When an accepted task's result is deleted: the provider's ``expires_at`` if it lies
     between now and the retention window's end, else the window's end (a time in the past or
@@ -422,6 +430,7 @@ def _succeeded(
 # Cleared when a request is queued for a new round (an invalid answer asked again, or
 # ``chatbatch retry``): what its last submission and answer left.
 ROUND_COLUMNS = (
+    "provider",
     "remote_id",
     "remote_status",
     "submitted_at",

@@ -43,6 +43,7 @@ class SubmitClaim:
     body: str
     retries: int
     invalid_retries: int
+    provider: str | None = None  # which provider serves it: the engine routes it after claiming
 
     def view(self) -> RowView:
         return RowView(
@@ -69,6 +70,7 @@ class PollClaim:
     retries: int
     invalid_retries: int
     poll_strikes: int
+    provider: str | None  # the provider that accepted the task (None: stored before 0006)
 
     def view(self) -> RowView:
         return RowView(
@@ -231,6 +233,7 @@ def claim_for_poll(
             r.c.retries,
             r.c.invalid_retries,
             r.c.poll_strikes,
+            r.c.provider,
         )
     )
     return [PollClaim(*row) for row in conn.execute(stmt)]

@@ -128,6 +128,7 @@ class Request(UsageColumns, Base):
     # answer we cannot read ``STRIKES_PER_UNUSABLE``); too many and the request fails.
     poll_strikes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
+    provider: Mapped[str | None] = mapped_column(String(64))  # the one submitted to, by name
     remote_id: Mapped[str | None] = mapped_column(Text)
     remote_status: Mapped[str | None] = mapped_column(String(64))
     submitted_at: Mapped[datetime | None]
@@ -180,6 +181,7 @@ class PastResult(UsageColumns, Base):
     round: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer)
+    provider: Mapped[str | None] = mapped_column(String(64))
     remote_id: Mapped[str | None] = mapped_column(Text)
     submitted_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]

@@ -159,6 +159,7 @@ _ARCHIVED_FROM_ROW = {
     "request_id": r.c.id,
     "batch_id": r.c.batch_id,
     "attempts": r.c.attempts,
+    "provider": r.c.provider,
     "remote_id": r.c.remote_id,
     "submitted_at": r.c.submitted_at,
 }
@@ -172,15 +173,21 @@ def _archive_outcomes(conn: Connection, names: tuple[str, ...], rows: list[dict[
         arrays = {key: [row[key] for row in rows] for key in keys}
         conn.execute(_archive_from_arrays_sql(names), arrays)
         return
+    from_row = _archived_from_row(names)
     picked = select(
-        *_ARCHIVED_FROM_ROW.values(),
+        *from_row.values(),
         *(bindparam(f"a_{name}", type_=past_results.c[name].type) for name in names),
     ).where(
         r.c.id == bindparam("w_id"),
         r.c.status == bindparam("w_expected"),
         r.c.lease_token == bindparam("w_token"),
     )
-    conn.execute(insert(past_results).from_select([*_ARCHIVED_FROM_ROW, *names], picked), rows)
+    conn.execute(insert(past_results).from_select([*from_row, *names], picked), rows)
+
+
+def _archived_from_row(names: tuple[str, ...]) -> dict[str, Any]:
+    """The archived columns taken from the request row: those the write does not give."""
+    return {name: column for name, column in _ARCHIVED_FROM_ROW.items() if name not in names}
 
 
 @lru_cache(maxsize=16)
@@ -197,8 +204,9 @@ def _archive_from_arrays_sql(names: tuple[str, ...]) -> TextClause:
     arrays = ", ".join(
         f"CAST(:{key} AS {column.type.compile(dialect=dialect)}[])" for key, column in columns
     )
-    targets = [*_ARCHIVED_FROM_ROW, *names]
-    picks = [f"r.{column.name}" for column in _ARCHIVED_FROM_ROW.values()]
+    from_row = _archived_from_row(names)
+    targets = [*from_row, *names]
+    picks = [f"r.{column.name}" for column in from_row.values()]
     picks += [f"w.a_{name}" for name in names]
     return text(
         f"INSERT INTO past_results ({', '.join(targets)}) SELECT {', '.join(picks)} "

@@ -137,3 +137,76 @@ def test_sync_mode_against_llmock_with_faults_and_an_unpublished_quota(
     )
     assert max(per_request.values()) <= 6  # a few times for a quota, not a storm
     assert len(late) >= 20 and len(late_429s) < 0.05 * len(late)
+
+
+def test_one_batch_across_two_providers_each_request_to_its_own(
+    distributed_env, sim, llmock, tmp_path
+) -> None:
+    """Our simulator in background mode for one model, llmock in sync mode for another, named
+    in a providers file whose keys live in variables of their own; a model neither serves is
+    refused at load, naming the line."""
+    providers = tmp_path / "providers.toml"
+    providers.write_text(
+        "[[provider]]\n"
+        'name = "sim"\n'
+        f'base_url = "{sim.base_url}"\n'
+        'key_env = "TEST_SIM_KEY"\n'
+        'models = ["sim-*"]\n'
+        "\n[[provider]]\n"
+        'name = "mock"\n'
+        f'base_url = "{llmock}/v1"\n'
+        'key_env = "TEST_LLMOCK_KEY"\n'
+        'mode = "sync"\n'
+        'models = ["gpt-4o-mini"]\n'
+    )
+    env = {k: v for k, v in distributed_env.items() if k != "GEEKAI_API_KEY"} | {
+        "CHATBATCH_PROVIDERS": str(providers),
+        "TEST_SIM_KEY": "sk-simulator",
+        "TEST_LLMOCK_KEY": "sk-llmock-mixed-key",
+    }
+    models = {f"r-{i}": "sim-small" if i % 2 else "gpt-4o-mini" for i in range(40)}
+    lines = [_request(custom_id, model) for custom_id, model in models.items()]
+    (tmp_path / "mixed.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "unserved.jsonl").write_text(lines[0] + "\n" + _request("x", "claude-3") + "\n")
+    chatbatch("db", "upgrade", env=env)
+
+    refused = chatbatch("load", str(tmp_path / "unserved.jsonl"), env=env, check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert f"{tmp_path / 'unserved.jsonl'}:2: no provider in {providers}" in refused.stderr
+
+    chatbatch("load", str(tmp_path / "mixed.jsonl"), "--name", "mixed", env=env)
+    workers = [start_worker(env, tmp_path / f"w{i}.log") for i in range(2)]
+    try:
+        status = wait_finished(env, "mixed", timeout=120)
+    finally:
+        for proc in workers:
+            stop(proc)
+    assert status["counts"]["succeeded"] == 40, status["counts"]
+
+    served = _providers_of(env["CHATBATCH_DATABASE_URL"])
+    assert served == {cid: "sim" if m == "sim-small" else "mock" for cid, m in models.items()}
+    assert sim.stats()["accepted"] == 20 and sim.stats()["sync_completions"] == 0
+    posts = httpx.get(f"{llmock}/_llmock/requests", timeout=30).json()["requests"]
+    answered = [p["body"]["model"] for p in posts if p["method"] == "POST" and p["status"] == 200]
+    assert answered == ["gpt-4o-mini"] * 20
+    assert not any("background" in (p["body"] or {}) for p in posts)  # sync: none sent
+
+
+def _request(custom_id: str, model: str) -> str:
+    body = {"model": model, "messages": [{"role": "user", "content": f"Label {custom_id}."}]}
+    return json.dumps({"custom_id": custom_id, "body": body})
+
+
+def _providers_of(url: str) -> dict[str, str]:
+    """Each request's custom_id and the provider it was sent to, as stored."""
+    from sqlalchemy import text
+
+    from chatbatch.store.db import make_engine
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT custom_id, provider FROM requests"))
+            return {custom_id: provider for custom_id, provider in rows}
+    finally:
+        engine.dispose()

@@ -42,6 +42,7 @@ LAYERS = (
     {"chatbatch", "chatbatch.errors", "chatbatch.untrusted", "chatbatch.redaction"},
     {"chatbatch.rules"},
     {"chatbatch.settings", "chatbatch.logs"},
+    {"chatbatch.providers"},
     {"chatbatch.store"},
     {"chatbatch.input", "chatbatch.reporting"},
     {"chatbatch.operations"},
