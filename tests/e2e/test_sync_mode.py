@@ -138,3 +138,31 @@ def test_sync_mode_keeps_every_connection_busy_however_answer_times_spread(sim, 
     in_flight = stats["sync_held_seconds"] / stats["sync_span_seconds"]
     print(f"on average {in_flight:.1f} of {concurrency} connections busy")
     assert in_flight >= 0.7 * concurrency
+
+
+def test_a_sync_answer_asked_again_keeps_its_id_and_provider_in_the_history(
+    distributed_env, sim, tmp_path
+) -> None:
+    """An answer that breaks the schema is archived before the request is asked again; in sync
+    mode the row never held the answer's id, so the archive is given it with the write."""
+    sim.reconfigure(invalid_json_rate=1.0)  # every answer breaks the schema
+    env = distributed_env | {"CHATBATCH_API_MODE": "sync"}
+    args = ["run", str(REPO / "examples" / "reviews.csv"), "--name", "again", "-o", "-"]
+    args += ["--model", "gpt-4o-mini", "--template", "Review: {{ text }}"]
+    args += ["--schema", str(REPO / "examples" / "review_schema.json"), "--retry-invalid", "1"]
+    chatbatch(*args, env=env, check=False)
+    from sqlalchemy import text
+
+    from chatbatch.store.db import make_engine
+
+    engine = make_engine(env["CHATBATCH_DATABASE_URL"], pool_size=1)
+    try:
+        with engine.connect() as conn:
+            archived = conn.execute(text("SELECT remote_id, provider FROM past_results")).all()
+            rows = conn.execute(text("SELECT remote_id, provider FROM requests")).all()
+    finally:
+        engine.dispose()
+    assert archived and len(archived) == len(rows)  # each asked once more
+    assert all(remote_id and provider == "default" for remote_id, provider in archived)
+    assert all(remote_id and provider == "default" for remote_id, provider in rows)
+    assert {r for r, _ in archived}.isdisjoint(r for r, _ in rows)
