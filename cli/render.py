@@ -30,6 +30,9 @@ def print_summary(summary: BatchSummary) -> None:
         click.echo(f"  paused      {printable(summary['pause_reason'])}")
         click.echo("              fix the cause, then: chatbatch resume " + name)
     click.echo("  requests    " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    if summary["providers"]:
+        sent = ", ".join(f"{printable(k)} {v}" for k, v in summary["providers"].items())
+        click.echo("  providers   " + sent)
     click.echo(
         "  tokens      "
         f"prompt {usage['prompt_tokens']:,} · completion {usage['completion_tokens']:,} · "

@@ -1,4 +1,4 @@
-"""``chatbatch usage``: tokens and cost by batch, model or day."""
+"""``chatbatch usage``: tokens and cost by batch, model, day or provider."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ TOKEN_COLUMNS = (
 @click.argument("batch", required=False)
 @click.option(
     "--by",
-    type=click.Choice(["batch", "model", "day"]),
-    help="Group by batch, model or UTC day (default: model for one batch, batch for all).",
+    type=click.Choice(["batch", "model", "day", "provider"]),
+    help="Group by batch, model, UTC day or provider (default: model for one batch, batch for "
+    "all).",
 )
 @prices_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -86,7 +87,8 @@ def print_usage(result: dict[str, Any], *, priced: bool) -> None:
         table.add_column(f"cost ({result['currency']})", justify="right", footer=cost_total)
     for row in result["rows"]:
         # A model name comes from the provider's answer: no escapes, no rich markup.
-        cells: list[str | Text] = [Text(printable(row["key"])), f"{row['answers']:,}"]
+        key = "(not recorded)" if row["key"] is None else printable(row["key"])
+        cells: list[str | Text] = [Text(key), f"{row['answers']:,}"]
         cells += [f"{row[key]:,}" for _, key in TOKEN_COLUMNS]
         table.add_row(*cells, *([_money(row, places)] if priced else []))
     if not result["rows"]:

@@ -69,6 +69,7 @@ class BatchSummary(TypedDict):
     pause_reason: str | None
     total: int
     counts: dict[str, int]
+    providers: dict[str, int]
     usage: dict[str, int]
     possible_duplicates: int
     usage_clamped: int
@@ -99,6 +100,7 @@ def batch_summary(conn: Connection, batch: Row[Any], *, expiry_warning: timedelt
         "pause_reason": batch.pause_reason,
         "total": batch.total,
         "counts": reads.status_counts(conn, batch.id),
+        "providers": reads.provider_counts(conn, batch.id),
         "usage": usage,
         "possible_duplicates": possible_duplicates,
         "usage_clamped": usage_clamped,

@@ -1,4 +1,5 @@
-"""Token usage and its cost, summed by batch, model or day, on PostgreSQL and SQLite alike.
+"""Token usage and its cost, summed by batch, model, day or provider, on PostgreSQL and SQLite
+alike.
 
 Every provider answer counts once: the current outcome of each request and every earlier outcome
 that ``chatbatch retry`` replaced (``past_results``; the provider billed those too), so the totals
@@ -37,6 +38,7 @@ class Grouping(StrEnum):
     BATCH = "batch"
     MODEL = "model"
     DAY = "day"
+    PROVIDER = "provider"
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def _answers(table: Table, *, by: Grouping, batch_id: str | None) -> Select[Any]
         source = source.join(b, b.c.id == table.c.batch_id)
         key, batch, sort = b.c.name, b.c.id, b.c.created_at
     else:
-        key = r.c.model if by == Grouping.MODEL else utc_day(table.c.completed_at)
+        key = _key_column(table, by)
         batch, sort = null(), key
     has_usage = func.coalesce(*(table.c[name] for name in USAGE_COLUMNS)).is_not(None)
     query = (
@@ -156,6 +158,16 @@ def _answers(table: Table, *, by: Grouping, batch_id: str | None) -> Select[Any]
         .where(has_usage)
     )
     return query if batch_id is None else query.where(table.c.batch_id == batch_id)
+
+
+def _key_column(table: Table, by: Grouping) -> ColumnElement[Any]:
+    """What an answer is grouped by: its model, the UTC day it was stored, or the provider
+    that gave it (empty for answers stored before providers were recorded)."""
+    if by == Grouping.MODEL:
+        return r.c.model
+    if by == Grouping.PROVIDER:
+        return table.c.provider
+    return utc_day(table.c.completed_at)
 
 
 def _numbers(answers: int, usage: Usage, cost: Cost | None) -> dict[str, Any]:

@@ -97,6 +97,17 @@ def status_counts(conn: Connection, batch_id: str) -> dict[str, int]:
     return counts
 
 
+def provider_counts(conn: Connection, batch_id: str) -> dict[str, int]:
+    """Requests per provider they were sent to, by name (those not sent yet are left out)."""
+    rows = conn.execute(
+        select(r.c.provider, func.count())
+        .where(r.c.batch_id == batch_id, r.c.provider.is_not(None))
+        .group_by(r.c.provider)
+        .order_by(r.c.provider)
+    )
+    return {provider: count for provider, count in rows}
+
+
 def schema_counts(conn: Connection, batch_id: str) -> dict[str, int]:
     """How many answered requests follow the batch's schema and how many do not, and how many
     invalid answers were asked again."""

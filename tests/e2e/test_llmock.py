@@ -4,6 +4,7 @@ verdict on how a client retries. Two workers, through the installed binary."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -182,9 +183,17 @@ def test_one_batch_across_two_providers_each_request_to_its_own(
         for proc in workers:
             stop(proc)
     assert status["counts"]["succeeded"] == 40, status["counts"]
+    assert status["providers"] == {"mock": 20, "sim": 20}
+    shown = chatbatch("status", "mixed", env=env).stdout
+    assert "providers   mock 20, sim 20" in shown
 
     served = _providers_of(env["CHATBATCH_DATABASE_URL"])
     assert served == {cid: "sim" if m == "sim-small" else "mock" for cid, m in models.items()}
+    chatbatch("export", "mixed", "-o", str(tmp_path / "mixed.csv"), env=env)
+    with (tmp_path / "mixed.csv").open(newline="") as fh:
+        assert {row["custom_id"]: row["provider"] for row in csv.DictReader(fh)} == served
+    by_provider = chatbatch("usage", "mixed", "--by", "provider", "--json", env=env).stdout
+    assert [row["key"] for row in orjson.loads(by_provider)["rows"]] == ["mock", "sim"]
     assert sim.stats()["accepted"] == 20 and sim.stats()["sync_completions"] == 0
     posts = httpx.get(f"{llmock}/_llmock/requests", timeout=30).json()["requests"]
     answered = [p["body"]["model"] for p in posts if p["method"] == "POST" and p["status"] == 200]

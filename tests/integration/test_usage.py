@@ -255,3 +255,14 @@ def test_status_cost_so_far_and_projection(pg, two_batches):
         unknown = cost_summary(conn, reads.resolve_batch(conn, t["b"]), prices=PRICES)
     assert unknown["so_far"] is None and unknown["projected_total"] is None
     assert unknown["unpriced_models"] == {"mystery-1": "no price"}
+
+
+def test_usage_by_provider_counts_retried_answers_under_the_provider_that_gave_them(
+    pg, two_batches
+):
+    t = two_batches
+    everything = t["retried"] * 2 + t["mixed"]
+    by_provider = report(pg, Grouping.PROVIDER)
+    assert [row["key"] for row in by_provider["rows"]] == ["default"]  # archived ones too
+    assert by_provider["rows"][0]["answers"] == len(everything)
+    assert tokens_of(by_provider["rows"][0]) == summed(everything)

@@ -60,6 +60,7 @@ def row(**kw: Any) -> SimpleNamespace:
         "retries": 0,
         "ambiguous_submits": 0,
         "reused_from": None,
+        "provider": "default",
         "schema_valid": None,
         "schema_error": None,
         "record": None,

@@ -48,6 +48,7 @@ CSV_COLUMNS = (
     *USAGE_COLUMNS,
     "error_code",
     "error_message",
+    "provider",
     "remote_id",
     "submitted_at",
     "completed_at",

@@ -193,6 +193,7 @@ def _csv_cells(task_id: str) -> dict[str, str]:
         **{name: _number(name) for name in USAGE_COLUMNS},
         "error_code": _finished_only(_csv_text("error_code")),
         "error_message": _finished_only(_csv_text("error_message")),
+        "provider": _csv_text("provider"),
         "remote_id": _csv_text(task_id),
         "submitted_at": _iso("submitted_at"),
         "completed_at": _iso("completed_at"),
