@@ -239,14 +239,6 @@ class Engine:
     def _call_and_record(self, chunk: Chunk) -> None:
         """Send the chunk's calls and record their outcomes as they land (an accepted task id is
         committed soon after its POST returns); then tell the limiter how the POSTs fared."""
-        self._housekeeping.polled(poll.model for poll in chunk.polls)
-        landed: Landed = queue.Queue()
-        route = self._provider.poll_route
-        calls = self._provider.start(
-            [Call(claim.provider, claim.body) for claim in chunk.submits],
-            [Call(route(poll.provider, poll.model), poll.remote_id) for poll in chunk.polls],
-            lambda index, outcome: landed.put((index, outcome)),
-        )
         held = len(chunk.submits)  # submit slots, each given back once its outcome is written
 
         def written(count: int) -> None:
@@ -255,6 +247,14 @@ class Engine:
             self._submit_budget.give_back(count)
 
         try:
+            self._housekeeping.polled(poll.model for poll in chunk.polls)
+            landed: Landed = queue.Queue()
+            route = self._provider.poll_route
+            calls = self._provider.start(
+                [Call(claim.provider, claim.body) for claim in chunk.submits],
+                [Call(route(poll.provider, poll.model), poll.remote_id) for poll in chunk.polls],
+                lambda index, outcome: landed.put((index, outcome)),
+            )
             outcomes = self._recorder.record(chunk, landed, calls, written)
         finally:
             self._submit_budget.give_back(held)
