@@ -239,12 +239,16 @@ class Engine:
     def _call_and_record(self, chunk: Chunk) -> None:
         """Send the chunk's calls and record their outcomes as they land (an accepted task id is
         committed soon after its POST returns); then tell the limiter how the POSTs fared."""
-        held = len(chunk.submits)  # submit slots, each given back once its outcome is written
+        held = len(chunk.submits)  # submit slots; in sync mode each goes back once written
 
         def written(count: int) -> None:
             nonlocal held
             held -= count
             self._submit_budget.give_back(count)
+
+        # In background mode the slots go back with the chunk: answers land within
+        # milliseconds, and whole chunks keep the claims (database round trips) few.
+        on_written = written if self._pipeline else None
 
         try:
             self._housekeeping.polled(poll.model for poll in chunk.polls)
@@ -255,7 +259,7 @@ class Engine:
                 [Call(route(poll.provider, poll.model), poll.remote_id) for poll in chunk.polls],
                 lambda index, outcome: landed.put((index, outcome)),
             )
-            outcomes = self._recorder.record(chunk, landed, calls, written)
+            outcomes = self._recorder.record(chunk, landed, calls, on_written)
         finally:
             self._submit_budget.give_back(held)
         self._admission.report([claim.model for claim in chunk.submits], outcomes)
