@@ -17,6 +17,7 @@ import orjson
 
 from cli.context import settings
 from cli.prices import price_table, prices_option
+from cli.providers import providers_option
 
 if TYPE_CHECKING:
     from chatbatch.input.loading import BatchOptions
@@ -115,6 +116,7 @@ _OPTIONS = (
         help="Ask again up to N times when an answer does not follow --schema (default 0).",
     ),
     prices_option,
+    providers_option,
     click.option(
         "--max-cost",
         type=_Amount(),

@@ -10,6 +10,7 @@ import click
 from cli.context import handles_errors, ready_database, setup_logging
 from cli.files import write_atomically
 from cli.prices import prices_for_batch, prices_option
+from cli.providers import providers_option
 
 
 @click.command("report")
@@ -22,6 +23,7 @@ from cli.prices import prices_for_batch, prices_option
     help="The HTML file to write (replaced atomically).",
 )
 @prices_option
+@providers_option
 @handles_errors
 def report_command(batch: str, output: Path, prices_path: Path | None) -> None:
     """Write an HTML report of BATCH (id or name): counts by state, completions over time,

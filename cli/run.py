@@ -31,6 +31,7 @@ from cli.load_cmd import LoadArgs, load_options, perform_load, report_reuse
 from cli.notify import notification, send, validate_url
 from cli.prices import priced_summary
 from cli.progress import ProgressView, progress_bar
+from cli.providers import providers_option
 from cli.render import print_summary
 from cli.simulated import simulated
 
@@ -130,6 +131,7 @@ def run_command(
 @click.command("process")
 @click.argument("batch")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Export here when done.")
+@providers_option
 @format_option
 @simulate_option
 @notify_option

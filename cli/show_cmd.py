@@ -11,6 +11,7 @@ import orjson
 from chatbatch.untrusted import printable
 from cli.context import handles_errors, ready_database, setup_logging
 from cli.prices import prices_for_batch, prices_option
+from cli.providers import providers_option
 
 PARAMETERS_SHOWN = ("model", "temperature", "top_p", "max_tokens", "response_format", "tools")
 
@@ -20,6 +21,7 @@ PARAMETERS_SHOWN = ("model", "temperature", "top_p", "max_tokens", "response_for
 @click.argument("custom_id")
 @click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
 @prices_option
+@providers_option
 @handles_errors
 def show_command(batch: str, custom_id: str, as_json: bool, prices_path: Path | None) -> None:
     """One request of BATCH in full: the request as sent, every attempt and outcome (earlier

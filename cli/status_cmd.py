@@ -9,6 +9,7 @@ import orjson
 
 from cli.context import handles_errors, ready_database, setup_logging
 from cli.prices import priced_summary, prices_option
+from cli.providers import providers_option
 from cli.render import print_summary
 
 
@@ -16,6 +17,7 @@ from cli.render import print_summary
 @click.argument("batch")
 @click.option("--json", "as_json", is_flag=True, help="Print the status object as JSON.")
 @prices_option
+@providers_option
 @handles_errors
 def status_command(batch: str, as_json: bool, prices_path: Path | None) -> None:
     """Progress, usage and problems of a batch (by id or name); with a price table (given here or

@@ -14,6 +14,7 @@ from rich.text import Text
 from chatbatch.untrusted import printable
 from cli.context import handles_errors, ready_database, setup_logging
 from cli.prices import price_table, prices_for_batch, prices_option
+from cli.providers import providers_option
 from cli.render import unpriced_text
 
 WIDE_ENOUGH = 160  # columns when stdout is not a terminal (rich would squeeze to 80)
@@ -36,6 +37,7 @@ TOKEN_COLUMNS = (
     "all).",
 )
 @prices_option
+@providers_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handles_errors
 def usage_command(

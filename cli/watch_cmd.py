@@ -32,6 +32,7 @@ from chatbatch.reporting.watching import (
 )
 from cli.context import handles_errors, ready_database, settings, setup_logging
 from cli.prices import prices_for_batch, prices_option
+from cli.providers import providers_option
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -65,6 +66,7 @@ STATE_STYLES = {
     help="Seconds between refreshes.",
 )
 @prices_option
+@providers_option
 @handles_errors
 def watch_command(batch: str, interval: float, prices_path: Path | None) -> None:
     """Follow BATCH (id or name) live until it is completed, cancelled or paused: counts by

@@ -11,6 +11,7 @@ import click
 from chatbatch.errors import ConfigError
 from chatbatch.settings import Settings, get_settings
 from cli.context import handles_errors, ready_database, settings, setup_logging
+from cli.providers import providers_option
 
 
 @click.command("worker")
@@ -21,6 +22,7 @@ from cli.context import handles_errors, ready_database, settings, setup_logging
     help="HTTP requests in flight in this worker (default: CHATBATCH_CONCURRENCY, 16).",
 )
 @click.option("--loglevel", default="INFO", show_default=True, help="Log level.")
+@providers_option
 @handles_errors
 def worker_command(concurrency: int | None, loglevel: str) -> None:
     """Run a worker: any number may run at once, on one machine or many."""

@@ -166,3 +166,34 @@ def test_a_sync_answer_asked_again_keeps_its_id_and_provider_in_the_history(
     assert all(remote_id and provider == "default" for remote_id, provider in archived)
     assert all(remote_id and provider == "default" for remote_id, provider in rows)
     assert {r for r, _ in archived}.isdisjoint(r for r, _ in rows)
+
+
+def test_run_with_a_providers_file_given_as_an_option(sim, tmp_path) -> None:
+    """``--providers FILE`` does what CHATBATCH_PROVIDERS does: routing, keys from the named
+    variable, and a model no provider serves refused at load, naming the line."""
+    providers = tmp_path / "providers.toml"
+    providers.write_text(
+        "[[provider]]\n"
+        'name = "local-sim"\n'
+        f'base_url = "{sim.base_url}"\n'
+        'key_env = "TEST_LOCAL_SIM_KEY"\n'
+        'mode = "sync"\n'
+        'models = ["gpt-4o*"]\n'
+    )
+    env = base_env(tmp_path) | {"TEST_LOCAL_SIM_KEY": "sk-simulator"}
+    prompts = tmp_path / "prompts.jsonl"
+    write_prompts(prompts, 12)
+    out = str(tmp_path / "out.jsonl")
+    args = ["run", str(prompts), "--name", "opt", "-o", out, "--providers", str(providers)]
+    chatbatch(*args, env=env)
+    status = orjson.loads(chatbatch("status", "opt", "--json", env=env).stdout)
+    assert status["counts"]["succeeded"] == 12 and status["providers"] == {"local-sim": 12}
+    assert sum(sim.stats()["served_by_fingerprint"].values()) == 12
+
+    other = tmp_path / "other.jsonl"
+    other.write_text(prompts.read_text().replace("gpt-4o-mini", "claude-3", 1))
+    refused = chatbatch(
+        "run", str(other), "-o", out, "--providers", str(providers), env=env, check=False
+    )
+    assert refused.returncode == 2
+    assert f"{other}:1: no provider in {providers} serves model 'claude-3'" in refused.stderr
