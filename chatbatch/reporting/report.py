@@ -123,6 +123,7 @@ def report_context(data: ReportData) -> dict[str, Any]:
         "usage": usage,
         "priced": data.usage.prices is not None,
         "schema": data.schema,
+        "providers": data.providers,
         "reused": counts.get(RequestStatus.REUSED.value, 0),
         "generated_at": data.generated_at,
         "fmt_money": lambda amount: _padded(amount, places),

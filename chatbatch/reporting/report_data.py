@@ -31,6 +31,7 @@ from chatbatch.rules.states import (
     TERMINAL_STATUSES,
     RequestStatus,
 )
+from chatbatch.store import reads
 from chatbatch.store.dialect import epoch_seconds, floor_div, is_postgresql, seconds_between
 from chatbatch.store.models import requests_table as r
 
@@ -123,6 +124,7 @@ class ReportData:
     usage: UsageReport
     schema: SchemaVerdicts | None
     generated_at: datetime
+    providers: dict[str, int] = field(default_factory=dict)  # requests sent, by provider
 
     @property
     def finished(self) -> int:
@@ -159,6 +161,7 @@ def collect(
         usage=usage_report(conn, by=Grouping.MODEL, batch_id=batch.id, prices=prices),
         schema=seen.schema if batch.response_schema else None,
         generated_at=now,
+        providers=reads.provider_counts(conn, batch.id),
     )
 
 

@@ -186,6 +186,9 @@ def test_one_batch_across_two_providers_each_request_to_its_own(
     assert status["providers"] == {"mock": 20, "sim": 20}
     shown = chatbatch("status", "mixed", env=env).stdout
     assert "providers   mock 20, sim 20" in shown
+    chatbatch("report", "mixed", "-o", str(tmp_path / "report.html"), env=env)
+    page = (tmp_path / "report.html").read_text()
+    assert '<b data-metric="providers">mock 20 · sim 20</b>' in page
 
     served = _providers_of(env["CHATBATCH_DATABASE_URL"])
     assert served == {cid: "sim" if m == "sim-small" else "mock" for cid, m in models.items()}
