@@ -25,6 +25,5 @@ providers_option = click.option(
     callback=_use_providers_file,
     expose_value=False,
     is_eager=True,
-    help="TOML providers file: which provider serves which model (default: "
-    "$CHATBATCH_PROVIDERS).",
+    help="TOML providers file: which provider serves which model (default: $CHATBATCH_PROVIDERS).",
 )
