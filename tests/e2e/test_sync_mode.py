@@ -197,3 +197,38 @@ def test_run_with_a_providers_file_given_as_an_option(sim, tmp_path) -> None:
     )
     assert refused.returncode == 2
     assert f"{other}:1: no provider in {providers} serves model 'claude-3'" in refused.stderr
+
+
+def test_sync_mode_pauses_on_an_account_error_and_keeps_within_a_cost_cap(sim, tmp_path) -> None:
+    """The batch-level guards act on sync answers as on background ones: a 402 pauses the batch
+    (exit 4) with nothing failed, and --max-cost stops submitting before the cap is passed."""
+    prices = tmp_path / "prices.toml"
+    prices.write_text(
+        'currency = "USD"\n[models."gpt-4o-mini"]\ninput = 1000\noutput = 1000\nper_unit = 0.01\n'
+    )  # dear enough that a few answers pass the cap
+    env = base_env(tmp_path) | {
+        "CHATBATCH_API_MODE": "sync",
+        "CHATBATCH_API_BASE": sim.base_url,
+        "CHATBATCH_API_KEY": "sk-no-money-left",
+    }
+    sim.reconfigure(api_keys=("sk-no-money-left", "sk-simulator"))
+    sim.reconfigure(payment_required_keys=("sk-no-money-left",))
+    write_prompts(tmp_path / "prompts.jsonl", 30)
+    out = str(tmp_path / "out.jsonl")
+    paused = chatbatch(
+        "run", str(tmp_path / "prompts.jsonl"), "--name", "broke", "-o", out, env=env, check=False
+    )
+    assert paused.returncode == 4, paused.stderr
+    status = orjson.loads(chatbatch("status", "broke", "--json", env=env).stdout)
+    assert status["status"] == "paused" and status["counts"]["failed"] == 0
+    assert "402" in status["pause_reason"]
+
+    env["CHATBATCH_API_KEY"] = "sk-simulator"
+    args = ["run", str(tmp_path / "prompts.jsonl"), "--name", "capped", "-o", out]
+    args += ["--prices", str(prices), "--max-cost", "0.5"]
+    chatbatch(*args, env=env, check=False)
+    status = orjson.loads(chatbatch("status", "capped", "--json", env=env).stdout)
+    assert status["status"] == "paused" and "cost" in status["pause_reason"]
+    assert 0 < status["counts"]["succeeded"] < 30
+    spent = status["cost"]["so_far"]
+    assert spent is not None and float(spent) <= 0.5
