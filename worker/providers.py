@@ -102,13 +102,21 @@ class ProviderSet:
             provider.stop(grace)
 
     def models(self) -> object | None:
-        """Every provider's model listing, as one (``{"data": [...]}``); None if none has one."""
+        """Every provider's model listing as one (``{"data": [...]}``), each keeping only the
+        models it serves (its published limits are its own); None if none has one."""
         entries: list[object] = []
-        for provider in self._providers.values():
+        for name, provider in self._providers.items():
             listing = provider.models()
             data = listing.get("data") if isinstance(listing, dict) else None
-            entries += data if isinstance(data, list) else []
+            entries += (
+                [e for e in data if self._lists_own(name, e)] if isinstance(data, list) else []
+            )
         return {"data": entries} if entries else None
+
+    def _lists_own(self, name: str, entry: object) -> bool:
+        """Whether ``entry`` of provider ``name``'s listing is a model that provider serves."""
+        model = entry.get("id") if isinstance(entry, dict) else None
+        return isinstance(model, str) and self.route(model) == name
 
     def close(self) -> None:
         """Close every provider's connections."""

@@ -96,3 +96,36 @@ def test_sync_mode_waits_past_the_ordinary_read_timeout(sim) -> None:
     finally:
         client.close()
     assert isinstance(outcome, Completed), outcome
+
+
+def test_published_limits_of_several_providers_are_each_for_the_models_it_serves() -> None:
+    """Both simulators list the same three models with their own RPM limits; each limit read
+    is the one of the provider that serves the model."""
+    from chatbatch.providers import ProviderConfig, ProviderTable
+    from chatbatch.rules.ratelimits import limits_from_models_listing
+    from simulator.config import SimConfig
+    from simulator.embedded import running_simulator
+    from worker.providers import ProviderSet
+
+    def config(name: str, models: list[str]) -> ProviderConfig:
+        return ProviderConfig(name=name, base_url="http://x", key_env="UNUSED", models=models)
+
+    table = ProviderTable((config("a", ["gpt-4o*"]), config("b", ["*"])))
+    with (
+        running_simulator(SimConfig(rpm=100)) as a,
+        running_simulator(SimConfig(rpm=900)) as b,
+    ):
+        clients = {
+            "a": Provider(base_url=a.base_url, api_key="sk-simulator"),
+            "b": Provider(base_url=b.base_url, api_key="sk-simulator"),
+        }
+        providers = ProviderSet(clients, table)
+        try:
+            limits = limits_from_models_listing(providers.models())
+        finally:
+            providers.close()
+    assert {model: limit.rpm for model, limit in limits.items()} == {
+        "gpt-4o-mini": 100,
+        "gpt-4.1-nano": 900,
+        "deepseek-r1": 900,
+    }
