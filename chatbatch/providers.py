@@ -138,16 +138,22 @@ def provider_table(settings: Settings, path: Path | None = None) -> ProviderTabl
     path = path or settings.providers
     if path is not None:
         return load_providers(path)
-    only = ProviderConfig.model_construct(
+    only = default_provider(settings.api_base, settings.api_mode)
+    return ProviderTable((only,), settings=settings)
+
+
+def default_provider(base_url: str = "", mode: str = "background") -> ProviderConfig:
+    """The one provider of a deployment without a providers file: every model, its key in the
+    settings (``CHATBATCH_API_KEY`` or ``GEEKAI_API_KEY``)."""
+    return ProviderConfig.model_construct(
         name=DEFAULT_NAME,
-        base_url=settings.api_base,
+        base_url=base_url,
         key_env="CHATBATCH_API_KEY",
-        mode=settings.api_mode,
+        mode=mode,
         models=["*"],
         rate_limits="",
         poll_path="chat/{id}",
     )
-    return ProviderTable((only,), settings=settings)
 
 
 def load_providers(path: Path) -> ProviderTable:

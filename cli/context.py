@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import sys
@@ -126,10 +125,10 @@ def _every_key() -> list[str]:
         settings = get_settings()
     except ValueError:
         return []
-    keys = [key] if (key := settings.api_key_value()) else []
-    with contextlib.suppress(ChatbatchError):  # a bad providers file is reported where used
-        keys += provider_table(settings).keys()
-    return keys
+    try:
+        return provider_table(settings).keys()  # the configured key when there is no file
+    except ChatbatchError:  # a bad providers file is reported where it is used
+        return [key] if (key := settings.api_key_value()) else []
 
 
 def setup_logging(level: int = logging.WARNING) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from chatbatch.providers import DEFAULT_NAME, ProviderConfig, ProviderTable
+from chatbatch.providers import DEFAULT_NAME, ProviderConfig, ProviderTable, default_provider
 from chatbatch.rules.outcomes import Outcome, Rejected
 from chatbatch.settings import Settings
 from worker.protocols import protocol_for
@@ -48,8 +48,7 @@ class ProviderSet:
     @classmethod
     def single(cls, provider: Provider) -> ProviderSet:
         """Just ``provider``, serving every model (tests, and engines built around one)."""
-        config = ProviderConfig.model_construct(name=DEFAULT_NAME, models=["*"])
-        return cls({DEFAULT_NAME: provider}, ProviderTable((config,)))
+        return cls({DEFAULT_NAME: provider}, ProviderTable((default_provider(),)))
 
     def route(self, model: str) -> str | None:
         """The name of the provider serving ``model`` (None: none does)."""
@@ -149,18 +148,19 @@ def _unserved() -> Outcome:
 def _all_done(futures: list[Future[None]]) -> Future[None]:
     """A future done once every one of ``futures`` is, with the first error if any failed."""
     done: Future[None] = Future()
-    remaining = [len(futures)]
+    remaining = len(futures)
     lock = threading.Lock()
 
     def one_done(future: Future[None]) -> None:
+        nonlocal remaining
         error = future.exception()
         with lock:
-            remaining[0] -= 1
+            remaining -= 1
             if done.done():
                 return
             if error is not None:
                 done.set_exception(error)
-            elif remaining[0] == 0:
+            elif remaining == 0:
                 done.set_result(None)
 
     if not futures:
