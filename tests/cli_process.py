@@ -123,6 +123,35 @@ def wait_finished(env: dict[str, str], name: str, timeout: float = 180) -> dict:
     raise AssertionError(f"not finished in {timeout}s: {status}")
 
 
+def work_with_workers(
+    env: dict[str, str], name: str, log_dir: Path, *, count: int = 2, timeout: float = 180
+) -> tuple[dict, str]:
+    """Start ``count`` workers, wait for batch ``name`` to finish, stop them; the final status
+    and the workers' logs."""
+    logs = [log_dir / f"w{i}.log" for i in range(count)]
+    workers = [start_worker(env, log) for log in logs]
+    try:
+        status = wait_finished(env, name, timeout=timeout)
+    finally:
+        for proc in workers:
+            stop(proc)
+    return status, "".join(log.read_text() for log in logs)
+
+
+def query_rows(url: str, sql: str) -> list[tuple]:
+    """The rows of one read-only SQL statement on the database at ``url``."""
+    from sqlalchemy import text
+
+    from chatbatch.store.db import make_engine
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
 def database_dump(url: str) -> str:
     """Every row of every table as text, to look for what must never be stored."""
     from sqlalchemy import text

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from cli_process import BINARY, chatbatch, start_worker, stop, wait_finished
+from cli_process import BINARY, chatbatch, query_rows, work_with_workers
 
 LLMOCK = shutil.which("llmock", path=str(Path(sys.executable).parent))
 pytestmark = pytest.mark.skipif(
@@ -96,16 +96,9 @@ def test_sync_mode_against_llmock_with_faults_and_an_unpublished_quota(
     write_requests(tmp_path / "tickets.jsonl", n, refused)
     chatbatch("db", "upgrade", env=env)
     chatbatch("load", str(tmp_path / "tickets.jsonl"), "--name", "llmock", env=env)
-    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
     started = time.monotonic()
-    workers = [start_worker(env, log) for log in logs]
-    try:
-        status = wait_finished(env, "llmock", timeout=300)
-    finally:
-        for proc in workers:
-            stop(proc)
+    status, worker_logs = work_with_workers(env, "llmock", tmp_path, timeout=300)
     took = time.monotonic() - started
-    worker_logs = "".join(log.read_text() for log in logs)
     assert status["status"] == "completed", worker_logs[-3000:]
     assert status["counts"]["succeeded"] == n - refused, status["counts"]
     assert status["counts"]["failed"] == refused
@@ -176,12 +169,7 @@ def test_one_batch_across_two_providers_each_request_to_its_own(
     assert f"{tmp_path / 'unserved.jsonl'}:2: no provider in {providers}" in refused.stderr
 
     chatbatch("load", str(tmp_path / "mixed.jsonl"), "--name", "mixed", env=env)
-    workers = [start_worker(env, tmp_path / f"w{i}.log") for i in range(2)]
-    try:
-        status = wait_finished(env, "mixed", timeout=120)
-    finally:
-        for proc in workers:
-            stop(proc)
+    status, _ = work_with_workers(env, "mixed", tmp_path, timeout=120)
     assert status["counts"]["succeeded"] == 40, status["counts"]
     assert status["providers"] == {"mock": 20, "sim": 20}
     shown = chatbatch("status", "mixed", env=env).stdout
@@ -211,14 +199,4 @@ def _request(custom_id: str, model: str) -> str:
 
 def _providers_of(url: str) -> dict[str, str]:
     """Each request's custom_id and the provider it was sent to, as stored."""
-    from sqlalchemy import text
-
-    from chatbatch.store.db import make_engine
-
-    engine = make_engine(url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(text("SELECT custom_id, provider FROM requests"))
-            return {custom_id: provider for custom_id, provider in rows}
-    finally:
-        engine.dispose()
+    return dict(query_rows(url, "SELECT custom_id, provider FROM requests"))

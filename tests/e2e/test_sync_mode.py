@@ -15,9 +15,8 @@ from cli_process import (
     base_env,
     chatbatch,
     database_dump,
-    start_worker,
-    stop,
-    wait_finished,
+    query_rows,
+    work_with_workers,
     write_prompts,
 )
 
@@ -70,14 +69,7 @@ def test_sync_mode_with_two_workers_against_a_provider_that_misbehaves(
     bodies = write_prompts(tmp_path / "prompts.jsonl", n)
     chatbatch("db", "upgrade", env=env)
     chatbatch("load", str(tmp_path / "prompts.jsonl"), "--name", "sync", env=env)
-    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
-    workers = [start_worker(env, log) for log in logs]
-    try:
-        status = wait_finished(env, "sync", timeout=180)
-    finally:
-        for proc in workers:
-            stop(proc)
-    worker_logs = "".join(log.read_text() for log in logs)
+    status, worker_logs = work_with_workers(env, "sync", tmp_path)
     assert status["status"] == "completed", worker_logs[-3000:]
     assert status["counts"]["succeeded"] == n, status["counts"]
 
@@ -151,17 +143,9 @@ def test_a_sync_answer_asked_again_keeps_its_id_and_provider_in_the_history(
     args += ["--model", "gpt-4o-mini", "--template", "Review: {{ text }}"]
     args += ["--schema", str(REPO / "examples" / "review_schema.json"), "--retry-invalid", "1"]
     chatbatch(*args, env=env, check=False)
-    from sqlalchemy import text
-
-    from chatbatch.store.db import make_engine
-
-    engine = make_engine(env["CHATBATCH_DATABASE_URL"], pool_size=1)
-    try:
-        with engine.connect() as conn:
-            archived = conn.execute(text("SELECT remote_id, provider FROM past_results")).all()
-            rows = conn.execute(text("SELECT remote_id, provider FROM requests")).all()
-    finally:
-        engine.dispose()
+    url = env["CHATBATCH_DATABASE_URL"]
+    archived = query_rows(url, "SELECT remote_id, provider FROM past_results")
+    rows = query_rows(url, "SELECT remote_id, provider FROM requests")
     assert archived and len(archived) == len(rows)  # each asked once more
     assert all(remote_id and provider == "default" for remote_id, provider in archived)
     assert all(remote_id and provider == "default" for remote_id, provider in rows)
