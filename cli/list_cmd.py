@@ -78,13 +78,13 @@ def _cost_text(cost: CostSummary | None) -> str:
     return f"{cost['so_far']} {cost['currency']}"
 
 
-def table_lines(rows: list[tuple[str, ...]]) -> list[str]:
+def table_lines(rows: list[tuple[str, ...]], *, header: tuple[str, ...] = HEADER) -> list[str]:
     """The header and ``rows`` in columns as wide as their widest cell (nothing when there are
     no rows)."""
     if not rows:
         return []
-    widths = [max(len(cell) for cell in column) for column in zip(HEADER, *rows, strict=True)]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
     return [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (HEADER, *rows)
+        for row in (header, *rows)
     ]

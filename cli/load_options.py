@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 import orjson
 
+from chatbatch.rules.fair_share import MAX_PRIORITY
 from cli.context import settings
 from cli.prices import price_table, prices_option
 from cli.providers import providers_option
@@ -62,6 +63,7 @@ class LoadArgs:
     prices_path: Path | None = None
     max_cost: Decimal | None = None
     reuse: bool = False
+    priority: int = 0
     dry_run: bool = False
 
 
@@ -129,6 +131,15 @@ _OPTIONS = (
         is_flag=True,
         help="Answer requests identical to ones that already succeeded in earlier batches from "
         "those answers, instead of paying again.",
+    ),
+    click.option(
+        "--priority",
+        type=click.IntRange(0, MAX_PRIORITY),
+        default=0,
+        show_default=True,
+        metavar="N",
+        help="Share of the provider while other batches run too: running batches split each "
+        f"model's rate in proportion to 1 + N (0 to {MAX_PRIORITY}); none is ever starved.",
     ),
     click.option(
         "--dry-run",
@@ -252,6 +263,7 @@ def batch_options(load: LoadArgs) -> BatchOptions:
         prices=prices,
         max_cost=load.max_cost,
         reuse=load.reuse,
+        priority=load.priority,
         providers=providers_file_table(),
     )
 

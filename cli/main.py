@@ -20,6 +20,7 @@ from cli.status_cmd import status_command
 from cli.usage_cmd import usage_command
 from cli.watch_cmd import watch_command
 from cli.worker_cmd import worker_command
+from cli.workers_cmd import workers_command
 from simulator.cli import simulate
 
 
@@ -43,6 +44,7 @@ cli.add_command(export_command)
 cli.add_command(run_command)
 cli.add_command(process_command)
 cli.add_command(worker_command)
+cli.add_command(workers_command)
 cli.add_command(simulate)
 cli.add_command(usage_command)
 cli.add_command(report_command)

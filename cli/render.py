@@ -30,6 +30,8 @@ def print_summary(summary: BatchSummary) -> None:
         click.echo(f"  paused      {printable(summary['pause_reason'])}")
         click.echo("              fix the cause, then: chatbatch resume " + name)
     click.echo("  requests    " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    if summary["priority"]:
+        click.echo(f"  priority    {summary['priority']} (a share of 1 + {summary['priority']})")
     if summary["providers"]:
         sent = ", ".join(f"{printable(k)} {v}" for k, v in summary["providers"].items())
         click.echo("  providers   " + sent)

@@ -178,7 +178,7 @@ def _process_and_report(batch_id: str, name: str, total: int, finish: Finish) ->
     from worker.runtime import build_engine
 
     with _engine_settings(finish.simulate) as config:
-        runner = build_engine(config, batch_id=batch_id)
+        runner = build_engine(config, batch_id=batch_id, kind="run")
         try:
             with CleanStop(lambda: _stop_cleanly(runner)):
                 ended = _run_with_progress(runner, batch_id, total)

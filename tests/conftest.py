@@ -129,7 +129,7 @@ def db(monkeypatch: pytest.MonkeyPatch, pg_url: str) -> Iterator[Engine]:
     apply_env(monkeypatch, {"CHATBATCH_DATABASE_URL": pg_url, **FAST_POLICY})
     engine = get_engine()
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE batches CASCADE"))
+        conn.execute(text("TRUNCATE batches, workers CASCADE"))
     yield engine
     engine.dispose()
     get_engine.cache_clear()
@@ -169,7 +169,7 @@ def distributed_env(pg_url: str, redis_url: str, sim) -> Iterator[dict[str, str]
 
     engine = make_engine(pg_url, pool_size=1)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE batches CASCADE"))
+        conn.execute(text("TRUNCATE batches, workers CASCADE"))
     engine.dispose()
     queue = f"chatbatch-test-{uuid.uuid4().hex[:8]}"
     env = base_env() | {

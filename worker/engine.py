@@ -31,6 +31,7 @@ from chatbatch.store.db import db_now
 from worker.admission import Admission, SubmitBudget
 from worker.cost_guard import CostGuard
 from worker.housekeeping import Housekeeping
+from worker.liveness import Heartbeat
 from worker.pipeline import ChunkPipeline
 from worker.provider import Provider
 from worker.providers import Call, ProviderSet
@@ -59,8 +60,10 @@ class Engine:
         limiter: RateLimiter | None = None,
         task_threads: int = 1,
         batch_id: str | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self._db = db
+        self._heartbeat = heartbeat  # started: claims carry its worker id
         if isinstance(provider, Provider):
             provider = ProviderSet.single(provider)
         self._provider = provider
@@ -76,7 +79,12 @@ class Engine:
         self._submit_share = max(1, min(settings.chunk_size, settings.concurrency // task_threads))
         self._polls = PollPlanner(geometric_polls(self.policy), settings.poll_gets_per_result)
         self._housekeeping = Housekeeping(
-            db=db, provider=provider, limiter=self._limiter, policy=self.policy, polls=self._polls
+            db=db,
+            provider=provider,
+            limiter=self._limiter,
+            policy=self.policy,
+            polls=self._polls,
+            heartbeat_seconds=settings.heartbeat_seconds,
         )
         self._recorder = Recorder(db=db, policy=self.policy, polls=self._polls)
         self._cost_guard = CostGuard()
@@ -173,6 +181,7 @@ class Engine:
                     limit=self.chunk_size,
                     lease_seconds=self._settings.lease_seconds,
                     batch_id=self._batch_id,
+                    worker_id=self.worker_id,
                 )
                 submits = self._routed(self._claim_submissions(conn, clock.anchor, wanted))
                 checks = self._recorder.learn_checks(conn, polls, submits)
@@ -219,6 +228,7 @@ class Engine:
                 capped=capped,
                 model=model,
                 batch_id=self._batch_id,
+                worker_id=self.worker_id,
             )
             if capped:
                 capped = {
@@ -228,13 +238,21 @@ class Engine:
             claims += taken
         return claims
 
+    @property
+    def worker_id(self) -> str | None:
+        """The id this engine's claims are held under (None: no heartbeat, the lease only)."""
+        return self._heartbeat.worker_id if self._heartbeat else None
+
     def close(self) -> None:
-        """Record the chunks still in flight, then close the provider's connections."""
+        """Record the chunks still in flight, close the provider's connections, and stop the
+        heartbeat (marking the worker stopped)."""
         try:
             if self._pipeline:
                 self._pipeline.close()
         finally:
             self._provider.close()
+            if self._heartbeat:
+                self._heartbeat.stop()
 
     def _call_and_record(self, chunk: Chunk) -> None:
         """Send the chunk's calls and record their outcomes as they land (an accepted task id is

@@ -1,6 +1,7 @@
 """Between chunks: the sweeps that keep the database honest, and the engine's plans current.
 
-Each tick requeues submissions whose worker was lost, expires results not fetched in time,
+Each tick requeues submissions whose worker was lost (its lease ran out, or its heartbeat
+stopped) and frees its polls, expires results not fetched in time,
 settles cancellations and closes finished batches (one transaction); then, when due, replans
 the polls of every model this worker has polled and reads the provider's published limits.
 """
@@ -17,7 +18,7 @@ from sqlalchemy import Engine as DbEngine
 from chatbatch.rules.polling import PollPlanner
 from chatbatch.rules.ratelimits import limits_from_models_listing
 from chatbatch.rules.states import Policy
-from chatbatch.store import reads, sweeps
+from chatbatch.store import liveness, reads, sweeps
 from chatbatch.store.db import db_now
 from worker.providers import ProviderSet
 from worker.ratelimit import RateLimiter
@@ -40,8 +41,10 @@ class Housekeeping:
         limiter: RateLimiter,
         policy: Policy,
         polls: PollPlanner,
+        heartbeat_seconds: float,
     ) -> None:
         self._db = db
+        self._heartbeat_seconds = heartbeat_seconds
         self._provider = provider
         self._limiter = limiter
         self._policy = policy
@@ -54,7 +57,12 @@ class Housekeeping:
         batches; returns the batches finished."""
         with self._db.begin() as conn:
             now = db_now(conn)
-            recovered = sweeps.recover_expired_leases(conn, now=now, policy=self._policy)
+            beats = self._heartbeat_seconds
+            recovered = sweeps.recover_expired_leases(
+                conn, now=now, policy=self._policy, heartbeat_seconds=beats
+            )
+            released = sweeps.release_lost_polls(conn, now=now, heartbeat_seconds=beats)
+            liveness.prune(conn, now=now)
             expired = sweeps.expire_overdue(conn, now=now)
             cancelled = sweeps.cancel_leftovers(conn, now=now)
             finished = sweeps.finish_batches(conn, now=now)
@@ -62,6 +70,8 @@ class Housekeeping:
         self.read_published_limits()
         if recovered:
             log.warning("requeued %d request(s) whose worker was lost while submitting", recovered)
+        if released:
+            log.warning("took over %d poll(s) from a worker that stopped beating", released)
         if expired:
             log.warning("%d request(s) expired before their result was fetched", expired)
         if cancelled:

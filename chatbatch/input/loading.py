@@ -55,6 +55,7 @@ class BatchOptions:
     max_cost: Decimal | None = None
     reuse: bool = False
     providers: ProviderTable | None = None  # a providers file: each model must be served
+    priority: int = 0  # its share while other batches run: 1 + priority (rules.fair_share)
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,7 @@ def _batch_row(
         "retry_invalid": options.retry_invalid,
         "max_cost": None if options.max_cost is None else f"{options.max_cost:f}",
         "prices": None if options.prices is None else options.prices.model_dump_json(),
+        "priority": options.priority,
     }
 
 

@@ -119,6 +119,7 @@ def retry(
             status=RequestStatus.QUEUED,
             due_at=now,
             lease_token=r.c.lease_token + 1,
+            worker_id=None,
             attempts=0,
             poll_count=0,
             invalid_retries=0,  # a round the user asked for gets a fresh budget of re-asks

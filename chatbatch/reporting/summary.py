@@ -67,6 +67,7 @@ class BatchSummary(TypedDict):
     name: str
     status: str
     pause_reason: str | None
+    priority: int
     total: int
     counts: dict[str, int]
     providers: dict[str, int]
@@ -98,6 +99,7 @@ def batch_summary(conn: Connection, batch: Row[Any], *, expiry_warning: timedelt
         "name": batch.name,
         "status": batch.status,
         "pause_reason": batch.pause_reason,
+        "priority": batch.priority,
         "total": batch.total,
         "counts": reads.status_counts(conn, batch.id),
         "providers": reads.provider_counts(conn, batch.id),

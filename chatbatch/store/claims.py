@@ -15,10 +15,13 @@ from sqlalchemy import (
     Connection,
     func,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.expression import CTE, Select
 
+from chatbatch.rules import fair_share
 from chatbatch.rules.states import (
     AnswerCheck,
     BatchStatus,
@@ -94,31 +97,31 @@ def claim_for_submit(
     capped: Mapping[str, int] | None = None,
     model: str | None = None,
     batch_id: str | None = None,
+    worker_id: str | None = None,
 ) -> list[SubmitClaim]:
     """Claim up to ``limit`` due queued rows of running batches (of ``model``, if given) and mark
     them ``submitting``, counting the attempt, in one statement; the caller POSTs them at once.
-    A worker lost after this commit leaves rows that lease recovery resubmits as possible
+    The running batches share the claim by priority (``rules.fair_share``); when rows another
+    claim holds were among those picked, a second statement takes what is due instead. A worker lost
+    after this commit leaves rows that liveness or lease recovery resubmits as possible
     duplicates, so callers claim only what the rate limiter already let through and what they
     can have in flight. ``capped`` limits how many rows of some batches may be taken (their
-    cost caps); ``batch_id`` keeps to one batch."""
-    of_model = _both(r.c.model == model, _of_batch(batch_id)) if model else _of_batch(batch_id)
-    if not capped:
-        return _claim_submits(conn, now, limit, lease_seconds, of_model)
-    uncapped = _both(r.c.batch_id.not_in(list(capped)), of_model)
-    claims = _claim_submits(conn, now, limit, lease_seconds, uncapped)
-    for batch_id, allowed in capped.items():
-        room = min(allowed, limit - len(claims))
-        if room <= 0:
-            continue
-        which = _both(r.c.batch_id == batch_id, of_model)
-        taken = _claim_submits(conn, now, room, lease_seconds, which)
-        if taken:
+    cost caps); ``batch_id`` keeps to one batch; ``worker_id`` is recorded as the holder."""
+    parts = _shares(conn, limit, batch_id, capped or {})
+    if not parts:
+        return []
+    of_model = None if model is None else r.c.model == model
+    ranked = _ranked(parts, now, of_model)
+    fair = select(r.c.id).join(ranked, ranked.c.id == r.c.id).order_by(ranked.c.vt)
+    claims = _claim_submits(conn, now, limit, lease_seconds, fair, worker_id)
+    if len(claims) < limit:
+        due = _due_in_order(now, of_model, batch_id, excluded=capped or {})
+        claims += _claim_submits(conn, now, limit - len(claims), lease_seconds, due, worker_id)
+    for batch, taken in Counter(claim.batch_id for claim in claims).items():
+        if capped and batch in capped:
             conn.execute(
-                update(b)
-                .where(b.c.id == batch_id)
-                .values(capped_claims=b.c.capped_claims + len(taken))
+                update(b).where(b.c.id == batch).values(capped_claims=b.c.capped_claims + taken)
             )
-        claims += taken
     return claims
 
 
@@ -130,29 +133,71 @@ def due_submission_models(
     excluding: Collection[str] = (),
     batch_id: str | None = None,
 ) -> Counter[str]:
-    """The models of the next ``limit`` rows due for submission (oldest first; of one batch,
-    if given), counted: what to ask the rate limiter for before claiming any. Models in
-    ``excluding`` (held back by the limiter) are passed over, so they do not hide other
-    models' due rows."""
-    due = (
-        select(r.c.model)
-        .join(b, b.c.id == r.c.batch_id)
-        .where(r.c.status == RequestStatus.QUEUED, r.c.due_at <= now)
-        .where(b.c.status == BatchStatus.RUNNING)
-    )
+    """The models of the ``limit`` rows due for submission that a claim would take now (the
+    running batches sharing them by priority; of one batch, if given), counted: what to ask
+    the rate limiter for before claiming any. Models in ``excluding`` (held back by the
+    limiter) are passed over, so they do not hide other models' due rows."""
+    parts = _shares(conn, limit, batch_id, {})
+    if not parts:
+        return Counter()
+    which = r.c.model.not_in(list(excluding)) if excluding else None
+    ranked = _ranked(parts, now, which)
+    picked = select(r.c.model).join(ranked, ranked.c.id == r.c.id).order_by(ranked.c.vt)
+    return Counter(conn.execute(picked.limit(limit)).scalars())
+
+
+def _shares(
+    conn: Connection, limit: int, batch_id: str | None, capped: Mapping[str, int]
+) -> list[fair_share.Share]:
+    """How the running batches (or ``batch_id`` alone) share a claim of ``limit`` rows."""
+    runnable = select(b.c.id, b.c.priority).where(b.c.status == BatchStatus.RUNNING)
     if batch_id is not None:
-        due = due.where(r.c.batch_id == batch_id)
-    if excluding:
-        due = due.where(r.c.model.not_in(list(excluding)))
-    return Counter(conn.execute(due.order_by(r.c.due_at).limit(limit)).scalars())
+        runnable = runnable.where(b.c.id == batch_id)
+    return fair_share.shares(
+        [(row.id, row.priority) for row in conn.execute(runnable)], limit=limit, capped=capped
+    )
 
 
-def _both(condition: ColumnElement[bool], extra: ColumnElement[bool] | None) -> ColumnElement[bool]:
-    return condition if extra is None else condition & extra
+def _ranked(parts: list[fair_share.Share], now: datetime, which: ColumnElement[bool] | None) -> CTE:
+    """Each share's next due rows (those matching ``which``) with their virtual times: one
+    index-backed branch per batch (``ix_requests_queued_batch_due``), all in one statement."""
+    branches = []
+    for part in parts:
+        rank = func.row_number().over(order_by=r.c.due_at) - 1 + part.start
+        branch = (
+            select(r.c.id, (rank / part.weight).label("vt"))
+            .where(r.c.batch_id == part.batch_id, r.c.status == RequestStatus.QUEUED)
+            .where(r.c.due_at <= now)
+            .order_by(r.c.due_at)
+            .limit(part.candidates)
+        )
+        if which is not None:
+            branch = branch.where(which)
+        inner = branch.subquery()  # SQLite takes a LIMIT inside a compound only in a subquery
+        branches.append(select(inner.c.id, inner.c.vt))
+    # Materialized: worked out once, never re-run inside a join (PostgreSQL would, with a
+    # nested loop, where its statistics are stale).
+    return union_all(*branches).cte("ranked").prefix_with("MATERIALIZED", dialect="postgresql")
 
 
-def _of_batch(batch_id: str | None) -> ColumnElement[bool] | None:
-    return None if batch_id is None else r.c.batch_id == batch_id
+def _due_in_order(
+    now: datetime,
+    which: ColumnElement[bool] | None,
+    batch_id: str | None,
+    *,
+    excluded: Collection[str],
+) -> Select[tuple[int]]:
+    """Due queued rows (matching ``which``, of ``batch_id`` if given, of no batch in
+    ``excluded``) oldest first: the second pick, when the fair one found its rows taken."""
+    due = select(r.c.id).where(r.c.status == RequestStatus.QUEUED, r.c.due_at <= now)
+    for condition in (
+        which,
+        None if batch_id is None else r.c.batch_id == batch_id,
+        r.c.batch_id.not_in(list(excluded)) if excluded else None,
+    ):
+        if condition is not None:
+            due = due.where(condition)
+    return due.order_by(r.c.due_at)
 
 
 def _claim_submits(
@@ -160,18 +205,17 @@ def _claim_submits(
     now: datetime,
     limit: int,
     lease_seconds: float,
-    which: ColumnElement[bool] | None,
+    picked: Select[tuple[int]],
+    worker_id: str | None,
 ) -> list[SubmitClaim]:
-    due = (
-        select(r.c.id)
-        .join(b, b.c.id == r.c.batch_id)
-        .where(r.c.status == RequestStatus.QUEUED, r.c.due_at <= now)
-        .where(b.c.status == BatchStatus.RUNNING)
-    )
-    if which is not None:
-        due = due.where(which)
+    """Lock the first ``limit`` rows ``picked`` lists that no other claim holds (of running
+    batches, still queued) and mark them ``submitting`` for ``worker_id``."""
     due_rows = (
-        due.order_by(r.c.due_at).limit(limit).with_for_update(skip_locked=True, of=r).cte("due")
+        picked.join(b, b.c.id == r.c.batch_id)
+        .where(r.c.status == RequestStatus.QUEUED, b.c.status == BatchStatus.RUNNING)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=r)
+        .cte("due")
     )
     stmt = (
         update(r)
@@ -181,6 +225,7 @@ def _claim_submits(
             attempts=r.c.attempts + 1,
             due_at=now + timedelta(seconds=lease_seconds),
             lease_token=r.c.lease_token + 1,
+            worker_id=worker_id,
         )
         .returning(
             r.c.id,
@@ -203,9 +248,10 @@ def claim_for_poll(
     limit: int,
     lease_seconds: float,
     batch_id: str | None = None,
+    worker_id: str | None = None,
 ) -> list[PollClaim]:
-    """Claim up to ``limit`` submitted rows due a poll (of one batch, if given); pushing
-    ``due_at`` out is the lease."""
+    """Claim up to ``limit`` submitted rows due a poll (of one batch, if given) for
+    ``worker_id``; pushing ``due_at`` out is the lease."""
     due = (
         select(r.c.id)
         .join(b, b.c.id == r.c.batch_id)
@@ -219,7 +265,11 @@ def claim_for_poll(
     stmt = (
         update(r)
         .where(r.c.id == claimed.c.id)
-        .values(due_at=now + timedelta(seconds=lease_seconds), lease_token=r.c.lease_token + 1)
+        .values(
+            due_at=now + timedelta(seconds=lease_seconds),
+            lease_token=r.c.lease_token + 1,
+            worker_id=worker_id,
+        )
         .returning(
             r.c.id,
             r.c.batch_id,

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import URL, Connection, Float, Integer, String, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -23,6 +24,11 @@ SORT_MEMORY = "64MB"  # a report sorts every latency: in memory, not on disk
 def is_postgresql(conn: Connection) -> bool:
     """Whether ``conn`` is to PostgreSQL (else SQLite, the embedded default)."""
     return conn.dialect.name == "postgresql"
+
+
+def is_postgresql_url(url: str) -> bool:
+    """Whether a database URL names PostgreSQL (with any driver)."""
+    return make_url(url).get_backend_name() == "postgresql"
 
 
 def sqlite_file(url: URL) -> str | None:

@@ -98,6 +98,8 @@ class Batch(Base):
     prices: Mapped[str | None] = mapped_column(Text)
     # Submissions claimed while capped: with a spend snapshot, bounds what is spent or in flight.
     capped_claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Fair share: running batches divide each model's capacity in proportion to 1 + priority.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Request(UsageColumns, Base):
@@ -129,6 +131,9 @@ class Request(UsageColumns, Base):
     poll_strikes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     provider: Mapped[str | None] = mapped_column(String(64))  # the one submitted to, by name
+    # The worker process holding the row's claim (``workers.id``); cleared by every guarded
+    # write, so a row keeps it only while a POST or poll of that worker is in flight.
+    worker_id: Mapped[str | None] = mapped_column(String(40))
     remote_id: Mapped[str | None] = mapped_column(Text)
     remote_status: Mapped[str | None] = mapped_column(String(64))
     submitted_at: Mapped[datetime | None]
@@ -166,7 +171,37 @@ class Request(UsageColumns, Base):
             postgresql_where=text("status = 'succeeded'"),
             sqlite_where=text("status = 'succeeded'"),
         ),
+        # Liveness: the rows a lost worker held, found without scanning finished rows.
+        Index(
+            "ix_requests_worker_id_held",
+            "worker_id",
+            postgresql_where=text("worker_id IS NOT NULL"),
+            sqlite_where=text("worker_id IS NOT NULL"),
+        ),
+        # Fair share: each running batch's next due rows, queued rows only.
+        Index(
+            "ix_requests_queued_batch_due",
+            "batch_id",
+            "due_at",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
     )
+
+
+class Worker(Base):
+    """A worker process (``chatbatch worker``, ``run`` or ``process``) and its heartbeat: rows
+    held by a worker whose beats stopped are taken over without waiting for their lease."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # worker, run or process
+    started_at: Mapped[datetime]
+    beat_at: Mapped[datetime]
+    stopped_at: Mapped[datetime | None]
 
 
 class PastResult(UsageColumns, Base):
@@ -200,3 +235,4 @@ class PastResult(UsageColumns, Base):
 requests_table = cast(Table, Request.__table__)
 past_results_table = cast(Table, PastResult.__table__)
 batches_table = cast(Table, Batch.__table__)
+workers_table = cast(Table, Worker.__table__)

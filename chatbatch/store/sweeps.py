@@ -25,6 +25,7 @@ from chatbatch.rules.states import (
     after_lease_expired,
     expired_transition,
 )
+from chatbatch.store import liveness
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import requests_table as r
 from chatbatch.store.writes import Write, apply_transitions
@@ -36,12 +37,21 @@ CANCELLED_UNFETCHED = "cancelled with --discard; the result was not fetched (rem
 
 
 def recover_expired_leases(
-    conn: Connection, *, now: datetime, policy: Policy, limit: int = 1000
+    conn: Connection,
+    *,
+    now: datetime,
+    policy: Policy,
+    heartbeat_seconds: float | None = None,
+    limit: int = 1000,
 ) -> int:
-    """Requeue ``submitting`` rows whose worker vanished (counting a possible duplicate each)."""
+    """Requeue ``submitting`` rows whose worker vanished (counting a possible duplicate each):
+    their lease ran out, or (given ``heartbeat_seconds``) their worker stopped beating."""
+    gone = r.c.due_at < now
+    if heartbeat_seconds is not None:
+        gone = gone | r.c.worker_id.in_(liveness.lost_worker_ids(now, heartbeat_seconds))
     rows = conn.execute(
         select(r.c.id, r.c.batch_id, r.c.lease_token, r.c.attempts)
-        .where(r.c.status == RequestStatus.SUBMITTING, r.c.due_at < now)
+        .where(r.c.status == RequestStatus.SUBMITTING, gone)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
@@ -62,6 +72,22 @@ def recover_expired_leases(
     return apply_transitions(conn, writes)
 
 
+def release_lost_polls(conn: Connection, *, now: datetime, heartbeat_seconds: float) -> int:
+    """Make the polls a lost worker had claimed due now (their ``due_at`` is a lease), taking
+    the claim from it: a GET is safe to repeat, so nothing is counted."""
+    lost = r.c.worker_id.in_(liveness.lost_worker_ids(now, heartbeat_seconds))
+    result = conn.execute(
+        update(r)
+        .where(r.c.status == RequestStatus.SUBMITTED, lost)
+        .values(
+            due_at=case((r.c.due_at > now, now), else_=r.c.due_at),
+            lease_token=r.c.lease_token + 1,
+            worker_id=None,
+        )
+    )
+    return result.rowcount
+
+
 def expire_overdue(conn: Connection, *, now: datetime) -> int:
     """Mark submitted rows whose retention window closed as ``expired``."""
     transition = expired_transition(now)
@@ -72,6 +98,7 @@ def expire_overdue(conn: Connection, *, now: datetime) -> int:
             status=transition.status,
             due_at=transition.due_at,
             lease_token=r.c.lease_token + 1,
+            worker_id=None,
             **transition.changes,
         )
     )
@@ -139,6 +166,7 @@ def cancel_leftovers(conn: Connection, *, now: datetime) -> int:
                 due_at=now,
                 completed_at=now,
                 lease_token=r.c.lease_token + 1,
+                worker_id=None,
                 error_code="cancelled",
                 error_message=message,
             )

@@ -1,5 +1,6 @@
 """The guarded writer: each outcome applied only where its row is still as claimed (status and
-lease token), batched per shape (``UPDATE … FROM unnest(arrays)`` on PostgreSQL).
+lease token), ending the claim (``worker_id`` cleared), batched per shape (``UPDATE … FROM
+unnest(arrays)`` on PostgreSQL).
 
 Functions take a connection and never commit; the caller owns the unit of work.
 """
@@ -104,6 +105,7 @@ def _update_each(
         status=bindparam("v_status"),
         due_at=bindparam("v_due_at"),
         lease_token=r.c.lease_token + 1,
+        worker_id=None,
     )
     if ambiguous:
         values["ambiguous_submits"] = r.c.ambiguous_submits + 1
@@ -137,6 +139,7 @@ def _update_from_arrays_sql(names: tuple[str, ...], ambiguous: bool) -> TextClau
     )
     sets = [f"{name} = w.v_{name}" for name in names]
     sets += ["status = w.v_status", "due_at = w.v_due_at", "lease_token = r.lease_token + 1"]
+    sets.append("worker_id = NULL")  # the claim is over
     if ambiguous:
         sets.append("ambiguous_submits = r.ambiguous_submits + 1")
     return text(

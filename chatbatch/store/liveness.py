@@ -1,0 +1,98 @@
+"""Worker liveness: each worker process registers and beats; one whose beats stopped is lost.
+
+A lost worker's claims are taken over by the next tick (``sweeps.recover_lost_claims``) instead
+of after their lease, which stays as the backstop. Functions take a connection and never commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, case, delete, func, insert, select, update
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import ColumnElement
+
+from chatbatch.store.models import requests_table as r
+from chatbatch.store.models import workers_table as w
+
+MISSED_BEATS = 3  # a worker is lost once this many heartbeats in a row have not come
+KEEP_STOPPED = timedelta(days=7)  # how long stopped and lost workers stay listed
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """One worker as ``chatbatch workers`` lists it."""
+
+    id: str
+    host: str
+    pid: int
+    kind: str
+    started_at: datetime
+    beat_at: datetime
+    stopped_at: datetime | None
+    state: str  # live, lost or stopped
+    in_flight: int
+
+
+def register(
+    conn: Connection, worker_id: str, *, host: str, pid: int, kind: str, now: datetime
+) -> None:
+    """Add this worker process, beating as of ``now``."""
+    conn.execute(
+        insert(w).values(
+            id=worker_id, host=host[:255], pid=pid, kind=kind, started_at=now, beat_at=now
+        )
+    )
+
+
+def beat(conn: Connection, worker_id: str, *, now: datetime) -> bool:
+    """Record a heartbeat; False if the worker's row is gone (pruned: register again). A
+    worker that was lost and beats again is live again: its old claims are already gone."""
+    result = conn.execute(update(w).where(w.c.id == worker_id).values(beat_at=now, stopped_at=None))
+    return result.rowcount == 1
+
+
+def mark_stopped(conn: Connection, worker_id: str, *, now: datetime) -> None:
+    """A clean stop: whatever the worker still holds is taken over at the next tick."""
+    conn.execute(update(w).where(w.c.id == worker_id).values(stopped_at=now, beat_at=now))
+
+
+def lost(now: datetime, heartbeat_seconds: float) -> ColumnElement[bool]:
+    """Whether a worker's claims are free to take: it stopped, or missed ``MISSED_BEATS``."""
+    stale = now - timedelta(seconds=heartbeat_seconds * MISSED_BEATS)
+    return w.c.stopped_at.is_not(None) | (w.c.beat_at < stale)
+
+
+def lost_worker_ids(now: datetime, heartbeat_seconds: float) -> Select[tuple[str]]:
+    """The ids of the workers whose claims may be taken over."""
+    return select(w.c.id).where(lost(now, heartbeat_seconds))
+
+
+def list_workers(
+    conn: Connection, *, now: datetime, heartbeat_seconds: float, since: datetime
+) -> list[WorkerRow]:
+    """Workers live now or heard from since ``since``, newest first, with what each holds."""
+    held = (
+        select(r.c.worker_id, func.count().label("n"))
+        .where(r.c.worker_id.is_not(None))
+        .group_by(r.c.worker_id)
+        .subquery()
+    )
+    state = case(
+        (w.c.stopped_at.is_not(None), "stopped"),
+        (lost(now, heartbeat_seconds), "lost"),
+        else_="live",
+    )
+    rows = conn.execute(
+        select(*w.c, state.label("state"), func.coalesce(held.c.n, 0).label("in_flight"))
+        .outerjoin(held, held.c.worker_id == w.c.id)
+        .where(w.c.beat_at >= since)
+        .order_by(w.c.started_at.desc(), w.c.id)
+    )
+    return [WorkerRow(**row._asdict()) for row in rows]
+
+
+def prune(conn: Connection, *, now: datetime) -> int:
+    """Forget workers not heard from for ``KEEP_STOPPED``."""
+    return conn.execute(delete(w).where(w.c.beat_at < now - KEEP_STOPPED)).rowcount
