@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from faultkit import (
     STALE_WRITES,
     WORKER_CONCURRENCY,
@@ -58,6 +59,57 @@ def test_worker_killed_while_submitting(fault_run: FaultRun) -> None:
     )
     assert all(s == "succeeded" and a >= 1 for s, a in recovered), recovered
     assert status["possible_duplicates"] >= len(orphans)
+
+
+LIVENESS_DEFAULTS = (
+    "CHATBATCH_LEASE_SECONDS",
+    "CHATBATCH_TICK_SECONDS",
+    "CHATBATCH_CONNECT_TIMEOUT",
+    "CHATBATCH_READ_TIMEOUT",
+)
+RESUME_TARGET_SECONDS = 30.0
+
+
+def test_a_killed_workers_posts_resume_within_30_s_with_default_settings(
+    fault_run: FaultRun,
+) -> None:
+    """SIGKILL a worker with POSTs in flight, with the default lease (300 s), tick and
+    heartbeat: the survivor takes its rows over once three heartbeats are missed, well within
+    30 s, and ``chatbatch workers`` shows the victim lost, the survivor live."""
+    run = fault_run
+    for name in LIVENESS_DEFAULTS:
+        run.env.pop(name)
+    run.sim.reconfigure(request_latency=0.3, latency="0.3")
+    run.load(300)
+    victim = run.start_worker("victim")
+    run.start_worker("survivor")
+    _wait_for_posts_in_flight(run)
+    victim.kill()
+    killed_at = time.monotonic()
+    orphans = _ids(
+        run.query(
+            "SELECT r.id FROM requests r JOIN workers w ON w.id = r.worker_id "
+            "WHERE r.status = 'submitting' AND w.pid = %s",
+            victim.proc.pid,
+        )
+    )
+    assert orphans, "the victim had no POST in flight when it died"
+
+    def resumed() -> bool:
+        rows = run.query(
+            "SELECT count(*) FROM requests WHERE id = ANY(%s) AND ambiguous_submits = 0", orphans
+        )
+        return rows[0][0] == 0
+
+    wait_until(resumed, "the victim's POSTs to be taken over", timeout=RESUME_TARGET_SECONDS)
+    took = time.monotonic() - killed_at
+    workers = orjson.loads(run.cli("workers", "--json").stdout)
+    states = {row["pid"]: row["state"] for row in workers}
+    status = run.wait_finished(timeout=120)
+
+    check_invariants(run, status, max_possible_duplicates=WORKER_CONCURRENCY)
+    assert states[victim.proc.pid] == "lost" and "live" in states.values(), workers
+    print(f"\n{len(orphans)} POSTs of the killed worker resumed {took:.1f} s after the kill")
 
 
 def test_worker_killed_while_polling(fault_run: FaultRun) -> None:

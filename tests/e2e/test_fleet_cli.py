@@ -1,0 +1,93 @@
+"""A fleet through the installed binary: a small batch loaded behind a large one shares the
+provider's rate at once, ``chatbatch workers`` lists the fleet, and a worker refuses a database
+of its own."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from cli_process import BINARY, base_env, chatbatch, query_rows, start_worker, stop, write_prompts
+
+pytestmark = pytest.mark.skipif(
+    BINARY is None and not os.environ.get("CI"), reason="chatbatch is not installed"
+)
+
+LIMIT_PER_SECOND = 20
+
+
+def _finish_time(env: dict[str, str], name: str, timeout: float) -> float:
+    """Seconds from now until batch ``name`` is no longer running."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        status = orjson.loads(chatbatch("status", name, "--json", env=env).stdout)
+        if status["status"] != "running":
+            assert status["status"] == "completed", status
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"{name} not finished in {timeout} s")
+
+
+def _load(env: dict[str, str], tmp: Path, name: str, n: int) -> None:
+    write_prompts(tmp / f"{name}.jsonl", n)
+    chatbatch("load", str(tmp / f"{name}.jsonl"), "--name", name, env=env)
+
+
+def test_a_small_batch_behind_a_large_one_finishes_about_as_fast_as_alone(
+    distributed_env, sim, tmp_path
+) -> None:
+    """The issue's scenario: 40 requests loaded behind 3,000 on a 20 requests/s limit. With
+    first come, first served they waited 150 s for the large batch; sharing each claim, they
+    take a few seconds more than alone, and the provider's rate stays used."""
+    env = distributed_env | {"CHATBATCH_RATE_LIMITS": f"gpt-4o-mini={LIMIT_PER_SECOND * 60}"}
+    chatbatch("db", "upgrade", env=env)
+    workers = [start_worker(env, tmp_path / f"w{i}.log") for i in range(2)]
+    try:
+        _load(env, tmp_path, "alone", 40)
+        alone = _finish_time(env, "alone", timeout=60)
+        _load(env, tmp_path, "nightly", 3000)
+        time.sleep(4)  # the large batch at full rate
+        _load(env, tmp_path, "adhoc", 40)
+        shared = _finish_time(env, "adhoc", timeout=60)
+        fleet = orjson.loads(chatbatch("workers", "--json", env=env).stdout)
+        chatbatch("cancel", "nightly", "--discard", env=env)
+    finally:
+        for proc in workers:
+            stop(proc)
+    rate = _submission_rate(env["CHATBATCH_DATABASE_URL"], "adhoc")
+    print(f"\nalone {alone:.1f} s, behind 3,000 {shared:.1f} s, {rate:.1f} POSTs/s accepted")
+    assert shared <= alone + 5, (alone, shared)
+    assert rate >= 0.95 * LIMIT_PER_SECOND, rate
+    live = [row for row in fleet if row["state"] == "live" and row["kind"] == "worker"]
+    assert len(live) == 2, fleet
+
+
+def _submission_rate(url: str, name: str) -> float:
+    """Requests accepted per second, all batches together, while batch ``name`` was being
+    submitted (the database's own timestamps)."""
+    ((first, last),) = query_rows(
+        url,
+        "SELECT min(r.submitted_at), max(r.submitted_at) FROM requests r "
+        f"JOIN batches b ON b.id = r.batch_id WHERE b.name = '{name}'",
+    )
+    ((count,),) = query_rows(
+        url,
+        "SELECT count(*) FROM requests WHERE submitted_at "
+        f"BETWEEN '{first.isoformat()}' AND '{last.isoformat()}'",
+    )
+    return (count - 1) / (last - first).total_seconds()
+
+
+def test_a_worker_refuses_a_sqlite_database_unless_told_it_is_a_test(tmp_path) -> None:
+    env = base_env(tmp_path) | {
+        "CHATBATCH_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "GEEKAI_API_KEY": "sk-test",
+    }
+    refused = chatbatch("worker", env=env, check=False, timeout=60)
+    assert refused.returncode == 2, refused
+    assert "database is SQLite" in refused.stderr and "--allow-sqlite" in refused.stderr
+    assert "CHATBATCH_DATABASE_URL" in refused.stderr
+    assert not (tmp_path / "chatbatch").exists() or not list((tmp_path / "chatbatch").iterdir())
