@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=DEFAULT_LEASE_SECONDS, gt=0)
     tick_seconds: float = Field(default=1.0, gt=0)
     task_budget_seconds: float = Field(default=20.0, gt=0)
+    # PostgreSQL connections one process opens at most (its threads share them; writes are short).
+    db_connections: int = Field(default=4, ge=2, le=64)
     # Each worker process beats this often; 3 missed beats and its claims are taken over.
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     # Per-model limits shared by all workers, e.g. "gpt-4o-mini=500/32, *=1000" (RPM[/in flight]).

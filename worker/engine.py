@@ -28,6 +28,7 @@ from chatbatch.store.claims import (
     next_claimable_at,
 )
 from chatbatch.store.db import db_now
+from chatbatch.store.dialect import bounded
 from worker.admission import Admission, SubmitBudget
 from worker.cost_guard import CostGuard
 from worker.housekeeping import Housekeeping
@@ -41,6 +42,7 @@ from worker.recording import Chunk, DbClock, Landed, Recorder
 STOP_GRACE_SECONDS = 5.0  # how long calls in flight may take to land after a stop
 MIN_IDLE_SECONDS = 0.01
 MAX_IDLE_SECONDS = 1.0  # look again at least this often: a batch loaded meanwhile is due now
+STATEMENT_TIMEOUT_SECONDS = 30.0  # a claim takes milliseconds; one far slower is cut off
 
 
 class Engine:
@@ -174,6 +176,7 @@ class Engine:
         claimed: list[SubmitClaim] = []
         try:
             with self._db.begin() as conn:
+                bounded(conn, STATEMENT_TIMEOUT_SECONDS)
                 clock = DbClock(db_now(conn))
                 polls = claim_for_poll(
                     conn,

@@ -20,6 +20,7 @@ from chatbatch.rules.ratelimits import limits_from_models_listing
 from chatbatch.rules.states import Policy
 from chatbatch.store import liveness, reads, sweeps
 from chatbatch.store.db import db_now
+from chatbatch.store.dialect import bounded
 from worker.providers import ProviderSet
 from worker.ratelimit import RateLimiter
 
@@ -28,6 +29,7 @@ log = logging.getLogger("chatbatch.engine")
 REPLAN_SECONDS = 10.0
 LIMITS_READ_SECONDS = 600.0
 LEARN_WINDOW = timedelta(hours=6)
+SWEEP_TIMEOUT_SECONDS = 60.0  # each sweep statement takes milliseconds; one far slower is cut
 
 
 class Housekeeping:
@@ -56,6 +58,7 @@ class Housekeeping:
         """Requeue lost submissions, expire overdue results, settle cancellations, close finished
         batches; returns the batches finished."""
         with self._db.begin() as conn:
+            bounded(conn, SWEEP_TIMEOUT_SECONDS)
             now = db_now(conn)
             beats = self._heartbeat_seconds
             recovered = sweeps.recover_expired_leases(

@@ -31,6 +31,7 @@ from chatbatch.rules.outcomes import NotSent, Outcome, Retryable
 from worker.classify import RETRY_AFTER_CAP, bad_response, classify_exception
 from worker.http_loop import BackgroundLoop
 from worker.protocols import Classifier, Protocol, protocol_for
+from worker.sockets import AbandoningConnector
 
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
@@ -86,7 +87,7 @@ class Provider:
         self._loop = BackgroundLoop()
 
         def session() -> aiohttp.ClientSession:
-            connector = aiohttp.TCPConnector(
+            connector = AbandoningConnector(  # a POST given up on is never sent later
                 limit=max_connections, keepalive_timeout=KEEPALIVE_SECONDS
             )
             return aiohttp.ClientSession(connector=connector)

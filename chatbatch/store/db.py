@@ -17,6 +17,15 @@ from chatbatch.settings import default_database_path, get_settings
 from chatbatch.store.dialect import is_postgresql
 
 IDLE_IN_TRANSACTION_TIMEOUT = "25P03"  # SQLSTATE: idle_in_transaction_session_timeout
+POOL_WAIT_SECONDS = 60  # a thread waits this long for one of the process's connections
+# TCP keepalives on every PostgreSQL connection (libpq's settings): a connection to a server
+# that vanished, or across a link that was cut, is found dead in about 25 s, not hours.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 HIDDEN = "***"
 # user:PASSWORD@ after any scheme (Celery takes lists of URLs joined with ';').
 _USERINFO_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/:@;]*:)[^/;]*@", re.IGNORECASE)
@@ -33,14 +42,19 @@ def normalise_url(url: str) -> str:
 
 
 def make_engine(
-    url: str, *, pool_size: int = 8, idle_in_transaction_seconds: float | None = None
+    url: str,
+    *,
+    pool_size: int = 8,
+    max_overflow: int | None = None,
+    idle_in_transaction_seconds: float | None = None,
 ) -> Engine:
     """An engine tuned for its backend: WAL and a busy timeout on SQLite, pre-ping on PostgreSQL.
     Errors never quote statement parameters: they hold provider answers of any size.
 
     ``idle_in_transaction_seconds`` makes PostgreSQL end a session that sits in an open
     transaction that long: a frozen process (SIGSTOP, a stalled VM) must not keep row locks that
-    other workers need once its leases have run out.
+    other workers need once its leases have run out. ``max_overflow`` (default: as many again
+    as ``pool_size``) bounds the connections opened beyond the pool.
     """
     url = normalise_url(url)
     try:
@@ -58,7 +72,7 @@ def make_engine(
         return engine
     if parsed.get_backend_name() != "postgresql":
         raise ConfigError("CHATBATCH_DATABASE_URL must be a PostgreSQL or SQLite URL")
-    connect_args = {}
+    connect_args: dict[str, Any] = dict(KEEPALIVES)
     if idle_in_transaction_seconds:
         millis = max(1, round(idle_in_transaction_seconds * 1000))
         given = parsed.query.get("options", "")  # keep options the URL itself sets
@@ -68,7 +82,8 @@ def make_engine(
         url,
         pool_pre_ping=True,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
+        pool_timeout=POOL_WAIT_SECONDS,
         pool_recycle=1800,
         connect_args=connect_args,
         hide_parameters=True,
@@ -102,14 +117,16 @@ def masked_url(url: str | URL) -> str:
 
 @lru_cache(maxsize=1)
 def get_engine() -> Engine:
-    """The process-wide engine for the configured database; on the default, its directory is
-    created first (only then: a command that opens no database leaves no trace)."""
+    """The process-wide engine for the configured database, at most ``db_connections``
+    connections; on the default, its directory is created first (only then: a command that
+    opens no database leaves no trace)."""
     settings = get_settings()
     if settings.uses_default_database:
         _make_data_dir()
     return make_engine(
         settings.database_url,
-        pool_size=settings.concurrency + 4,
+        pool_size=settings.db_connections,
+        max_overflow=0,  # the connection budget is a bound: README "Running a fleet"
         idle_in_transaction_seconds=settings.lease_seconds,
     )
 

@@ -31,6 +31,15 @@ def is_postgresql_url(url: str) -> bool:
     return make_url(url).get_backend_name() == "postgresql"
 
 
+def bounded(conn: Connection, seconds: float) -> Connection:
+    """``conn`` with the rest of its transaction's statements cut off after ``seconds`` each
+    (PostgreSQL; SQLite has one writer and no such setting): a claim or sweep whose plan went
+    wrong fails and is tried again, instead of holding its locks for minutes."""
+    if is_postgresql(conn):
+        conn.execute(text(f"SET LOCAL statement_timeout = {max(1, round(seconds * 1000))}"))
+    return conn
+
+
 def sqlite_file(url: URL) -> str | None:
     """The file a SQLite ``url`` names; None for PostgreSQL and for an in-memory SQLite."""
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):

@@ -91,3 +91,37 @@ def test_a_worker_refuses_a_sqlite_database_unless_told_it_is_a_test(tmp_path) -
     assert "database is SQLite" in refused.stderr and "--allow-sqlite" in refused.stderr
     assert "CHATBATCH_DATABASE_URL" in refused.stderr
     assert not (tmp_path / "chatbatch").exists() or not list((tmp_path / "chatbatch").iterdir())
+
+
+def test_each_worker_keeps_within_its_connection_budget(distributed_env, sim, tmp_path) -> None:
+    """Two sync-mode workers of 16 connections to the provider each (their recording threads
+    all writing): PostgreSQL never sees more than CHATBATCH_DB_CONNECTIONS (4) from either."""
+    sim.reconfigure(latency="lognormal:0.2,0.5")
+    env = distributed_env | {"CHATBATCH_API_MODE": "sync", "CHATBATCH_CONCURRENCY": "16"}
+    chatbatch("db", "upgrade", env=env)
+    _load(env, tmp_path, "budget", 400)
+    tagged = env | {"PGAPPNAME": "chatbatch-budget-test"}
+    workers = [start_worker(tagged, tmp_path / f"w{i}.log") for i in range(2)]
+    url = env["CHATBATCH_DATABASE_URL"]
+    peak = 0
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ((count,),) = query_rows(
+                url,
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = 'chatbatch-budget-test'",
+            )
+            peak = max(peak, count)
+            ((open_rows,),) = query_rows(
+                url, "SELECT count(*) FROM requests WHERE status NOT IN ('succeeded', 'failed')"
+            )
+            if not open_rows:
+                break
+            time.sleep(0.1)
+    finally:
+        for proc in workers:
+            stop(proc)
+    print(f"\npeak PostgreSQL connections of two sync workers: {peak}")
+    assert open_rows == 0
+    assert 2 <= peak <= 2 * 4, peak
