@@ -17,6 +17,7 @@ import orjson
 
 from chatbatch.rules.fair_share import MAX_PRIORITY
 from cli.context import settings
+from cli.notify import validate_url
 from cli.prices import price_table, prices_option
 from cli.providers import providers_option
 
@@ -64,6 +65,7 @@ class LoadArgs:
     max_cost: Decimal | None = None
     reuse: bool = False
     priority: int = 0
+    notify: str | None = None
     dry_run: bool = False
 
 
@@ -140,6 +142,13 @@ _OPTIONS = (
         metavar="N",
         help="Share of the provider while other batches run too: running batches split each "
         f"model's rate in proportion to 1 + N (0 to {MAX_PRIORITY}); none is ever starved.",
+    ),
+    click.option(
+        "--notify",
+        metavar="URL",
+        callback=validate_url,
+        help="POST the batch's events here (finished, paused, results about to expire), for "
+        "cron jobs and chat hooks: kept with the batch, so whichever worker sees one sends it.",
     ),
     click.option(
         "--dry-run",
@@ -264,6 +273,7 @@ def batch_options(load: LoadArgs) -> BatchOptions:
         max_cost=load.max_cost,
         reuse=load.reuse,
         priority=load.priority,
+        notify_url=load.notify,
         providers=providers_file_table(),
     )
 

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import redirect_stdout
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -14,9 +15,10 @@ import click
 import orjson
 
 from chatbatch.providers import provider_table
-from chatbatch.rules.states import ANSWERED_STATUSES, BatchStatus
+from chatbatch.reporting.summary import EXIT_PAUSED, exit_code
+from chatbatch.rules.states import BatchStatus
 from chatbatch.settings import Settings
-from chatbatch.store import reads, sweeps
+from chatbatch.store import notifications, reads, sweeps
 from chatbatch.untrusted import printable
 from cli.context import (
     handles_errors,
@@ -28,7 +30,7 @@ from cli.context import (
 from cli.exporting import check_output, export_to, is_stdout, shown_output
 from cli.interrupts import CleanStop
 from cli.load_cmd import LoadArgs, load_options, perform_load, report_reuse
-from cli.notify import notification, send, validate_url
+from cli.notify import validate_url
 from cli.prices import priced_summary
 from cli.progress import ProgressView, progress_bar
 from cli.providers import providers_option
@@ -36,12 +38,8 @@ from cli.render import print_summary
 from cli.simulated import simulated
 
 if TYPE_CHECKING:
-    from chatbatch.reporting.summary import BatchSummary
     from worker.engine import Engine
 
-EXIT_ALL_SUCCEEDED = 0
-EXIT_SOME_FAILED = 3
-EXIT_PAUSED = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -69,7 +67,8 @@ notify_option = click.option(
     "--notify",
     metavar="URL",
     callback=validate_url,
-    help="POST a JSON summary here when the batch finishes (for cron jobs and chat hooks).",
+    help="POST the batch's events here (finished, paused, results about to expire), for cron "
+    "jobs and chat hooks: kept with the batch, so whichever worker sees an event sends it.",
 )
 json_option = click.option(
     "--json",
@@ -96,7 +95,6 @@ class Finish:
 @load_options
 @format_option
 @simulate_option
-@notify_option
 @json_option
 @handles_errors
 def run_command(
@@ -105,7 +103,6 @@ def run_command(
     load: LoadArgs,
     fmt: str | None,
     simulate: bool,
-    notify: str | None,
     as_json: bool,
 ) -> None:
     """Load FILE, work it in this process (this batch only, not others in the database), show
@@ -124,7 +121,7 @@ def run_command(
         return
     click.echo(f"loaded {batch.total} request(s) as {batch.name} ({batch.id})", err=True)
     report_reuse(load, batch)
-    finish = Finish(output, fmt, simulate, notify, as_json)
+    finish = Finish(output, fmt, simulate, load.notify, as_json)
     _process_and_report(batch.id, batch.name, batch.total, finish)
 
 
@@ -158,6 +155,8 @@ def process_command(
         provider_table(settings()).check_keys()
     with ready_database().begin() as conn:
         row = reads.resolve_batch(conn, batch)
+        if notify:
+            notifications.set_url(conn, row.id, notify)
         if sweeps.reopen_unfinished(conn, row.id):
             click.echo(f"{row.name} was closed with requests left unfinished: reopened", err=True)
     if row.status == BatchStatus.PAUSED:
@@ -210,11 +209,23 @@ def _report(batch_id: str, finish: Finish) -> NoReturn:
     if output:
         shown = shown_output(output)
         click.echo(f"wrote {count} result(s) to {shown}", err=finish.as_json or to_stderr)
-    code = exit_code_for(summary)
+    code = exit_code(summary)
     if finish.notify:
-        body = notification(summary, exit_code=code, output=str(output) if output else None)
-        send(finish.notify, body)
+        _send_own_events(batch_id, str(output) if output else None)
     sys.exit(code)
+
+
+def _send_own_events(batch_id: str, output: str | None) -> None:
+    """Send the events the batch recorded (it finished, or was paused) to its --notify URL,
+    now, with where the results went; a failure is a warning, the exit code stays the batch's
+    (and any worker sends the event again later)."""
+    from worker.notifier import Notifier
+
+    warning = timedelta(seconds=settings().expiry_warning_seconds)
+    for failure in Notifier(ready_database(), expiry_warning=warning).deliver(
+        batch_id=batch_id, output=output
+    ):
+        click.echo(f"warning: {failure}", err=True)
 
 
 def _stop_cleanly(runner: Engine) -> None:
@@ -238,15 +249,6 @@ def continue_hint(name: str, *, simulate: bool) -> str:
         f"`chatbatch process {name}{simulated}`; `chatbatch status {name}` shows it, "
         f"`chatbatch export {name} -o FILE` writes what finished"
     )
-
-
-def exit_code_for(summary: BatchSummary) -> int:
-    """0 when every request has an answer (succeeded or reused), 4 when the batch is paused, 3
-    when some failed, expired or were cancelled."""
-    if summary["status"] == BatchStatus.PAUSED:
-        return EXIT_PAUSED
-    answered = sum(summary["counts"][s] for s in ANSWERED_STATUSES)
-    return EXIT_ALL_SUCCEEDED if answered == summary["total"] else EXIT_SOME_FAILED
 
 
 def _run_with_progress(runner: Engine, batch_id: str, total: int) -> str:

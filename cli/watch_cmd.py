@@ -99,7 +99,7 @@ def watch_command(batch: str, interval: float, prices_path: Path | None) -> None
         click.echo("stopped watching; the batch carries on")
         return
     if last.paused:
-        from cli.run import EXIT_PAUSED
+        from chatbatch.reporting.summary import EXIT_PAUSED
 
         click.echo(pause_message(last), err=True)
         sys.exit(EXIT_PAUSED)

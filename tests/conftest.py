@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hook_receiver import Receiver, receiving
 from sqlalchemy import Engine, text
 
 from chatbatch.settings import Settings, get_settings
@@ -129,7 +130,7 @@ def db(monkeypatch: pytest.MonkeyPatch, pg_url: str) -> Iterator[Engine]:
     apply_env(monkeypatch, {"CHATBATCH_DATABASE_URL": pg_url, **FAST_POLICY})
     engine = get_engine()
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE batches, workers CASCADE"))
+        conn.execute(text("TRUNCATE batches, workers, notifications CASCADE"))
     yield engine
     engine.dispose()
     get_engine.cache_clear()
@@ -169,7 +170,7 @@ def distributed_env(pg_url: str, redis_url: str, sim) -> Iterator[dict[str, str]
 
     engine = make_engine(pg_url, pool_size=1)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE batches, workers CASCADE"))
+        conn.execute(text("TRUNCATE batches, workers, notifications CASCADE"))
     engine.dispose()
     queue = f"chatbatch-test-{uuid.uuid4().hex[:8]}"
     env = base_env() | {
@@ -186,3 +187,10 @@ def distributed_env(pg_url: str, redis_url: str, sim) -> Iterator[dict[str, str]
     client = redis.Redis.from_url(redis_url)
     client.delete(queue)
     client.close()
+
+
+@pytest.fixture
+def hook() -> Iterator[Receiver]:
+    """A webhook receiver on loopback (``hook_receiver``), for the notification tests."""
+    with receiving() as server:
+        yield server

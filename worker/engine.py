@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 from sqlalchemy import Engine as DbEngine
@@ -33,6 +33,7 @@ from worker.admission import Admission, SubmitBudget
 from worker.cost_guard import CostGuard
 from worker.housekeeping import Housekeeping
 from worker.liveness import Heartbeat
+from worker.notifier import Notifier
 from worker.pipeline import ChunkPipeline
 from worker.provider import Provider
 from worker.providers import Call, ProviderSet
@@ -80,6 +81,7 @@ class Engine:
         # POSTs are in flight.
         self._submit_share = max(1, min(settings.chunk_size, settings.concurrency // task_threads))
         self._polls = PollPlanner(geometric_polls(self.policy), settings.poll_gets_per_result)
+        expiry_warning = timedelta(seconds=settings.expiry_warning_seconds)
         self._housekeeping = Housekeeping(
             db=db,
             provider=provider,
@@ -87,6 +89,10 @@ class Engine:
             policy=self.policy,
             polls=self._polls,
             heartbeat_seconds=settings.heartbeat_seconds,
+            expiry_warning=expiry_warning,
+            # A fleet worker sends every batch's events; ``run`` and ``process`` their own, at
+            # the end, with where the results went.
+            notifier=None if batch_id else Notifier(db, expiry_warning=expiry_warning),
         )
         self._recorder = Recorder(db=db, policy=self.policy, polls=self._polls)
         self._cost_guard = CostGuard()

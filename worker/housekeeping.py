@@ -11,16 +11,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from sqlalchemy import Connection
 from sqlalchemy import Engine as DbEngine
 
 from chatbatch.rules.polling import PollPlanner
 from chatbatch.rules.ratelimits import limits_from_models_listing
 from chatbatch.rules.states import Policy
-from chatbatch.store import liveness, reads, sweeps
+from chatbatch.store import liveness, notifications, reads, sweeps
 from chatbatch.store.db import db_now
 from chatbatch.store.dialect import bounded
+from worker.notifier import Notifier
 from worker.providers import ProviderSet
 from worker.ratelimit import RateLimiter
 
@@ -29,6 +31,7 @@ log = logging.getLogger("chatbatch.engine")
 REPLAN_SECONDS = 10.0
 LIMITS_READ_SECONDS = 600.0
 LEARN_WINDOW = timedelta(hours=6)
+EVENTS_CHECK_SECONDS = 30.0
 SWEEP_TIMEOUT_SECONDS = 60.0  # each sweep statement takes milliseconds; one far slower is cut
 
 
@@ -44,8 +47,13 @@ class Housekeeping:
         policy: Policy,
         polls: PollPlanner,
         heartbeat_seconds: float,
+        expiry_warning: timedelta,
+        notifier: Notifier | None = None,
     ) -> None:
         self._db = db
+        self._expiry_warning = expiry_warning
+        self._notifier = notifier  # None: this engine's events are sent by whoever runs it
+        self._events_checked_at: float | None = None
         self._heartbeat_seconds = heartbeat_seconds
         self._provider = provider
         self._limiter = limiter
@@ -69,6 +77,10 @@ class Housekeeping:
             expired = sweeps.expire_overdue(conn, now=now)
             cancelled = sweeps.cancel_leftovers(conn, now=now)
             finished = sweeps.finish_batches(conn, now=now)
+            for batch_id in finished:
+                notifications.record(conn, batch_id, notifications.FINISHED)
+            self._record_expiring(conn, now)
+        self._send_notifications()
         self.replan_polls()
         self.read_published_limits()
         if recovered:
@@ -82,6 +94,23 @@ class Housekeeping:
         for batch_id in finished:
             log.info("batch %s finished", batch_id)
         return finished
+
+    def _record_expiring(self, conn: Connection, now: datetime) -> None:
+        """Every ``EVENTS_CHECK_SECONDS``, record ``batch.expiring`` for batches whose results
+        are about to expire unfetched (a scan of submitted rows: not every tick)."""
+        checked = self._events_checked_at
+        if checked is not None and time.monotonic() - checked < EVENTS_CHECK_SECONDS:
+            return
+        self._events_checked_at = time.monotonic()
+        for batch_id in notifications.record_expiring(conn, now=now, warning=self._expiry_warning):
+            log.warning("batch %s has results about to expire unfetched", batch_id)
+
+    def _send_notifications(self) -> None:
+        """Send the batches' due events, if this engine sends them."""
+        if self._notifier is None:
+            return
+        for failure in self._notifier.deliver():
+            log.warning("%s; trying again later", failure)
 
     def before_first_post(self) -> None:
         """Read the published limits if this process never has: before its first POST, not its

@@ -56,6 +56,7 @@ class BatchOptions:
     reuse: bool = False
     providers: ProviderTable | None = None  # a providers file: each model must be served
     priority: int = 0  # its share while other batches run: 1 + priority (rules.fair_share)
+    notify_url: str | None = None  # where its events are POSTed (store.notifications)
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,7 @@ def _batch_row(
         "max_cost": None if options.max_cost is None else f"{options.max_cost:f}",
         "prices": None if options.prices is None else options.prices.model_dump_json(),
         "priority": options.priority,
+        "notify_url": options.notify_url,
     }
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Row
 from chatbatch.reporting.report_data import error_groups
 from chatbatch.reporting.usage import Grouping, usage_report
 from chatbatch.rules.pricing import PriceTable, format_money
-from chatbatch.rules.states import TERMINAL_STATUSES
+from chatbatch.rules.states import ANSWERED_STATUSES, TERMINAL_STATUSES, BatchStatus
 from chatbatch.store import reads
 from chatbatch.store.db import db_now
 
@@ -115,6 +115,21 @@ def batch_summary(conn: Connection, batch: Row[Any], *, expiry_warning: timedelt
     if batch.response_schema:
         summary["schema"] = schema_summary(conn, batch.id)
     return summary
+
+
+EXIT_ALL_SUCCEEDED = 0
+EXIT_SOME_FAILED = 3
+EXIT_PAUSED = 4
+
+
+def exit_code(summary: BatchSummary) -> int:
+    """How a worked batch ended, as ``run`` exits and notifications say: 0 when every request
+    has an answer (succeeded or reused), 4 when the batch is paused, 3 when some failed,
+    expired or were cancelled."""
+    if summary["status"] == BatchStatus.PAUSED:
+        return EXIT_PAUSED
+    answered = sum(summary["counts"][s] for s in ANSWERED_STATUSES)
+    return EXIT_ALL_SUCCEEDED if answered == summary["total"] else EXIT_SOME_FAILED
 
 
 def top_failures(conn: Connection, batch_id: str) -> list[Failure]:

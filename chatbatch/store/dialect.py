@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import URL, Connection, Float, Integer, String, text
+from sqlalchemy import URL, Connection, Float, Integer, String, Table, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -38,6 +40,16 @@ def bounded(conn: Connection, seconds: float) -> Connection:
     if is_postgresql(conn):
         conn.execute(text(f"SET LOCAL statement_timeout = {max(1, round(seconds * 1000))}"))
     return conn
+
+
+def insert_if_new(
+    conn: Connection, table: Table, values: dict[str, Any], unique: list[str]
+) -> bool:
+    """Insert one row unless a row with the same ``unique`` columns exists (two workers racing
+    record it once); True if this call inserted it."""
+    dialect_insert = postgresql_insert if is_postgresql(conn) else sqlite_insert
+    stmt = dialect_insert(table).values(values).on_conflict_do_nothing(index_elements=unique)
+    return conn.execute(stmt).rowcount == 1
 
 
 def sqlite_file(url: URL) -> str | None:

@@ -100,6 +100,8 @@ class Batch(Base):
     capped_claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Fair share: running batches divide each model's capacity in proportion to 1 + priority.
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Where the batch's events are POSTed (``--notify``), by whichever worker sees them.
+    notify_url: Mapped[str | None] = mapped_column(Text)
 
 
 class Request(UsageColumns, Base):
@@ -204,6 +206,38 @@ class Worker(Base):
     stopped_at: Mapped[datetime | None]
 
 
+class Notification(Base):
+    """One event of a batch to POST to its ``notify_url``: recorded once, in the transaction
+    that made it happen, then sent by whichever worker claims it (at least once; the receiver
+    de-duplicates by ``event_id``)."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(32), unique=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))  # batch.finished, batch.paused, …
+    # What makes the event one of a kind: a second worker seeing it records nothing more.
+    key: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[str | None] = mapped_column(Text)  # e.g. why the batch was paused
+    created_at: Mapped[datetime]
+    # A sender's claim: until then no other worker sends it (a sender that dies loses it).
+    claimed_until: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    sent_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)  # the last failure, the URL never in it
+
+    __table_args__ = (
+        UniqueConstraint("batch_id", "key"),
+        Index(
+            "ix_notifications_unsent",
+            "created_at",
+            postgresql_where=text("sent_at IS NULL"),
+            sqlite_where=text("sent_at IS NULL"),
+        ),
+    )
+
+
 class PastResult(UsageColumns, Base):
     """What a request ended with before ``chatbatch retry`` requeued it. Kept so usage totals
     stay exact (the provider billed those attempts too) and the history can be audited."""
@@ -236,3 +270,4 @@ requests_table = cast(Table, Request.__table__)
 past_results_table = cast(Table, PastResult.__table__)
 batches_table = cast(Table, Batch.__table__)
 workers_table = cast(Table, Worker.__table__)
+notifications_table = cast(Table, Notification.__table__)

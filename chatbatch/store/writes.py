@@ -29,6 +29,7 @@ from chatbatch.rules.states import (
     RequestStatus,
     Transition,
 )
+from chatbatch.store import notifications
 from chatbatch.store.dialect import is_postgresql
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import past_results_table as past_results
@@ -240,4 +241,7 @@ def pause_batch(conn: Connection, batch_id: str, reason: str) -> bool:
         .where(b.c.id == batch_id, b.c.status == BatchStatus.RUNNING)
         .values(status=BatchStatus.PAUSED, pause_reason=reason[:2000])
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    notifications.record(conn, batch_id, notifications.PAUSED, detail=reason[:2000])
+    return True

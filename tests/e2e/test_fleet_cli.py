@@ -10,7 +10,17 @@ from pathlib import Path
 
 import orjson
 import pytest
-from cli_process import BINARY, base_env, chatbatch, query_rows, start_worker, stop, write_prompts
+from cli_process import (
+    BINARY,
+    base_env,
+    chatbatch,
+    query_rows,
+    start_worker,
+    stop,
+    work_with_workers,
+    write_prompts,
+)
+from hook_receiver import receiving
 
 pytestmark = pytest.mark.skipif(
     BINARY is None and not os.environ.get("CI"), reason="chatbatch is not installed"
@@ -125,3 +135,28 @@ def test_each_worker_keeps_within_its_connection_budget(distributed_env, sim, tm
     print(f"\npeak PostgreSQL connections of two sync workers: {peak}")
     assert open_rows == 0
     assert 2 <= peak <= 2 * 4, peak
+
+
+def test_a_batch_loaded_with_notify_is_announced_once_by_the_fleet(
+    distributed_env, sim, tmp_path
+) -> None:
+    """``load --notify``: no shell waits for the batch, yet its end is POSTed, once, by
+    whichever of the two workers saw it."""
+    env = distributed_env
+    chatbatch("db", "upgrade", env=env)
+    write_prompts(tmp_path / "n.jsonl", 60)
+    with receiving() as hook:
+        chatbatch(
+            "load", str(tmp_path / "n.jsonl"), "--name", "announced", "--notify", hook.url(),
+            env=env,
+        )  # fmt: skip
+        status, logs = work_with_workers(env, "announced", tmp_path)
+        deadline = time.monotonic() + 30
+        while not hook.received and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)  # a second send, if any, would come within a tick or two
+    assert status["status"] == "completed"
+    (event,) = hook.bodies()
+    assert event["event"] == "batch.finished" and event["exit_code"] == 0
+    assert event["name"] == "announced" and event["counts"]["succeeded"] == 60
+    assert "s3cret" not in logs
