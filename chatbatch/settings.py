@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     task_budget_seconds: float = Field(default=20.0, gt=0)
     # PostgreSQL connections one process opens at most (its threads share them; writes are short).
     db_connections: int = Field(default=4, ge=2, le=64)
+    # A running batch with due work and no task id or answer for this long is stalled.
+    stall_seconds: float = Field(default=900.0, gt=0)
     # Each worker process beats this often; 3 missed beats and its claims are taken over.
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     # Per-model limits shared by all workers, e.g. "gpt-4o-mini=500/32, *=1000" (RPM[/in flight]).

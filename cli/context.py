@@ -84,11 +84,14 @@ def notice_stale_local_database() -> None:
 
 
 def summarise(conn: Connection, batch: Row[Any]) -> BatchSummary:
-    """The status object of ``batch``, warning about results near the configured deadline."""
+    """The status object of ``batch``, warning about results near the configured deadline and
+    about a stall."""
     from chatbatch.reporting.summary import batch_summary
 
-    warning = timedelta(seconds=settings().expiry_warning_seconds)
-    return batch_summary(conn, batch, expiry_warning=warning)
+    config = settings()
+    warning = timedelta(seconds=config.expiry_warning_seconds)
+    stall_after = timedelta(seconds=config.stall_seconds)
+    return batch_summary(conn, batch, expiry_warning=warning, stall_after=stall_after)
 
 
 def handles_errors(fn: F) -> F:

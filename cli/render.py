@@ -57,6 +57,11 @@ def print_summary(summary: BatchSummary) -> None:
             f"  warning     {summary['usage_clamped']} answer(s) reported usage out of range "
             "(negative or absurd); stored clamped, so the totals may be off"
         )
+    if summary["stalled_since"]:
+        click.echo(
+            f"  STALLED     work is due but nothing has progressed since "
+            f"{summary['stalled_since']}: are workers running, is the provider answering?"
+        )
     expiring = summary["expiring"]
     if expiring["count"]:
         click.echo(

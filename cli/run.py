@@ -7,7 +7,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import redirect_stdout
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -221,10 +220,8 @@ def _send_own_events(batch_id: str, output: str | None) -> None:
     (and any worker sends the event again later)."""
     from worker.notifier import Notifier
 
-    warning = timedelta(seconds=settings().expiry_warning_seconds)
-    for failure in Notifier(ready_database(), expiry_warning=warning).deliver(
-        batch_id=batch_id, output=output
-    ):
+    notifier = Notifier(ready_database(), settings())
+    for failure in notifier.deliver(batch_id=batch_id, output=output):
         click.echo(f"warning: {failure}", err=True)
 
 

@@ -20,6 +20,7 @@ from chatbatch.rules.polling import PollPlanner
 from chatbatch.rules.ratelimits import parse_limits
 from chatbatch.rules.states import Policy, geometric_polls
 from chatbatch.settings import Settings
+from chatbatch.store import liveness
 from chatbatch.store.claims import (
     SubmitClaim,
     claim_for_poll,
@@ -82,6 +83,7 @@ class Engine:
         self._submit_share = max(1, min(settings.chunk_size, settings.concurrency // task_threads))
         self._polls = PollPlanner(geometric_polls(self.policy), settings.poll_gets_per_result)
         expiry_warning = timedelta(seconds=settings.expiry_warning_seconds)
+        stall_after = timedelta(seconds=settings.stall_seconds)
         self._housekeeping = Housekeeping(
             db=db,
             provider=provider,
@@ -90,9 +92,10 @@ class Engine:
             polls=self._polls,
             heartbeat_seconds=settings.heartbeat_seconds,
             expiry_warning=expiry_warning,
+            stall_after=stall_after,
             # A fleet worker sends every batch's events; ``run`` and ``process`` their own, at
             # the end, with where the results went.
-            notifier=None if batch_id else Notifier(db, expiry_warning=expiry_warning),
+            notifier=None if batch_id else Notifier(db, settings),
         )
         self._recorder = Recorder(db=db, policy=self.policy, polls=self._polls)
         self._cost_guard = CostGuard()
@@ -184,6 +187,8 @@ class Engine:
             with self._db.begin() as conn:
                 bounded(conn, STATEMENT_TIMEOUT_SECONDS)
                 clock = DbClock(db_now(conn))
+                if self.worker_id:  # the claims below prove this worker alive
+                    liveness.vouch(conn, self.worker_id, now=clock.anchor)
                 polls = claim_for_poll(
                     conn,
                     now=clock.anchor,

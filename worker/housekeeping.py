@@ -48,10 +48,12 @@ class Housekeeping:
         polls: PollPlanner,
         heartbeat_seconds: float,
         expiry_warning: timedelta,
+        stall_after: timedelta,
         notifier: Notifier | None = None,
     ) -> None:
         self._db = db
         self._expiry_warning = expiry_warning
+        self._stall_after = stall_after
         self._notifier = notifier  # None: this engine's events are sent by whoever runs it
         self._events_checked_at: float | None = None
         self._heartbeat_seconds = heartbeat_seconds
@@ -79,7 +81,7 @@ class Housekeeping:
             finished = sweeps.finish_batches(conn, now=now)
             for batch_id in finished:
                 notifications.record(conn, batch_id, notifications.FINISHED)
-            self._record_expiring(conn, now)
+            self._record_periodic_events(conn, now)
         self._send_notifications()
         self.replan_polls()
         self.read_published_limits()
@@ -95,15 +97,18 @@ class Housekeeping:
             log.info("batch %s finished", batch_id)
         return finished
 
-    def _record_expiring(self, conn: Connection, now: datetime) -> None:
-        """Every ``EVENTS_CHECK_SECONDS``, record ``batch.expiring`` for batches whose results
-        are about to expire unfetched (a scan of submitted rows: not every tick)."""
+    def _record_periodic_events(self, conn: Connection, now: datetime) -> None:
+        """Every ``EVENTS_CHECK_SECONDS`` (they scan requests: not every tick), record
+        ``batch.expiring`` for batches whose results are about to expire unfetched and
+        ``batch.stalled`` for batches with work due and no progress."""
         checked = self._events_checked_at
         if checked is not None and time.monotonic() - checked < EVENTS_CHECK_SECONDS:
             return
         self._events_checked_at = time.monotonic()
         for batch_id in notifications.record_expiring(conn, now=now, warning=self._expiry_warning):
             log.warning("batch %s has results about to expire unfetched", batch_id)
+        for batch_id in notifications.record_stalled(conn, now=now, stall_after=self._stall_after):
+            log.warning("batch %s is stalled: work is due and nothing progresses", batch_id)
 
     def _send_notifications(self) -> None:
         """Send the batches' due events, if this engine sends them."""

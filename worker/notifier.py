@@ -16,6 +16,7 @@ from sqlalchemy import Engine as DbEngine
 
 from chatbatch.reporting.summary import BatchSummary, batch_summary, exit_code
 from chatbatch.rules.states import BatchStatus
+from chatbatch.settings import Settings
 from chatbatch.store import notifications, reads
 from chatbatch.store.db import db_now
 from worker.webhooks import DEADLINE_SECONDS, post_json, redacted
@@ -61,9 +62,10 @@ class Failure:
 class Notifier:
     """Claims due events, POSTs each, and records how it went."""
 
-    def __init__(self, db: DbEngine, *, expiry_warning: timedelta) -> None:
+    def __init__(self, db: DbEngine, settings: Settings) -> None:
         self._db = db
-        self._warning = expiry_warning
+        self._warning = timedelta(seconds=settings.expiry_warning_seconds)
+        self._stall_after = timedelta(seconds=settings.stall_seconds)
 
     def deliver(self, *, batch_id: str | None = None, output: str | None = None) -> list[Failure]:
         """Send the due events (of one batch, if given); those that failed."""
@@ -75,7 +77,9 @@ class Notifier:
     def _send(self, pending: notifications.Pending, output: str | None) -> Failure | None:
         with self._db.connect() as conn:
             batch = reads.resolve_batch(conn, pending.batch_id)
-            summary = batch_summary(conn, batch, expiry_warning=self._warning)
+            summary = batch_summary(
+                conn, batch, expiry_warning=self._warning, stall_after=self._stall_after
+            )
         body = notification(
             summary,
             event=pending.event,

@@ -17,6 +17,7 @@ from chatbatch.operations.cost_caps import COST_PAUSE
 from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.rules.states import ROUND_RESETS, TERMINAL_STATUSES, BatchStatus, RequestStatus
 from chatbatch.store import reads, sweeps
+from chatbatch.store.db import db_now
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import past_results_table as p
 from chatbatch.store.models import requests_table as r
@@ -143,7 +144,7 @@ def retry(
     conn.execute(
         update(b)
         .where(b.c.id == batch.id)
-        .values(status=BatchStatus.RUNNING, finished_at=None, pause_reason=None)
+        .values(status=BatchStatus.RUNNING, finished_at=None, pause_reason=None, progressed_at=now)
     )
     return CommandResult(batch.name, BatchStatus.RUNNING, changed, f"requeued {changed} request(s)")
 
@@ -169,7 +170,11 @@ def resume(conn: Connection, ref: str, *, max_cost: Decimal | None = None) -> Co
             )
         conn.execute(update(b).where(b.c.id == batch.id).values(max_cost=str(max_cost)))
         return CommandResult(batch.name, batch.status, 1, f"cost limit set to {max_cost}")
-    changes: dict[str, object] = {"status": BatchStatus.RUNNING, "pause_reason": None}
+    changes: dict[str, object] = {
+        "status": BatchStatus.RUNNING,
+        "pause_reason": None,
+        "progressed_at": db_now(conn),  # its time without progress starts now, not at the pause
+    }
     message = "resumed"
     if max_cost is not None:
         if not batch.prices:

@@ -75,6 +75,7 @@ class BatchSummary(TypedDict):
     possible_duplicates: int
     usage_clamped: int
     expiring: Expiring
+    stalled_since: str | None
     source: str | None
     created_at: str
     finished_at: str | None
@@ -83,11 +84,22 @@ class BatchSummary(TypedDict):
     cost: NotRequired[CostSummary]
 
 
-def batch_summary(conn: Connection, batch: Row[Any], *, expiry_warning: timedelta) -> BatchSummary:
+DEFAULT_STALL_AFTER = timedelta(minutes=15)  # CHATBATCH_STALL_SECONDS' default
+
+
+def batch_summary(
+    conn: Connection,
+    batch: Row[Any],
+    *,
+    expiry_warning: timedelta,
+    stall_after: timedelta = DEFAULT_STALL_AFTER,
+) -> BatchSummary:
     """Counts by state, summed usage, results at risk of expiring, and the batch's own fields.
 
     ``expiring`` counts submitted requests whose provider deadline is less than
     ``expiry_warning`` away: if nothing fetches them in time their results are lost.
+    ``stalled_since`` is when a batch with work due last made progress, once that is longer
+    ago than ``stall_after`` (else null): no worker is working it, or the provider is stuck.
     """
     usage = reads.usage_totals(conn, batch.id)
     possible_duplicates = usage.pop("possible_duplicates")
@@ -107,6 +119,9 @@ def batch_summary(conn: Connection, batch: Row[Any], *, expiry_warning: timedelt
         "possible_duplicates": possible_duplicates,
         "usage_clamped": usage_clamped,
         "expiring": {"count": at_risk, "earliest_deadline": _iso(earliest)},
+        "stalled_since": _iso(
+            reads.stalled_since(conn, batch.id, now=now, stall_after=stall_after)
+        ),
         "source": batch.source,
         "created_at": batch.created_at.isoformat(),  # never null
         "finished_at": _iso(batch.finished_at),

@@ -18,6 +18,7 @@ from chatbatch.store.models import workers_table as w
 
 MISSED_BEATS = 3  # a worker is lost once this many heartbeats in a row have not come
 KEEP_STOPPED = timedelta(days=7)  # how long stopped and lost workers stay listed
+VOUCH_AFTER = timedelta(seconds=1)  # a claim beats only if the last beat is older (few writes)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,17 @@ def beat(conn: Connection, worker_id: str, *, now: datetime) -> bool:
     worker that was lost and beats again is live again: its old claims are already gone."""
     result = conn.execute(update(w).where(w.c.id == worker_id).values(beat_at=now, stopped_at=None))
     return result.rowcount == 1
+
+
+def vouch(conn: Connection, worker_id: str, *, now: datetime) -> None:
+    """Beat as part of a claim, in its transaction, if the last beat is over ``VOUCH_AFTER``
+    old: a worker back from a partition claims before its heartbeat thread has got through,
+    and a sweep must never take over rows claimed by a worker it still counts as lost."""
+    conn.execute(
+        update(w)
+        .where(w.c.id == worker_id, w.c.beat_at < now - VOUCH_AFTER)
+        .values(beat_at=now, stopped_at=None)
+    )
 
 
 def mark_stopped(conn: Connection, worker_id: str, *, now: datetime) -> None:

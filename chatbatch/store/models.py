@@ -102,6 +102,9 @@ class Batch(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Where the batch's events are POSTed (``--notify``), by whichever worker sees them.
     notify_url: Mapped[str | None] = mapped_column(Text)
+    # When a request of the batch last got a task id or an answer (every ``PROGRESS_STEP`` at
+    # most): a running batch with due work and no progress for a while is stalled.
+    progressed_at: Mapped[datetime | None]
 
 
 class Request(UsageColumns, Base):

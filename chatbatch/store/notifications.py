@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, select, update
 
 from chatbatch.rules.states import RequestStatus
+from chatbatch.store import reads
 from chatbatch.store.db import db_now
 from chatbatch.store.dialect import insert_if_new
 from chatbatch.store.models import batches_table as b
@@ -25,6 +26,7 @@ from chatbatch.store.models import requests_table as r
 FINISHED = "batch.finished"
 PAUSED = "batch.paused"
 EXPIRING = "batch.expiring"
+STALLED = "batch.stalled"
 MAX_ATTEMPTS = 10  # sends of one event before it is given up on (its error stays recorded)
 
 
@@ -84,6 +86,18 @@ def record_expiring(conn: Connection, *, now: datetime, warning: timedelta) -> l
     )
     batch_ids = list(conn.execute(at_risk).scalars())
     return [batch for batch in batch_ids if record(conn, batch, EXPIRING, key=EXPIRING)]
+
+
+def record_stalled(conn: Connection, *, now: datetime, stall_after: timedelta) -> list[str]:
+    """Record ``batch.stalled``, once per stall, for each batch to notify that has work due
+    and no progress for ``stall_after``; the batches recorded."""
+    recorded = []
+    for row in reads.stalled_batches(conn, now=now, stall_after=stall_after):
+        since = row.since.isoformat()
+        detail = f"work is due but nothing has progressed since {since}"
+        if record(conn, row.id, STALLED, key=f"stalled:{since}", detail=detail):
+            recorded.append(row.id)
+    return recorded
 
 
 def claim(

@@ -7,12 +7,13 @@ Functions take a connection and never commit; the caller owns the unit of work.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     Connection,
     Row,
+    Select,
     func,
     select,
 )
@@ -22,6 +23,7 @@ from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.rules.states import (
     ACTIVE_STATUSES,
     ANSWERED_STATUSES,
+    BatchStatus,
     RequestStatus,
 )
 from chatbatch.store.db import masked_url
@@ -153,3 +155,34 @@ def expiry_risk(
         )
     ).one()
     return int(count), earliest
+
+
+STALLABLE = (BatchStatus.RUNNING, BatchStatus.CANCELLING)
+
+
+def stalled_batches(conn: Connection, *, now: datetime, stall_after: timedelta) -> list[Row[Any]]:
+    """Batches being worked that have work due yet no request got a task
+    id or an answer for ``stall_after``: (id, since) rows, ``since`` the last progress."""
+    return list(conn.execute(_stalled(now, stall_after)))
+
+
+def stalled_since(
+    conn: Connection, batch_id: str, *, now: datetime, stall_after: timedelta
+) -> datetime | None:
+    """When batch ``batch_id`` last made progress, if it is stalled now (None: it is not)."""
+    row = conn.execute(_stalled(now, stall_after).where(b.c.id == batch_id)).first()
+    return None if row is None else row.since
+
+
+def _stalled(now: datetime, stall_after: timedelta) -> Select[tuple[str, datetime]]:
+    since = func.coalesce(b.c.progressed_at, b.c.created_at)
+    due_work = (
+        select(r.c.id)
+        .where(r.c.batch_id == b.c.id, r.c.status.in_(ACTIVE_STATUSES), r.c.due_at <= now)
+        .exists()
+    )
+    return (
+        select(b.c.id, since.label("since"))
+        .where(b.c.status.in_(STALLABLE), since < now - stall_after)
+        .where(due_work)
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -70,7 +71,25 @@ def apply_transitions(conn: Connection, writes: Sequence[Write]) -> int:
     pauses = {w.batch_id: w.transition.pause_batch for w in writes if w.transition.pause_batch}
     for batch_id, reason in pauses.items():
         pause_batch(conn, batch_id, reason)
+    _mark_progress(conn, writes)
     return applied
+
+
+PROGRESS_STEP = timedelta(seconds=10)  # a batch's progressed_at moves at most this often
+
+
+def _mark_progress(conn: Connection, writes: Sequence[Write]) -> None:
+    """Note when each batch last had a request given a task id or an answer (not more often
+    than ``PROGRESS_STEP``, so a busy batch's row is rarely written)."""
+    latest: dict[str, datetime] = {}
+    for write in writes:
+        changes = write.transition.changes
+        at = changes.get("completed_at") or changes.get("submitted_at")
+        if isinstance(at, datetime) and at > latest.get(write.batch_id, at - PROGRESS_STEP):
+            latest[write.batch_id] = at
+    for batch_id, at in latest.items():
+        stale = b.c.progressed_at.is_(None) | (b.c.progressed_at < at - PROGRESS_STEP)
+        conn.execute(update(b).where(b.c.id == batch_id, stale).values(progressed_at=at))
 
 
 # What decides a write's statement: the columns it sets, whether it counts a possible

@@ -1,6 +1,8 @@
 """Notifications from the fleet
 
 batches.notify_url: where the batch's events are POSTed (``--notify`` on load and run).
+batches.progressed_at: when a request of the batch last got a task id or an answer, so a
+batch with due work and no progress for a while is found stalled.
 notifications: each event (finished, paused, expiring, stalled), recorded once in the
 transaction that made it happen, then sent by whichever worker claims it.
 
@@ -23,6 +25,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("batches") as batch:
         batch.add_column(sa.Column("notify_url", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("progressed_at", sa.DateTime(timezone=True), nullable=True))
     op.create_table(
         "notifications",
         sa.Column(
@@ -64,4 +67,5 @@ def downgrade() -> None:
     op.drop_index("ix_notifications_unsent", table_name="notifications")
     op.drop_table("notifications")
     with op.batch_alter_table("batches") as batch:
+        batch.drop_column("progressed_at")
         batch.drop_column("notify_url")
