@@ -11,13 +11,16 @@ higher priority gets a larger share but never all of it.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 MAX_PRIORITY = 100
-CANDIDATES_PER_CLAIMED_ROW = 2  # each batch offers this many rows per row claimed: room to skip
-# rows another worker has locked
+# A batch offers this many times its expected rows, plus a few: room for its random start and
+# for rows another claim has locked. Rows it could not offer a claim takes in due order.
+CANDIDATES_PER_EXPECTED_ROW = 2
+EXTRA_CANDIDATES = 2
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,13 @@ def shares(
     """The shares of a claim of ``limit`` rows among ``runnable`` (batch id, priority) pairs; a
     batch in ``capped`` offers at most that many rows (its cost cap), none if it is spent."""
     draw = rng or random
-    offered = CANDIDATES_PER_CLAIMED_ROW * limit
+    batches = [(batch_id, weight(priority)) for batch_id, priority in runnable]
+    total = sum(w for _, w in batches)
     result = []
-    for batch_id, priority in runnable:
+    for batch_id, w in batches:
+        expected = limit * w / total
+        offered = min(limit, math.ceil(CANDIDATES_PER_EXPECTED_ROW * expected) + EXTRA_CANDIDATES)
         candidates = min(offered, capped.get(batch_id, offered))
         if candidates > 0:
-            result.append(Share(batch_id, candidates, draw.expovariate(1.0), weight(priority)))
+            result.append(Share(batch_id, candidates, draw.expovariate(1.0), w))
     return result

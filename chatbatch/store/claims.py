@@ -163,7 +163,9 @@ def _ranked(parts: list[fair_share.Share], now: datetime, which: ColumnElement[b
     index-backed branch per batch (``ix_requests_queued_batch_due``), all in one statement."""
     branches = []
     for part in parts:
-        rank = func.row_number().over(order_by=r.c.due_at) - 1 + part.start
+        # ROWS, not the default RANGE frame: PostgreSQL would read every row sharing a due
+        # time (all of a freshly loaded batch) before numbering the first.
+        rank = func.row_number().over(order_by=r.c.due_at, rows=(None, 0)) - 1 + part.start
         branch = (
             select(r.c.id, (rank / part.weight).label("vt"))
             .where(r.c.batch_id == part.batch_id, r.c.status == RequestStatus.QUEUED)

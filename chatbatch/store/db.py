@@ -17,6 +17,9 @@ from chatbatch.settings import default_database_path, get_settings
 from chatbatch.store.dialect import is_postgresql
 
 IDLE_IN_TRANSACTION_TIMEOUT = "25P03"  # SQLSTATE: idle_in_transaction_session_timeout
+# Short statements only: JIT compiling took 0.4–1 s per claim and ~100 ms per sweep statement
+# whenever estimates ran high (stale statistics, many batches), for nothing (bench.hot_table).
+NO_JIT = "-c jit=off"
 POOL_WAIT_SECONDS = 60  # a thread waits this long for one of the process's connections
 # TCP keepalives on every PostgreSQL connection (libpq's settings): a connection to a server
 # that vanished, or across a link that was cut, is found dead in about 25 s, not hours.
@@ -73,11 +76,12 @@ def make_engine(
     if parsed.get_backend_name() != "postgresql":
         raise ConfigError("CHATBATCH_DATABASE_URL must be a PostgreSQL or SQLite URL")
     connect_args: dict[str, Any] = dict(KEEPALIVES)
+    given = parsed.query.get("options", "")  # keep options the URL itself sets
+    options = [" ".join(given) if isinstance(given, tuple) else given, NO_JIT]
     if idle_in_transaction_seconds:
         millis = max(1, round(idle_in_transaction_seconds * 1000))
-        given = parsed.query.get("options", "")  # keep options the URL itself sets
-        given = " ".join(given) if isinstance(given, tuple) else given
-        connect_args["options"] = f"{given} -c idle_in_transaction_session_timeout={millis}".strip()
+        options.append(f"-c idle_in_transaction_session_timeout={millis}")
+    connect_args["options"] = " ".join(option for option in options if option)
     return create_engine(
         url,
         pool_pre_ping=True,

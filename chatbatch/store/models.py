@@ -107,6 +107,9 @@ class Batch(Base):
     progressed_at: Mapped[datetime | None]
 
 
+ACTIVE_ONLY = "status IN ('queued', 'submitting', 'submitted')"
+
+
 class Request(UsageColumns, Base):
     """One chat-completion request and everything the provider said about it.
 
@@ -168,7 +171,22 @@ class Request(UsageColumns, Base):
     __table_args__ = (
         UniqueConstraint("batch_id", "custom_id"),
         UniqueConstraint("batch_id", "line_no"),
-        Index("ix_requests_status_due_at", "status", "due_at"),
+        # Due work by state: active rows only, so finished ones (most of the table, soon)
+        # are not in it (bench.hot_table).
+        Index(
+            "ix_requests_status_due_at",
+            "status",
+            "due_at",
+            postgresql_where=text(ACTIVE_ONLY),
+            sqlite_where=text(ACTIVE_ONLY),
+        ),
+        # Results about to expire unfetched: found without scanning every row.
+        Index(
+            "ix_requests_submitted_expires_at",
+            "expires_at",
+            postgresql_where=text("status = 'submitted'"),
+            sqlite_where=text("status = 'submitted'"),
+        ),
         Index("ix_requests_batch_id_status", "batch_id", "status"),
         Index(
             "ix_requests_fingerprint_succeeded",

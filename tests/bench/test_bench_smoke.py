@@ -65,3 +65,28 @@ def test_scale_out(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
 def test_rate_limits(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = quick("rate_limits", redis_url, capsys)
     assert out.count("accepted 300 for 300 requests, 0 submitted twice") == 2
+
+
+@pytest.mark.usefixtures("pg_url")
+def test_claim_plans(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = quick("claim_plans", redis_url, capsys)
+    assert "claim due submissions on 20,000 queued rows over 20 batches" in out
+    shown = out.count("->  Subquery Scan on anon_")
+    folded = sum(int(n) for n in re.findall(r"\.\.\. and (\d+) more branches like the first", out))
+    assert shown + folded == 20  # one branch per running batch, in one statement
+    assert re.search(r"check: \d+ branch\(es\) Limit -> Index Scan", out)
+    assert re.search(r"median claim of 64: \d+\.\d+ ms, \d+\.\d+ ms with jit = off", out)
+
+
+@pytest.mark.usefixtures("pg_url")
+def test_hot_table(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = quick("hot_table", redis_url, capsys)
+    assert re.search(r"finished rows\s+0\s+50,000\s+100,000\s+\+ANALYZE\s+\+VACUUM\n", out)
+    assert len(re.findall(r"\d+\.\d+ ms x\d+\.\d+", out)) == 11 * 5  # 11 calls, 5 columns
+    assert re.search(r"tick: the sweeps below, together(\s+\d+\.\d+ ms x\d+\.\d+){5}", out)
+    assert re.search(r"requests, total(\s+[\d,]+\.\d MB){5}", out)
+    assert re.search(r"ix_requests_queued_batch_due(\s+[\d,]+\.\d MB){5}", out)
+    dead = re.search(r"dead tuples((?:\s+[\d,]+){5})\n", out)
+    assert dead, out
+    counts = [int(n.replace(",", "")) for n in dead.group(1).split()]
+    assert counts[4] < counts[2]  # VACUUM clears what the updates left

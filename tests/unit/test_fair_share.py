@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from chatbatch.rules.fair_share import CANDIDATES_PER_CLAIMED_ROW, MAX_PRIORITY, shares, weight
+from chatbatch.rules.fair_share import MAX_PRIORITY, shares, weight
 
 
 def test_weight_is_one_plus_priority_within_bounds() -> None:
@@ -12,10 +12,12 @@ def test_weight_is_one_plus_priority_within_bounds() -> None:
     assert weight(-5) == 1.0 and weight(10_000) == 1.0 + MAX_PRIORITY
 
 
-def test_each_batch_offers_candidates_and_a_spent_cap_offers_none() -> None:
+def test_each_batch_offers_about_twice_its_share_and_a_spent_cap_none() -> None:
+    """Weights 1, 3, 1, 1 of 6: a claim of 10 expects 1.7, 5, 1.7, 1.7 rows of them; each
+    offers twice that and two more, at most the claim, at most its cap."""
     parts = shares([("a", 0), ("b", 2), ("c", 0), ("d", 0)], limit=10, capped={"c": 0, "d": 3})
     offered = {part.batch_id: (part.candidates, part.weight) for part in parts}
-    assert offered == {"a": (10 * CANDIDATES_PER_CLAIMED_ROW, 1.0), "b": (20, 3.0), "d": (3, 1.0)}
+    assert offered == {"a": (6, 1.0), "b": (10, 3.0), "d": (3, 1.0)}
 
 
 def test_one_row_goes_to_each_batch_in_proportion_to_its_weight() -> None:
