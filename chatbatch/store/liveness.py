@@ -1,7 +1,8 @@
 """Worker liveness: each worker process registers and beats; one whose beats stopped is lost.
 
-A lost worker's claims are taken over by the next tick (``sweeps.recover_lost_claims``) instead
-of after their lease, which stays as the backstop. Functions take a connection and never commit.
+A lost worker's claims are taken over by the next tick (``sweeps.recover_expired_leases`` and
+``sweeps.release_lost_polls``) instead of after their lease, which stays as the backstop.
+Functions take a connection and never commit.
 """
 
 from __future__ import annotations
