@@ -211,10 +211,16 @@ def _claim_submits(
     worker_id: str | None,
 ) -> list[SubmitClaim]:
     """Lock the first ``limit`` rows ``picked`` lists that no other claim holds (of running
-    batches, still queued) and mark them ``submitting`` for ``worker_id``."""
+    batches, still queued and due) and mark them ``submitting`` for ``worker_id``.
+
+    Status and due time are checked here, beside the lock, not only where ``picked`` chose
+    them: PostgreSQL rechecks a locked row's new version against these conditions alone, and
+    another worker may have claimed, answered and requeued it for later since ``picked`` read
+    it."""
     due_rows = (
         picked.join(b, b.c.id == r.c.batch_id)
-        .where(r.c.status == RequestStatus.QUEUED, b.c.status == BatchStatus.RUNNING)
+        .where(r.c.status == RequestStatus.QUEUED, r.c.due_at <= now)
+        .where(b.c.status == BatchStatus.RUNNING)
         .limit(limit)
         .with_for_update(skip_locked=True, of=r)
         .cte("due")
