@@ -37,7 +37,7 @@ from worker.liveness import Heartbeat
 from worker.notifier import Notifier
 from worker.pipeline import ChunkPipeline
 from worker.provider import Provider
-from worker.providers import Call, ProviderSet
+from worker.providers import Call, ProviderSet, send_window
 from worker.ratelimit import LocalRateLimiter, RateLimiter
 from worker.recording import Chunk, DbClock, Landed, Recorder
 
@@ -78,6 +78,7 @@ class Engine:
         self._stopping = threading.Event()
         self.policy = Policy.from_settings(settings)
         self._submit_budget = SubmitBudget(settings.concurrency)
+        self._send_window = send_window(settings)
         # Each task thread claims a share, so that while one waits on the database another's
         # POSTs are in flight.
         self._submit_share = max(1, min(settings.chunk_size, settings.concurrency // task_threads))
@@ -290,6 +291,8 @@ class Engine:
                 [Call(claim.provider, claim.body) for claim in chunk.submits],
                 [Call(route(poll.provider, poll.model), poll.remote_id) for poll in chunk.polls],
                 lambda index, outcome: landed.put((index, outcome)),
+                # A claim whose commit was held up (a partition) may be taken over by now.
+                send_by=chunk.clock.started + self._send_window,
             )
             outcomes = self._recorder.record(chunk, landed, calls, on_written)
         finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
@@ -39,6 +40,7 @@ logging.getLogger("httpcore").setLevel(logging.WARNING)
 KEEPALIVE_SECONDS = 30
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 READ_HEADERS = ("retry-after", "x-request-id")  # the only headers of an answer we look at
+CLAIMED_TOO_LONG_AGO = "claimed too long ago to send: another worker may have taken it over"
 # aiohttp errors that mean the connection was never made, so a POST cannot have been sent.
 _CONNECT_FAILURES = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
@@ -61,10 +63,14 @@ class Provider:
         sync_read_timeout: float = 600.0,
         poll_path: str | None = None,
         other_keys: Sequence[str] = (),
+        send_window: float | None = None,
     ) -> None:
         """``sync_read_timeout`` replaces ``read_timeout`` for a POST that waits while the model
         generates (``protocol.waits_for_answer``); ``poll_path`` (``{id}`` in it) replaces the
-        protocol's; ``other_keys`` (other providers') are scrubbed from answers too."""
+        protocol's; ``other_keys`` (other providers') are scrubbed from answers too. A POST
+        must connect within ``send_window`` and have its bytes acknowledged within it, or it
+        is dropped (``start`` has it begin within it too): three windows fit in the time after
+        which another worker may take its request over (``providers.send_window``)."""
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "chatbatch/0.1",
@@ -79,16 +85,19 @@ class Provider:
         self._protocol = protocol or protocol_for("background")
         self._poll_path = poll_path or self._protocol.poll_path
         self._call_seconds = connect_timeout + 2 * read_timeout
-        self._post_timeout: httpx.Timeout | None = None  # None: the client's own
+        post_connect = min(connect_timeout, send_window or connect_timeout)
+        self._post_timeout = httpx.Timeout(read_timeout, connect=post_connect, pool=read_timeout)
         self._post_seconds = self._call_seconds
         if self._protocol.waits_for_answer:  # generation happens inside the POST
-            self._post_timeout = httpx.Timeout(sync_read_timeout, connect=connect_timeout)
+            self._post_timeout = httpx.Timeout(sync_read_timeout, connect=post_connect)
             self._post_seconds = connect_timeout + sync_read_timeout + read_timeout
         self._loop = BackgroundLoop()
 
         def session() -> aiohttp.ClientSession:
             connector = AbandoningConnector(  # a POST given up on is never sent later
-                limit=max_connections, keepalive_timeout=KEEPALIVE_SECONDS
+                unacked_seconds=send_window,
+                limit=max_connections,
+                keepalive_timeout=KEEPALIVE_SECONDS,
             )
             return aiohttp.ClientSession(connector=connector)
 
@@ -114,17 +123,20 @@ class Provider:
         bodies: Sequence[str],
         remote_ids: Sequence[str],
         deliver: Callable[[int, Outcome], None],
+        *,
+        send_by: float | None = None,
     ) -> Future[None]:
         """POST every body and GET every task, all concurrently (at most ``max_connections``
         in flight across the process), calling ``deliver(index, outcome)`` on the loop's thread
-        as each one lands: POSTs are indexed first, then GETs. The future is done when all
-        have landed."""
+        as each one lands: POSTs are indexed first, then GETs. A POST not begun by ``send_by``
+        (``time.monotonic()``; its claim is too old to send safely) is ``NotSent``. The future
+        is done when all have landed."""
 
         async def one(index: int, call: Awaitable[Outcome]) -> None:
             deliver(index, await call)
 
         async def everything() -> None:
-            calls = [self._submit(body) for body in bodies]
+            calls = [self._submit(body, send_by) for body in bodies]
             calls += [self._poll(remote_id) for remote_id in remote_ids]
             await asyncio.gather(*(one(i, call) for i, call in enumerate(calls)))
 
@@ -165,22 +177,22 @@ class Provider:
         self._loop.run(self._client.aclose())
         self._loop.close()
 
-    async def _submit(self, body: str) -> Outcome:
+    async def _submit(self, body: str, send_by: float | None = None) -> Outcome:
         protocol = self._protocol
         content = orjson.dumps(protocol.prepare(orjson.loads(body)))
         request = self._client.build_request(
             "POST",
             protocol.submit_path,
             content=content,
-            timeout=self._post_timeout or httpx.USE_CLIENT_DEFAULT,
+            timeout=self._post_timeout,
         )
-        exchange = Exchange(protocol.classify_submit, self._post_seconds, is_post=True)
+        exchange = Exchange(protocol.classify_submit, self._post_seconds, True, send_by)
         return await self._call(request, exchange)
 
     async def _poll(self, remote_id: str) -> Outcome:
         path = self._poll_path.replace("{id}", quote(remote_id, safe=""))
         request = self._client.build_request("GET", path)
-        exchange = Exchange(self._protocol.classify_poll, self._call_seconds, is_post=False)
+        exchange = Exchange(self._protocol.classify_poll, self._call_seconds, False)
         return await self._call(request, exchange)
 
     def stop(self, grace: float) -> None:
@@ -218,6 +230,8 @@ class Provider:
         try:
             if self._stopping:
                 return NotSent()
+            if exchange.send_by is not None and time.monotonic() > exchange.send_by:
+                return NotSent(message=CLAIMED_TOO_LONG_AGO)
             self._sending.add(task)
             return await self._exchange(request, exchange)
         except asyncio.CancelledError:
@@ -277,12 +291,13 @@ class Provider:
 
 @dataclasses.dataclass(frozen=True)
 class Exchange:
-    """How one call's answer is read: its classifier, its overall deadline in seconds, and
-    whether it is a POST (one cut off may have been accepted)."""
+    """How one call's answer is read: its classifier, its overall deadline in seconds, whether
+    it is a POST (one cut off may have been accepted), and when it must have begun, if ever."""
 
     classify: Classifier
     deadline: float
     is_post: bool
+    send_by: float | None = None
 
 
 def decoded_body(raw: bytes, encoding: str, limit: int) -> bytes | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from chatbatch.providers import DEFAULT_NAME, ProviderConfig, ProviderTable, default_provider
 from chatbatch.rules.outcomes import Outcome, Rejected
 from chatbatch.settings import Settings
+from chatbatch.store import liveness
 from worker.protocols import protocol_for
 from worker.provider import Provider
 
@@ -66,10 +67,16 @@ class ProviderSet:
         return any(p.waits_for_answers for p in self._providers.values())
 
     def start(
-        self, submits: Sequence[Call], polls: Sequence[Call], deliver: Deliver
+        self,
+        submits: Sequence[Call],
+        polls: Sequence[Call],
+        deliver: Deliver,
+        *,
+        send_by: float | None = None,
     ) -> Future[None]:
         """Send every call to its provider, all at once; ``deliver(index, outcome)`` as each
-        lands (POSTs indexed first, then GETs, as ``Provider.start``). Done when all are."""
+        lands (POSTs indexed first, then GETs; one not begun by ``send_by`` is not sent, as
+        ``Provider.start``). Done when all are."""
         groups: dict[str, tuple[list[int], list[int]]] = {}
         for index, call in enumerate([*submits, *polls]):
             if call.provider not in self._providers:
@@ -79,13 +86,19 @@ class ProviderSet:
             (posts if index < len(submits) else gets).append(index)
         calls = [*submits, *polls]
         started = [
-            self._start_group(name, posts + gets, len(posts), calls, deliver)
+            self._start_group(name, posts + gets, len(posts), calls, deliver, send_by)
             for name, (posts, gets) in groups.items()
         ]
         return _all_done(started)
 
     def _start_group(
-        self, name: str, order: list[int], posts: int, calls: list[Call], deliver: Deliver
+        self,
+        name: str,
+        order: list[int],
+        posts: int,
+        calls: list[Call],
+        deliver: Deliver,
+        send_by: float | None,
     ) -> Future[None]:
         """Start one provider's share of the calls (``order``: their indexes, POSTs first)."""
         payloads = [calls[i].payload for i in order]
@@ -93,6 +106,7 @@ class ProviderSet:
             payloads[:posts],
             payloads[posts:],
             lambda local, outcome: deliver(order[local], outcome),
+            send_by=send_by,
         )
 
     def stop(self, grace: float) -> None:
@@ -137,7 +151,16 @@ def _client(settings: Settings, config: ProviderConfig, key: str, keys: list[str
         sync_read_timeout=settings.sync_read_timeout,
         poll_path=config.poll_path,
         other_keys=[k for k in keys if k != key],
+        send_window=send_window(settings),
     )
+
+
+def send_window(settings: Settings) -> float:
+    """How long a claimed POST may take to begin, to connect, and to have its bytes
+    acknowledged, each: a third of the time after which another worker may take its request
+    over, so that a host cut off from the network never delivers it after that (a partition
+    that heals once the commit of a claim, or a POST's bytes, were held up in it)."""
+    return liveness.takeover_seconds(settings.heartbeat_seconds, settings.lease_seconds) / 3
 
 
 def _unserved() -> Outcome:

@@ -9,6 +9,11 @@ asyncio's: a transport closed normally writes out its buffer first, so the conne
 aborts a connection that still has bytes to write instead of closing it. A POST given up on
 is then either whole at the provider already or never. Keepalives end connections to a peer
 that vanished.
+
+A POST still waiting for its answer is not given up on, yet another host takes its request over
+once its worker has been silent for a few heartbeats. So bytes the provider has not acknowledged
+within ``unacked_seconds`` end the connection (``TCP_USER_TIMEOUT``, where the platform has it):
+they are dropped, never delivered after a partition heals.
 """
 
 from __future__ import annotations
@@ -29,14 +34,20 @@ _NO_LINGER = struct.pack("ii", 1, 0)  # l_onoff 1, l_linger 0: close() resets, u
 AddrInfo = tuple[int, int, int, str, tuple[object, ...]]
 
 
-def abandonable_socket(addr_info: AddrInfo) -> socket.socket:
+def abandonable_socket(
+    addr_info: AddrInfo, *, unacked_seconds: float | None = None
+) -> socket.socket:
     """A TCP socket for ``addr_info`` (family, type, proto, …) whose close drops unsent bytes,
-    with keepalives (aiohttp's ``socket_factory``)."""
+    with keepalives, that ends itself when what it sent stays unacknowledged for
+    ``unacked_seconds`` (aiohttp's ``socket_factory``)."""
     family, kind, proto = addr_info[0], addr_info[1], addr_info[2]
     sock = socket.socket(family=family, type=kind, proto=proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
         keep_alive(sock)
+        if unacked_seconds is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+            milliseconds = max(1, round(unacked_seconds * 1000))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
     except OSError:
         sock.close()
         raise
@@ -74,10 +85,13 @@ class AbandoningHandler(ResponseHandler):
 
 
 class AbandoningConnector(aiohttp.TCPConnector):
-    """A ``TCPConnector`` whose sockets reset on close (``abandonable_socket``) and whose
-    connections are abandoned, not flushed, when closed mid-write (``AbandoningHandler``;
-    ``tests/integration/test_abandoned_posts.py`` checks both against the installed aiohttp)."""
+    """A ``TCPConnector`` whose sockets reset on close and end when what they sent stays
+    unacknowledged for ``unacked_seconds`` (``abandonable_socket``), and whose connections are
+    abandoned, not flushed, when closed mid-write (``AbandoningHandler``;
+    ``tests/integration/test_abandoned_posts.py`` and ``tests/faults/test_unacked_bytes.py``
+    check them against the installed aiohttp and the kernel)."""
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(socket_factory=abandonable_socket, **options)
+    def __init__(self, *, unacked_seconds: float | None = None, **options: Any) -> None:
+        factory = functools.partial(abandonable_socket, unacked_seconds=unacked_seconds)
+        super().__init__(socket_factory=factory, **options)
         self._factory = functools.partial(AbandoningHandler, loop=self._loop)  # type: ignore[assignment]

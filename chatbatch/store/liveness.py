@@ -71,6 +71,14 @@ def mark_stopped(conn: Connection, worker_id: str, *, now: datetime) -> None:
     conn.execute(update(w).where(w.c.id == worker_id).values(stopped_at=now, beat_at=now))
 
 
+def takeover_seconds(heartbeat_seconds: float, lease_seconds: float) -> float:
+    """The soonest, in seconds after a claim began, that another worker may take its rows over:
+    when its lease runs out, or when its worker has missed ``MISSED_BEATS`` beats after the one
+    the claim vouched for (which may be up to ``VOUCH_AFTER`` old)."""
+    by_heartbeat = heartbeat_seconds * MISSED_BEATS - VOUCH_AFTER.total_seconds()
+    return max(0.0, min(lease_seconds, by_heartbeat))
+
+
 def lost(now: datetime, heartbeat_seconds: float) -> ColumnElement[bool]:
     """Whether a worker's claims are free to take: it stopped, or missed ``MISSED_BEATS``."""
     stale = now - timedelta(seconds=heartbeat_seconds * MISSED_BEATS)

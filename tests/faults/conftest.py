@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from cli_process import BINARY, base_env
 from faultkit import FaultRun, PrivatePostgres, PrivateRedis, ServiceError
+from netns import Hosts, NetnsError, unavailable_reason
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -36,12 +38,31 @@ FAULT_POLICY = {
 }
 
 
-def unavailable(what: str, exc: BaseException) -> None:
-    """A private server could not be started: fail in CI, skip elsewhere."""
+def unavailable(what: str, exc: BaseException | str) -> None:
+    """A private server (or the network namespaces) could not be made: fail in CI (root, with
+    iproute2), skip elsewhere."""
     message = f"cannot start {what} for the fault tests: {exc}"
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture
+def hosts(request: pytest.FixtureRequest) -> Iterator[Hosts]:
+    """``@pytest.mark.hosts(N)`` network namespaces (default 1), removed whatever happens."""
+    marker = request.node.get_closest_marker("hosts")
+    count = marker.args[0] if marker else 1
+    reason = unavailable_reason()
+    if reason is not None:
+        unavailable("network namespaces", reason)
+    try:
+        lab = Hosts(count).__enter__()
+    except (NetnsError, OSError, subprocess.SubprocessError) as exc:
+        unavailable("network namespaces", exc)
+    try:
+        yield lab
+    finally:
+        lab.close()
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,8 @@ nothing, and it must take new work within seconds of the heal."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,11 +23,10 @@ from faultkit import (
     check_invariants,
     wait_until,
 )
-from netns import Forwarder, Host, Hosts, NetnsError, unavailable_reason
+from netns import Forwarder, Host, Hosts
 
 from simulator.answers import request_fingerprint
 
-IN_CI = bool(os.environ.get("CI"))
 N = 300  # the batch the partition hits
 N_AFTER = 200  # a second batch, loaded at the heal: new work for the healed host
 WORKERS_ON_A = 2
@@ -37,28 +34,6 @@ PARTITION_SECONDS = 35.0  # at least; more than three missed heartbeats (3 x 5 s
 LEASE_SECONDS = 90.0  # far beyond the partition: the heartbeat must be what hands work over
 HEARTBEAT_SECONDS = 5.0  # the default
 NEW_WORK_TARGET_SECONDS = 10.0  # the healed host claims rows again within this
-
-
-def _unavailable(message: str) -> None:
-    """Fail in CI (which runs as root with iproute2), skip elsewhere."""
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture
-def hosts() -> Iterator[Hosts]:
-    reason = unavailable_reason()
-    if reason is not None:
-        _unavailable(f"cannot make network namespaces for the partition test: {reason}")
-    try:
-        lab = Hosts(2).__enter__()
-    except (NetnsError, OSError, subprocess.SubprocessError) as exc:
-        _unavailable(f"cannot make network namespaces for the partition test: {exc}")
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def _via(url: str, address: str) -> str:
@@ -146,6 +121,7 @@ def _stale_writes(workers: list[Worker]) -> int:
     return sum(int(n) for w in workers for n in STALE_WRITES.findall(w.text()))
 
 
+@pytest.mark.hosts(2)
 def test_a_partitioned_host_is_taken_over_and_heals_cleanly(
     fault_run: FaultRun, hosts: Hosts
 ) -> None:

@@ -1,6 +1,8 @@
-"""Claims racing each other on PostgreSQL: a claim whose snapshot is older than another worker's
-whole claim, answer and write must not take a row that write scheduled for later (a 503's
-Retry-After, a backoff). llmock caught this as a retry sent 0.02 s after a 503 asking for 1 s."""
+"""Claims held up inside PostgreSQL. A claim whose snapshot is older than another worker's whole
+claim, answer and write must not take a row that write scheduled for later (a 503's
+Retry-After, a backoff): llmock caught a retry sent 0.02 s after a 503 asking for 1 s. And a
+claim whose commit came back late (a partition healing) must not be sent: another worker may
+have taken its rows over meanwhile."""
 
 from __future__ import annotations
 
@@ -14,9 +16,12 @@ from engine_helpers import load, write_requests
 from sqlalchemy import Connection, Engine, select, text, update
 
 from chatbatch.rules.states import RequestStatus
+from chatbatch.settings import get_settings
 from chatbatch.store import claims
 from chatbatch.store.db import db_now
 from chatbatch.store.models import requests_table as r
+from worker.providers import send_window
+from worker.runtime import build_engine
 
 LATER = "interval '1 millisecond'"
 GATE = 731_904  # an advisory lock the test holds while a claim is stalled on it
@@ -113,3 +118,34 @@ def test_a_slow_claim_leaves_a_row_another_worker_scheduled_for_later(
     with pg.connect() as conn:
         row = conn.execute(select(r.c.status, r.c.due_at).where(r.c.id == second)).one()
     assert (row.status, row.due_at) == (RequestStatus.QUEUED, later)
+
+
+def test_a_claim_whose_commit_came_back_too_late_is_not_sent(
+    pg: Engine, sim, gate: Connection, stalled_first_row: tuple[int, int], monkeypatch
+) -> None:
+    """Heartbeats of 1 s: another worker may take a claim over 2 s after it began, so its
+    POSTs must begin within 0.67 s. This claim's commit comes back after 1.5 s."""
+    monkeypatch.setenv("CHATBATCH_HEARTBEAT_SECONDS", "1")
+    get_settings.cache_clear()
+    assert round(send_window(get_settings()), 2) == 0.67
+    engine = build_engine(get_settings())
+    try:
+        stepper = threading.Thread(target=engine.step)
+        stepper.start()
+        try:
+            _wait_at_gate(pg)
+            time.sleep(1.5)
+        finally:
+            gate.execute(text(f"SELECT pg_advisory_unlock({GATE})"))
+            stepper.join(timeout=30)
+        with pg.connect() as conn:
+            held_up = conn.execute(select(r.c.status, r.c.attempts, r.c.ambiguous_submits)).all()
+        assert sim.stats()["accepted"] == 0, "a POST went out for a claim that was too old"
+        assert sorted(held_up) == [(RequestStatus.QUEUED, 0, 0)] * 2  # back, nothing counted
+
+        with pg.begin() as conn:  # the same claim, not held up: sent
+            conn.execute(text(UNSTALL))
+        engine.step()
+        assert sim.stats()["accepted"] == 2
+    finally:
+        engine.close()
