@@ -7,7 +7,8 @@ its batch completed; autovacuum is the server's. Beside them runs one batch of 1
 sweeps of a chunk and a tick are timed (medians, each run rolled back) and the sizes, live and
 dead tuples of ``requests`` read; times come with their ratio to the first size's, from the
 same run. At the largest size, again after ANALYZE, then after VACUUM: stale statistics, dead
-tuples and sheer size told apart.
+tuples and sheer size told apart; last, after ``chatbatch archive`` has moved every finished
+batch out (its rate printed) and VACUUM has run, as a fleet that archives nightly would be.
 
     python -m bench.hot_table                     # 0, 1M, 2M, 4M finished rows
     python -m bench.hot_table --sizes 0,500000
@@ -21,12 +22,14 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
 from bench.claim_plans import captured, explained
 from bench.common import fresh_database
+from chatbatch.operations import archive
 from chatbatch.rules.states import Policy
 from chatbatch.store import claims, liveness, sweeps
 from chatbatch.store.db import db_now, make_engine
@@ -167,6 +170,22 @@ def maintained(db: Engine, command: str) -> None:
         conn.exec_driver_sql(command)
 
 
+def archive_finished(db: Engine) -> str:
+    """Archive every finished batch as ``chatbatch archive`` does, a transaction each; what it
+    moved and how fast."""
+    with db.connect() as conn:
+        finished = archive.archivable_before(conn, db_now(conn) + timedelta(days=1))
+    started, moved = time.perf_counter(), 0
+    for batch_id in finished:
+        with db.begin() as conn:
+            moved += archive.archive(conn, batch_id, now=db_now(conn)).changed
+    seconds = time.perf_counter() - started
+    return (
+        f"  archive: {moved:,} requests of {len(finished)} batches in {seconds:.1f} s "
+        f"({moved / max(seconds, 1e-9):,.0f} requests/s)"
+    )
+
+
 def plans(db: Engine, label: str) -> list[str]:
     """Each timed call's statements with the scans of their EXPLAIN (ANALYZE, BUFFERS)."""
     lines = [f"  plans at {label}: scans, rows they return or filter out, buffers in all"]
@@ -187,8 +206,8 @@ def hot_table(
     sizes: list[int], batch_rows: int, repeats: int, with_plans: bool = False
 ) -> tuple[str, dict[str, dict[str, float]], list[str]]:
     """The server's autovacuum setting; the figures at each number of finished rows, then
-    after ANALYZE and after VACUUM; and (``with_plans``) the plans at the largest size, as
-    loaded and vacuumed."""
+    after ANALYZE, after VACUUM and after archiving every finished batch; and (``with_plans``)
+    the plans at the largest size, as loaded and vacuumed."""
     columns: dict[str, dict[str, float]] = {}
     notes: list[str] = []
     with fresh_database() as url:
@@ -210,6 +229,9 @@ def hot_table(
             maintained(db, command)
             columns[f"+{command.split()[0]}"] = figures(db, repeats)
         notes += plans(db, "+VACUUM") if with_plans else []
+        notes.append(archive_finished(db))
+        maintained(db, "VACUUM ANALYZE requests")
+        columns["+archive"] = figures(db, repeats)
         db.dispose()
     return autovacuum, columns, notes
 

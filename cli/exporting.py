@@ -19,7 +19,8 @@ from chatbatch.errors import ChatbatchError
 from chatbatch.reporting.export import UNFINISHED, ExportError, export_batch
 from chatbatch.rules.states import BatchStatus
 from chatbatch.store.db import get_engine
-from chatbatch.store.models import batches_table, requests_table
+from chatbatch.store.models import all_requests_table as every
+from chatbatch.store.models import batches_table
 from chatbatch.untrusted import printable
 
 STDOUT = "-"  # ``-o -``: standard output
@@ -153,9 +154,9 @@ def unfinished_note(
     many requests have no outcome yet and how they are exported."""
     counts: dict[str, int] = dict(
         conn.execute(
-            select(requests_table.c.status, func.count())
-            .where(requests_table.c.batch_id == batch.id)
-            .group_by(requests_table.c.status)
+            select(every.c.status, func.count())
+            .where(every.c.batch_id == batch.id)
+            .group_by(every.c.status)
         ).all()
     )
     unfinished = sum(n for status, n in counts.items() if status in UNFINISHED)
@@ -222,8 +223,8 @@ def _rows_to_export(conn: Connection, batch_id: str, statuses: Sequence[str] | N
         return conn.execute(
             select(batches_table.c.total).where(batches_table.c.id == batch_id)
         ).scalar_one_or_none()
-    r = requests_table
-    count = select(func.count()).where(r.c.batch_id == batch_id, r.c.status.in_(list(statuses)))
+    wanted = every.c.batch_id == batch_id, every.c.status.in_(list(statuses))
+    count = select(func.count()).where(*wanted)
     return int(conn.execute(count).scalar_one())
 
 

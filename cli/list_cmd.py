@@ -61,7 +61,7 @@ def _cells(summary: BatchSummary) -> tuple[str, ...]:
     share = f" {done / total:.0%}" if total else ""
     return (
         printable(summary["name"]),
-        summary["status"],
+        summary["status"] + (", archived" if summary["archived_at"] else ""),
         f"{done}/{total}{share}",
         _cost_text(summary.get("cost")),
         summary["created_at"][:16].replace("T", " "),

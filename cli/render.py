@@ -73,6 +73,8 @@ def print_summary(summary: BatchSummary) -> None:
     click.echo(f"  created     {summary['created_at']}")
     if summary["finished_at"]:
         click.echo(f"  finished    {summary['finished_at']}")
+    if summary["archived_at"]:
+        click.echo(f"  archived    {summary['archived_at']} (`chatbatch unarchive` to retry it)")
 
 
 def failure_text(failure: Failure) -> str:

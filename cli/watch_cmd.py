@@ -184,7 +184,7 @@ def _counts_and_claims(conn: Connection, batch_id: str) -> tuple[dict[str, int],
     from sqlalchemy import func, select
 
     from chatbatch.rules.states import RequestStatus
-    from chatbatch.store.models import requests_table as r
+    from chatbatch.store.models import all_requests_table as r
 
     counts = {status.value: 0 for status in RequestStatus}
     claims = 0

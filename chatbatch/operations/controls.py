@@ -18,6 +18,7 @@ from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.rules.states import ROUND_RESETS, TERMINAL_STATUSES, BatchStatus, RequestStatus
 from chatbatch.store import reads, sweeps
 from chatbatch.store.db import db_now
+from chatbatch.store.models import archived_requests_table as archived
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import past_results_table as p
 from chatbatch.store.models import requests_table as r
@@ -51,10 +52,16 @@ class CommandResult:
     message: str
 
 
-def lock_batch(conn: Connection, ref: str) -> Row[Any]:
-    """The batch by id or name, locked for the rest of the transaction (PostgreSQL)."""
+def lock_batch(conn: Connection, ref: str, *, archived_ok: bool = False) -> Row[Any]:
+    """The batch by id or name, locked for the rest of the transaction (PostgreSQL). An
+    archived batch is read-only: refused unless ``archived_ok``."""
     batch_id = reads.resolve_batch(conn, ref).id
-    return conn.execute(select(b).where(b.c.id == batch_id).with_for_update()).one()
+    batch = conn.execute(select(b).where(b.c.id == batch_id).with_for_update()).one()
+    if batch.archived_at is not None and not archived_ok:
+        raise ChatbatchError(
+            f"{batch.name} is archived; `chatbatch unarchive {batch.name}` first to change it"
+        )
+    return batch
 
 
 def cancel(conn: Connection, ref: str, *, now: datetime, discard: bool) -> CommandResult:
@@ -197,7 +204,7 @@ IN_FLIGHT = (RequestStatus.SUBMITTING, RequestStatus.SUBMITTED)
 def delete(conn: Connection, ref: str) -> CommandResult:
     """Delete a batch with its requests and their history. Refused while it may still be
     worked (running or cancelling) or has requests in flight: their results are paid for."""
-    batch = lock_batch(conn, ref)
+    batch = lock_batch(conn, ref, archived_ok=True)
     if batch.status == BatchStatus.RUNNING:
         raise ChatbatchError(
             f"{batch.name} is running; cancel it first (`chatbatch cancel {batch.name}`)"
@@ -215,7 +222,10 @@ def delete(conn: Connection, ref: str) -> CommandResult:
             f"`chatbatch cancel {batch.name} --discard` first if you do not want them"
         )
     conn.execute(delete_rows(p).where(p.c.batch_id == batch.id))
-    deleted = conn.execute(delete_rows(r).where(r.c.batch_id == batch.id)).rowcount
+    deleted = sum(
+        conn.execute(delete_rows(table).where(table.c.batch_id == batch.id)).rowcount
+        for table in (r, archived)
+    )
     conn.execute(delete_rows(b).where(b.c.id == batch.id))
     return CommandResult(batch.name, "deleted", deleted, f"deleted with {deleted} request(s)")
 

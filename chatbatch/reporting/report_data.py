@@ -33,7 +33,7 @@ from chatbatch.rules.states import (
 )
 from chatbatch.store import reads
 from chatbatch.store.dialect import epoch_seconds, floor_div, is_postgresql, seconds_between
-from chatbatch.store.models import requests_table as r
+from chatbatch.store.models import all_requests_table as r
 
 QUANTILES = ("0.5", "0.9", "0.99")
 ERROR_STATUSES = (RequestStatus.FAILED, RequestStatus.EXPIRED)

@@ -13,8 +13,8 @@ from sqlalchemy import Connection, Row, select
 from chatbatch.errors import NotFoundError
 from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.rules.pricing import PriceTable, Usage, cost_of, format_money
+from chatbatch.store.models import all_requests_table as r
 from chatbatch.store.models import past_results_table as past
-from chatbatch.store.models import requests_table as r
 from chatbatch.store.reads import batch_name_of
 
 

@@ -79,6 +79,7 @@ class BatchSummary(TypedDict):
     source: str | None
     created_at: str
     finished_at: str | None
+    archived_at: str | None
     failures: list[Failure]
     schema: NotRequired[SchemaSummary]
     cost: NotRequired[CostSummary]
@@ -125,6 +126,7 @@ def batch_summary(
         "source": batch.source,
         "created_at": batch.created_at.isoformat(),  # never null
         "finished_at": _iso(batch.finished_at),
+        "archived_at": _iso(batch.archived_at),
         "failures": top_failures(conn, batch.id),
     }
     if batch.response_schema:

@@ -29,9 +29,9 @@ from sqlalchemy import (
 from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.rules.pricing import Cost, PriceTable, Usage, cost_by_model, format_money
 from chatbatch.store.dialect import utc_day
+from chatbatch.store.models import all_requests_table as r
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import past_results_table as p
-from chatbatch.store.models import requests_table as r
 
 
 class Grouping(StrEnum):

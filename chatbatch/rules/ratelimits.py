@@ -171,12 +171,13 @@ def wait_from_ratelimit_headers(headers: Mapping[str, str]) -> float | None:
     return parse_duration(lowered.get("x-ratelimit-reset-requests", ""))
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(text: str) -> float | None:
-    """``"20ms"``, ``"1.5s"``, ``"6m0s"``, ``"1h2m"`` or plain seconds ``"7"``; None if not one."""
+    """``"20ms"``, ``"1.5s"``, ``"6m0s"``, ``"1h2m"``, ``"7d"`` or plain seconds ``"7"``; None
+    if not one."""
     text = text.strip().lower()
     try:
         return max(0.0, float(text))

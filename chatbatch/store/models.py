@@ -8,8 +8,10 @@ from typing import Any, ClassVar, cast
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -105,6 +107,9 @@ class Batch(Base):
     # When a request of the batch last got a task id or an answer (every ``PROGRESS_STEP`` at
     # most): a running batch with due work and no progress for a while is stalled.
     progressed_at: Mapped[datetime | None]
+    # When ``chatbatch archive`` moved its requests to ``archived_requests`` (None: they are in
+    # ``requests``); an archived batch is read-only until ``chatbatch unarchive``.
+    archived_at: Mapped[datetime | None]
 
 
 ACTIVE_ONLY = "status IN ('queued', 'submitting', 'submitted')"
@@ -266,7 +271,8 @@ class PastResult(UsageColumns, Base):
     __tablename__ = "past_results"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
+    # No foreign key: the request may be in ``requests`` or, archived, in ``archived_requests``.
+    request_id: Mapped[int] = mapped_column(BigId)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
     round: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
@@ -288,6 +294,22 @@ class PastResult(UsageColumns, Base):
 
 
 requests_table = cast(Table, Request.__table__)
+# The requests of archived batches, moved out of the hot table whole: the same columns.
+archived_requests_table = Table(
+    "archived_requests",
+    Base.metadata,
+    *(
+        Column(c.name, c.type, nullable=c.nullable, primary_key=c.primary_key, autoincrement=False)
+        for c in requests_table.columns
+    ),
+    ForeignKeyConstraint(["batch_id"], ["batches.id"], ondelete="CASCADE"),
+    Index("ix_archived_requests_batch_id_line_no", "batch_id", "line_no", unique=True),
+)
+# A view of both (migration 0010), for what reads a batch's requests wherever they are:
+# exports, reports, status. Its own metadata: no table is created for it.
+all_requests_table = Table(
+    "all_requests", MetaData(), *(Column(c.name, c.type) for c in requests_table.columns)
+)
 past_results_table = cast(Table, PastResult.__table__)
 batches_table = cast(Table, Batch.__table__)
 workers_table = cast(Table, Worker.__table__)

@@ -27,6 +27,7 @@ from chatbatch.rules.states import (
     RequestStatus,
 )
 from chatbatch.store.db import masked_url
+from chatbatch.store.models import all_requests_table as every
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import past_results_table as past_results
 from chatbatch.store.models import requests_table as r
@@ -92,7 +93,9 @@ def status_counts(conn: Connection, batch_id: str) -> dict[str, int]:
     """Requests per status, every status present (zeros included)."""
     counts = {status.value: 0 for status in RequestStatus}
     rows = conn.execute(
-        select(r.c.status, func.count()).where(r.c.batch_id == batch_id).group_by(r.c.status)
+        select(every.c.status, func.count())
+        .where(every.c.batch_id == batch_id)
+        .group_by(every.c.status)
     )
     for status, count in rows:
         counts[status] = count
@@ -102,10 +105,10 @@ def status_counts(conn: Connection, batch_id: str) -> dict[str, int]:
 def provider_counts(conn: Connection, batch_id: str) -> dict[str, int]:
     """Requests per provider they were sent to, by name (those not sent yet are left out)."""
     rows = conn.execute(
-        select(r.c.provider, func.count())
-        .where(r.c.batch_id == batch_id, r.c.provider.is_not(None))
-        .group_by(r.c.provider)
-        .order_by(r.c.provider)
+        select(every.c.provider, func.count())
+        .where(every.c.batch_id == batch_id, every.c.provider.is_not(None))
+        .group_by(every.c.provider)
+        .order_by(every.c.provider)
     )
     return {provider: count for provider, count in rows}
 
@@ -113,13 +116,13 @@ def provider_counts(conn: Connection, batch_id: str) -> dict[str, int]:
 def schema_counts(conn: Connection, batch_id: str) -> dict[str, int]:
     """How many answered requests follow the batch's schema and how many do not, and how many
     invalid answers were asked again."""
-    answered = r.c.status.in_(ANSWERED_STATUSES)
+    answered = every.c.status.in_(ANSWERED_STATUSES)
     valid, invalid, retried = conn.execute(
         select(
-            func.count().filter(answered, r.c.schema_valid.is_(True)),
-            func.count().filter(answered, r.c.schema_valid.is_(False)),
-            func.coalesce(func.sum(r.c.invalid_retries), 0),
-        ).where(r.c.batch_id == batch_id)
+            func.count().filter(answered, every.c.schema_valid.is_(True)),
+            func.count().filter(answered, every.c.schema_valid.is_(False)),
+            func.coalesce(func.sum(every.c.invalid_retries), 0),
+        ).where(every.c.batch_id == batch_id)
     ).one()
     return {"valid": int(valid), "invalid": int(invalid), "retried": int(retried)}
 
@@ -129,15 +132,15 @@ def usage_totals(conn: Connection, batch_id: str) -> dict[str, int]:
     replaced, how many of those answers had usage clamped into range, and possible duplicates;
     exact integers."""
     totals = dict.fromkeys((*USAGE_COLUMNS, "usage_clamped"), 0)
-    for table in (r, past_results):
+    for table in (every, past_results):
         sums = [func.coalesce(func.sum(table.c[name]), 0) for name in USAGE_COLUMNS]
         clamped = func.count().filter(table.c.usage_clamped.is_(True))
         row = conn.execute(select(*sums, clamped).where(table.c.batch_id == batch_id)).one()
         for name, value in zip((*USAGE_COLUMNS, "usage_clamped"), row, strict=True):
             totals[name] += int(value)
-    duplicates = select(func.coalesce(func.sum(r.c.ambiguous_submits), 0))
+    duplicates = select(func.coalesce(func.sum(every.c.ambiguous_submits), 0))
     totals["possible_duplicates"] = int(
-        conn.execute(duplicates.where(r.c.batch_id == batch_id)).scalar_one()
+        conn.execute(duplicates.where(every.c.batch_id == batch_id)).scalar_one()
     )
     return totals
 

@@ -81,12 +81,17 @@ def test_claim_plans(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None
 @pytest.mark.usefixtures("pg_url")
 def test_hot_table(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = quick("hot_table", redis_url, capsys)
-    assert re.search(r"finished rows\s+0\s+50,000\s+100,000\s+\+ANALYZE\s+\+VACUUM\n", out)
-    assert len(re.findall(r"\d+\.\d+ ms x\d+\.\d+", out)) == 11 * 5  # 11 calls, 5 columns
-    assert re.search(r"tick: the sweeps below, together(\s+\d+\.\d+ ms x\d+\.\d+){5}", out)
-    assert re.search(r"requests, total(\s+[\d,]+\.\d MB){5}", out)
-    assert re.search(r"ix_requests_queued_batch_due(\s+[\d,]+\.\d MB){5}", out)
-    dead = re.search(r"dead tuples((?:\s+[\d,]+){5})\n", out)
+    header = r"finished rows\s+0\s+50,000\s+100,000\s+\+ANALYZE\s+\+VACUUM\s+\+archive\n"
+    assert re.search(header, out)
+    assert len(re.findall(r"\d+\.\d+ ms x\d+\.\d+", out)) == 11 * 6  # 11 calls, 6 columns
+    assert re.search(r"tick: the sweeps below, together(\s+\d+\.\d+ ms x\d+\.\d+){6}", out)
+    assert re.search(r"requests, total(\s+[\d,]+\.\d MB){6}", out)
+    assert re.search(r"ix_requests_queued_batch_due(\s+[\d,]+\.\d MB){6}", out)
+    dead = re.search(r"dead tuples((?:\s+[\d,]+){6})\n", out)
     assert dead, out
     counts = [int(n.replace(",", "")) for n in dead.group(1).split()]
     assert counts[4] < counts[2]  # VACUUM clears what the updates left
+    live = re.search(r"live tuples((?:\s+[\d,]+){6})\n", out)
+    assert live, out
+    assert int(live.group(1).split()[-1].replace(",", "")) == 10_000  # the running batch only
+    assert re.search(r"archive: 100,000 requests of 100 batches in \d+\.\d s", out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
@@ -82,12 +83,37 @@ def test_a_database_with_batches_upgrades_from_0001_and_back(pg_url: str, admin_
             )
         upgrade(engine)
         check_current(engine)
-        with engine.connect() as conn:
+        with engine.begin() as conn:
             assert conn.execute(text("SELECT custom_id, retries FROM requests")).one() == ("c1", 0)
+            conn.execute(text("INSERT INTO archived_requests SELECT * FROM requests"))
+            conn.execute(text("DELETE FROM requests"))
         migrate(engine, "0001", down=True)
         with engine.connect() as conn:
             assert "past_results" not in inspect(conn).get_table_names()
+            # going below 0010 brings archived requests back rather than dropping them
+            assert conn.execute(text("SELECT custom_id FROM requests")).scalar_one() == "c1"
     finally:
         engine.dispose()
         with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def column_names(engine, table: str) -> list[str]:
+    return [column["name"] for column in inspect(engine).get_columns(table)]
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_the_archive_and_its_view_have_the_columns_of_requests(
+    backend: str, pg_url: str, tmp_path
+) -> None:
+    """A migration adding a column to requests must add it to the archive and the view too:
+    archiving copies rows column by column, and exports read the view."""
+    url = pg_url if backend == "postgresql" else f"sqlite:///{tmp_path / 'x.db'}"
+    engine = make_engine(url, pool_size=1)
+    try:
+        upgrade(engine)
+        requests = column_names(engine, "requests")
+        assert column_names(engine, "archived_requests") == requests
+        assert column_names(engine, "all_requests") == requests
+    finally:
+        engine.dispose()

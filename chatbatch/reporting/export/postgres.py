@@ -91,10 +91,11 @@ _ERROR = (
     f"ELSE '{{\"code\":' || {_ERROR_CODE} || ',\"message\":' || {_ERROR_MESSAGE} || '}}' END"
 )
 # The batch name and custom_id of the request a reused answer came from (``reused_source``),
-# joined only when a CSV shows them: ``requests`` inside is the exported row.
+# joined only when a CSV shows them: ``requests`` inside is the exported row. Both read
+# ``all_requests``, so an archived batch exports as before.
 _REUSED_SOURCE_JOIN = (
     "LEFT JOIN LATERAL (SELECT source_batch.name || '/' || source.custom_id AS reused_source "
-    "FROM requests AS source JOIN batches AS source_batch ON source_batch.id = source.batch_id "
+    "FROM all_requests AS source JOIN batches AS source_batch ON source_batch.id = source.batch_id "
     "WHERE source.id = requests.reused_from) AS reused ON true"
 )
 
@@ -239,7 +240,8 @@ class Wanted(NamedTuple):
         if self.statuses is not None:
             where += " AND status = ANY(%s)"
             params.append(list(self.statuses))
-        text = f"SELECT {', '.join(selected).replace('%', '%%')} FROM requests{joined} "
+        columns = ", ".join(selected).replace("%", "%%")
+        text = f"SELECT {columns} FROM all_requests AS requests{joined} "
         return text + f"WHERE {where} ORDER BY line_no", tuple(params)
 
 

@@ -28,8 +28,8 @@ from chatbatch.reporting.export.layout import (
     value_cell,
 )
 from chatbatch.rules.completions import USAGE_COLUMNS
+from chatbatch.store.models import all_requests_table as r
 from chatbatch.store.models import batches_table as b
-from chatbatch.store.models import requests_table as r
 
 STREAM_ROWS = 2000
 
