@@ -66,6 +66,9 @@ class LoadArgs:
     reuse: bool = False
     priority: int = 0
     notify: str | None = None
+    gold_column: str | None = None
+    gold_field: str | None = None
+    gold_case_sensitive: bool = False
     dry_run: bool = False
 
 
@@ -151,6 +154,24 @@ _OPTIONS = (
         "cron jobs and chat hooks: kept with the batch, so whichever worker sees one sends it.",
     ),
     click.option(
+        "--gold-column",
+        metavar="COLUMN",
+        help="The column holding each row's trusted label: status, compare and the CSV export "
+        "then score the answers against it (accuracy, kappa, per-class figures); needs "
+        "--template.",
+    ),
+    click.option(
+        "--gold-field",
+        metavar="FIELD",
+        help="The answer field compared with --gold-column (default: the schema's first text "
+        "or enum property; without a schema, the whole answer).",
+    ),
+    click.option(
+        "--gold-case-sensitive",
+        is_flag=True,
+        help="Letter case counts when comparing with --gold-column (it does not by default).",
+    ),
+    click.option(
         "--dry-run",
         is_flag=True,
         help="Check the file and show the first requests, their number and the estimated "
@@ -196,6 +217,7 @@ def build_source(file: Path, load: LoadArgs) -> Source:
             ("--system", load.system),
             ("--id-column", load.id_column),
             ("--param", load.params or None),
+            ("--gold-column", load.gold_column),
         ):
             if value is not None:
                 raise click.UsageError(f"{flag} needs --template")
@@ -264,7 +286,11 @@ def batch_options(load: LoadArgs) -> BatchOptions:
             f"--max-cost: the price table has no price for {load.model!r}, so the cost "
             "cannot be measured"
         )
+    gold_field = gold_answer_field(load, schema)
     return BatchOptions(
+        gold_column=load.gold_column,
+        gold_field=gold_field,
+        gold_case_sensitive=load.gold_case_sensitive,
         schema=schema,
         schema_mode=load.schema_mode or "json_schema",
         schema_name=load.schema_path.stem if load.schema_path else "answer",
@@ -276,6 +302,30 @@ def batch_options(load: LoadArgs) -> BatchOptions:
         notify_url=load.notify,
         providers=providers_file_table(),
     )
+
+
+def gold_answer_field(load: LoadArgs, schema: dict[str, Any] | None) -> str | None:
+    """The answer field compared with ``--gold-column``: ``--gold-field``, else the schema's
+    first text or enum property, else None (the whole answer). A usage error for a field the
+    schema does not have, or gold options without ``--gold-column``."""
+    from chatbatch.rules.structured import first_label_property
+
+    if load.gold_column is None:
+        if load.gold_field is not None:
+            raise click.UsageError("--gold-field needs --gold-column")
+        if load.gold_case_sensitive:
+            raise click.UsageError("--gold-case-sensitive needs --gold-column")
+        return None
+    properties = (schema or {}).get("properties")
+    if load.gold_field is None:
+        return first_label_property(schema) if schema else None
+    if isinstance(properties, dict) and load.gold_field not in properties:
+        raise click.BadParameter(
+            f"{load.gold_field!r} is not a property of the schema "
+            f"(properties: {', '.join(map(str, properties)) or 'none'})",
+            param_hint="--gold-field",
+        )
+    return load.gold_field
 
 
 def providers_file_table() -> ProviderTable | None:

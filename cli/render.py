@@ -15,6 +15,7 @@ from chatbatch.rules.states import TERMINAL_STATUSES
 from chatbatch.untrusted import printable
 
 if TYPE_CHECKING:
+    from chatbatch.reporting.quality import QualitySummary
     from chatbatch.reporting.summary import BatchSummary, CostSummary, Failure, SchemaSummary
 
 
@@ -45,6 +46,8 @@ def print_summary(summary: BatchSummary) -> None:
         click.echo("  failures    " + failure_text(failure))
     if summary.get("schema"):
         click.echo("  schema      " + schema_text(summary["schema"]))
+    if "quality" in summary:
+        click.echo("  gold        " + quality_text(summary["quality"]))
     if "cost" in summary:
         print_cost(summary["cost"])
     if summary["possible_duplicates"]:
@@ -97,6 +100,21 @@ def schema_text(schema: SchemaSummary) -> str:
     if schema["retried"]:
         text += f" · {schema['retried']} asked again"
     return text
+
+
+def quality_text(quality: QualitySummary) -> str:
+    """``accuracy 61.2% (601/982 gold rows, 12 unanswered) · kappa 0.41 · field "label"``."""
+    compared = f'field "{printable(quality["field"])}"' if quality["field"] else "the answer"
+    if quality["accuracy"] is None:
+        text = "no row with a gold label has finished yet"
+    else:
+        text = (
+            f"accuracy {quality['accuracy']:.1%} ({quality['agreed']}/{quality['gold_rows']} "
+            f"gold rows, {quality['unanswered']} unanswered)"
+        )
+    if quality["kappa"] is not None:
+        text += f" · kappa {quality['kappa']:.2f}"
+    return f'{text} · {compared} against column "{printable(quality["gold_column"])}"'
 
 
 def print_cost(cost: CostSummary) -> None:

@@ -57,6 +57,11 @@ class BatchOptions:
     providers: ProviderTable | None = None  # a providers file: each model must be served
     priority: int = 0  # its share while other batches run: 1 + priority (rules.fair_share)
     notify_url: str | None = None  # where its events are POSTed (store.notifications)
+    # Gold labels: the source column of each row's trusted label, the answer field compared
+    # with it (None: the whole answer), whether case counts (rules.quality).
+    gold_column: str | None = None
+    gold_field: str | None = None
+    gold_case_sensitive: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,7 @@ def load_source(
     if total == 0:
         raise InputError(str(path), [(None, "the file has no requests")], 1)
     columns = source.record_columns()
+    _check_gold_column(str(path), options.gold_column, columns)
     conn.execute(
         update(batches_table)
         .where(batches_table.c.id == batch_id)
@@ -212,7 +218,19 @@ def _batch_row(
         "prices": None if options.prices is None else options.prices.model_dump_json(),
         "priority": options.priority,
         "notify_url": options.notify_url,
+        "gold_column": options.gold_column,
+        "gold_field": options.gold_field,
+        "gold_case_sensitive": options.gold_case_sensitive,
     }
+
+
+def _check_gold_column(path: str, gold_column: str | None, columns: list[str] | None) -> None:
+    """InputError naming the file when ``--gold-column`` is none of its columns."""
+    if gold_column is None or columns is None or gold_column in columns:
+        return
+    shown = ", ".join(repr(name) for name in columns[:20])
+    problem = f"--gold-column {gold_column!r} is not a column of the file (columns: {shown})"
+    raise InputError(path, [(1, problem)], 1)
 
 
 def _json_text(value: Any) -> str:

@@ -8,6 +8,7 @@ from typing import Any, NotRequired, TypedDict
 
 from sqlalchemy import Connection, Row
 
+from chatbatch.reporting.quality import QualitySummary, quality_summary
 from chatbatch.reporting.report_data import error_groups
 from chatbatch.reporting.usage import Grouping, usage_report
 from chatbatch.rules.pricing import PriceTable, format_money
@@ -82,6 +83,7 @@ class BatchSummary(TypedDict):
     archived_at: str | None
     failures: list[Failure]
     schema: NotRequired[SchemaSummary]
+    quality: NotRequired[QualitySummary]
     cost: NotRequired[CostSummary]
 
 
@@ -131,6 +133,8 @@ def batch_summary(
     }
     if batch.response_schema:
         summary["schema"] = schema_summary(conn, batch.id)
+    if (quality := quality_summary(conn, batch)) is not None:
+        summary["quality"] = quality
     return summary
 
 

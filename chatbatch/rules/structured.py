@@ -233,3 +233,15 @@ def answer_fields(content: str | None) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def first_label_property(schema: dict[str, Any]) -> str | None:
+    """The schema's first top-level property whose value is text or one of a list (``enum``):
+    where a labelling answer's label is; None when it has none."""
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return None
+    for name, spec in properties.items():
+        if isinstance(spec, dict) and (spec.get("type") == "string" or "enum" in spec):
+            return str(name)
+    return None

@@ -110,6 +110,13 @@ class Batch(Base):
     # When ``chatbatch archive`` moved its requests to ``archived_requests`` (None: they are in
     # ``requests``); an archived batch is read-only until ``chatbatch unarchive``.
     archived_at: Mapped[datetime | None]
+    # Gold labels (``--gold-column``): the source column of each row's trusted label, the
+    # answer field compared with it (None: the whole answer), and whether case counts.
+    gold_column: Mapped[str | None] = mapped_column(Text)
+    gold_field: Mapped[str | None] = mapped_column(Text)
+    gold_case_sensitive: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
 
 
 ACTIVE_ONLY = "status IN ('queued', 'submitting', 'submitted')"

@@ -1,0 +1,101 @@
+"""The quality section of a batch loaded with ``--gold-column``: each row's gold label (from its
+source record) and its answer's label, read in one pass in blocks so memory stays flat however
+large the batch, and scored by ``chatbatch.rules.quality``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from typing import Any, TypedDict
+
+import orjson
+from sqlalchemy import Connection, select
+
+from chatbatch.rules.quality import NO_ANSWER, agreement, answer_label, label_key
+from chatbatch.rules.states import ANSWERED_STATUSES, TERMINAL_STATUSES
+from chatbatch.store.models import all_requests_table as r
+
+BLOCK_ROWS = 5000
+
+
+class QualitySummary(TypedDict):
+    """``status --json``'s ``quality``: the field compared, the gold column, how many finished
+    rows have a gold label, how many of those were answered (the rest: ``unanswered``), rows
+    with a gold label not finished yet (``pending``), and the figures (``rules.quality``)."""
+
+    field: str | None
+    gold_column: str
+    case_sensitive: bool
+    gold_rows: int
+    answered: int
+    unanswered: int
+    pending: int
+    agreed: int
+    accuracy: float | None
+    kappa: float | None
+    per_class: dict[str, dict[str, Any]]
+    confusion: dict[str, dict[str, int]]
+
+
+def quality_summary(conn: Connection, batch: Any) -> QualitySummary | None:
+    """The batch's agreement with its gold labels; None for a batch loaded without them."""
+    if batch.gold_column is None:
+        return None
+    pairs, pending = gold_pairs(conn, batch)
+    scored = agreement(pairs)
+    return {
+        "field": batch.gold_field,
+        "gold_column": batch.gold_column,
+        "case_sensitive": batch.gold_case_sensitive,
+        "gold_rows": scored.gold_rows,
+        "answered": scored.answered,
+        "unanswered": scored.unanswered,
+        "pending": pending,
+        "agreed": scored.agreed,
+        "accuracy": scored.accuracy,
+        "kappa": scored.kappa,
+        "per_class": {label: asdict(row) for label, row in scored.per_class.items()},
+        "confusion": scored.confusion,
+    }
+
+
+def gold_pairs(conn: Connection, batch: Any) -> tuple[Counter[tuple[str, str | None]], int]:
+    """Counts of (gold label, answer label or NO_ANSWER) over the finished rows that have a
+    gold label, and how many rows with one are not finished yet."""
+    finished = {status.value for status in TERMINAL_STATUSES}
+    pairs: Counter[tuple[str, str | None]] = Counter()
+    pending = 0
+    query = select(r.c.status, r.c.record, r.c.content, r.c.schema_valid).where(
+        r.c.batch_id == batch.id
+    )
+    result = conn.execution_options(yield_per=BLOCK_ROWS).execute(query)
+    try:
+        for status, record, content, valid in result:
+            gold = gold_label(record, batch)
+            if gold is None:
+                continue
+            if status not in finished:
+                pending += 1
+                continue
+            pairs[(gold, row_answer(status, content, valid, batch))] += 1
+    finally:
+        result.close()
+    return pairs, pending
+
+
+def gold_label(record: str | None, batch: Any) -> str | None:
+    """The row's gold label from its source record (None: the row has none)."""
+    if record is None:
+        return None
+    values = orjson.loads(record)
+    if not isinstance(values, dict):
+        return None
+    return label_key(values.get(batch.gold_column), case_sensitive=batch.gold_case_sensitive)
+
+
+def row_answer(status: str, content: str | None, valid: bool | None, batch: Any) -> str | None:
+    """The label the row's answer gives, or NO_ANSWER: failed, expired, cancelled, not
+    following the schema, or without the field compared."""
+    if status not in {s.value for s in ANSWERED_STATUSES} or valid is False:
+        return NO_ANSWER
+    return answer_label(content, batch.gold_field, case_sensitive=batch.gold_case_sensitive)

