@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from chatbatch.operations.controls import CommandResult
-    from chatbatch.rules.states import RequestStatus
+    from chatbatch.operations.retry import RetryChoice
 
 
 @click.command("resume")
@@ -65,25 +65,38 @@ def cancel_command(batch: str, discard: bool, as_json: bool) -> None:
     "statuses",
     default="failed,expired",
     show_default=True,
-    help="Comma-separated states to requeue: failed, expired, cancelled, succeeded.",
+    help="Comma-separated, what to requeue: failed, expired, cancelled, succeeded, reused; "
+    "invalid (answers that broke the schema); disagree (answers that differ from the gold "
+    "label, for batches loaded with --gold-column).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print {name, status, changed, message}.")
 @handles_errors
 def retry_command(batch: str, statuses: str, as_json: bool) -> None:
-    """Requeue a batch's failed or expired requests for a new attempt (same custom_id). Exports
-    then show each request's latest outcome; usage keeps counting the earlier ones."""
-    from chatbatch.operations import controls
+    """Requeue a batch's failed or expired requests for a new attempt (same custom_id), or the
+    ones --status names. Exports then show each request's latest outcome; usage keeps counting
+    the earlier ones."""
+    from chatbatch.operations.retry import retry
 
     chosen = _parse_statuses(statuses)
-    _control(lambda conn, now: controls.retry(conn, batch, now=now, statuses=chosen), as_json)
+    _control(
+        lambda conn, now: retry(
+            conn,
+            batch,
+            now=now,
+            statuses=chosen.statuses,
+            invalid=chosen.invalid,
+            disagree=chosen.disagree,
+        ),
+        as_json,
+    )
 
 
-def _parse_statuses(text: str) -> list[RequestStatus]:
-    """``--status``'s states to requeue, a usage error naming any that cannot be retried."""
-    from chatbatch.operations import controls
+def _parse_statuses(text: str) -> RetryChoice:
+    """What ``--status`` asks to requeue, a usage error naming any word that cannot be."""
+    from chatbatch.operations.retry import retry_choice
 
     try:
-        return controls.retry_statuses(text)
+        return retry_choice(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--status") from None
 

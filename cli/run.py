@@ -14,7 +14,7 @@ import click
 import orjson
 
 from chatbatch.providers import provider_table
-from chatbatch.reporting.summary import EXIT_PAUSED, exit_code
+from chatbatch.reporting.summary import EXIT_PAUSED, exit_code, valid_shortfall
 from chatbatch.rules.states import BatchStatus
 from chatbatch.settings import Settings
 from chatbatch.store import notifications, reads, sweeps
@@ -69,6 +69,13 @@ notify_option = click.option(
     help="POST the batch's events here (finished, paused, results about to expire), for cron "
     "jobs and chat hooks: kept with the batch, so whichever worker sees an event sends it.",
 )
+min_valid_option = click.option(
+    "--min-valid",
+    type=click.FloatRange(0, 1),
+    metavar="RATE",
+    help="Exit 3 when the schema pass rate ends below RATE (0 to 1, e.g. 0.95), so a nightly "
+    "job can tell; needs a schema.",
+)
 json_option = click.option(
     "--json",
     "as_json",
@@ -86,6 +93,7 @@ class Finish:
     simulate: bool
     notify: str | None
     as_json: bool
+    min_valid: float | None = None  # exit 3 below this schema pass rate
 
 
 @click.command("run")
@@ -94,6 +102,7 @@ class Finish:
 @load_options
 @format_option
 @simulate_option
+@min_valid_option
 @json_option
 @handles_errors
 def run_command(
@@ -102,16 +111,20 @@ def run_command(
     load: LoadArgs,
     fmt: str | None,
     simulate: bool,
+    min_valid: float | None,
     as_json: bool,
 ) -> None:
     """Load FILE, work it in this process (this batch only, not others in the database), show
     progress and export the results. FILE and the load options are as for `chatbatch load` (a
     CSV or record file with --template). Ctrl-C stops cleanly and says how to continue.
 
-    Exit code: 0 all succeeded, 3 some failed or expired, 4 the batch was paused, 2 bad usage or
-    configuration, 130 interrupted, 1 any other error.
+    Exit code: 0 all succeeded, 3 some failed or expired (or the schema pass rate ended below
+    --min-valid), 4 the batch was paused, 2 bad usage or configuration, 130 interrupted, 1 any
+    other error.
     """
     setup_logging()
+    if min_valid is not None and load.schema_path is None:
+        raise click.UsageError("--min-valid needs --schema: it is the schema pass rate")
     check_output(output)  # before anything is loaded or paid for, not after
     if not simulate and not load.dry_run:
         provider_table(settings()).check_keys()
@@ -120,7 +133,7 @@ def run_command(
         return
     click.echo(f"loaded {batch.total} request(s) as {batch.name} ({batch.id})", err=True)
     report_reuse(load, batch)
-    finish = Finish(output, fmt, simulate, load.notify, as_json)
+    finish = Finish(output, fmt, simulate, load.notify, as_json, min_valid)
     _process_and_report(batch.id, batch.name, batch.total, finish)
 
 
@@ -131,6 +144,7 @@ def run_command(
 @format_option
 @simulate_option
 @notify_option
+@min_valid_option
 @json_option
 @handles_errors
 def process_command(
@@ -139,6 +153,7 @@ def process_command(
     fmt: str | None,
     simulate: bool,
     notify: str | None,
+    min_valid: float | None,
     as_json: bool,
 ) -> None:
     """Work BATCH (and only it) in this process until it is finished: how the embedded default
@@ -154,6 +169,8 @@ def process_command(
         provider_table(settings()).check_keys()
     with ready_database().begin() as conn:
         row = reads.resolve_batch(conn, batch)
+        if min_valid is not None and not row.response_schema:
+            raise click.UsageError(f"--min-valid needs a schema; {row.name} was loaded without")
         if notify:
             notifications.set_url(conn, row.id, notify)
         if sweeps.reopen_unfinished(conn, row.id):
@@ -165,7 +182,7 @@ def process_command(
             err=True,
         )
         sys.exit(EXIT_PAUSED)
-    finish = Finish(output, fmt, simulate, notify, as_json)
+    finish = Finish(output, fmt, simulate, notify, as_json, min_valid)
     _process_and_report(row.id, row.name, row.total, finish)
 
 
@@ -208,7 +225,9 @@ def _report(batch_id: str, finish: Finish) -> NoReturn:
     if output:
         shown = shown_output(output)
         click.echo(f"wrote {count} result(s) to {shown}", err=finish.as_json or to_stderr)
-    code = exit_code(summary)
+    code = exit_code(summary, min_valid=finish.min_valid)
+    if shortfall := valid_shortfall(summary, finish.min_valid):
+        click.echo(f"warning: {shortfall}", err=True)
     if finish.notify:
         _send_own_events(batch_id, str(output) if output else None)
     sys.exit(code)

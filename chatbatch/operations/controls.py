@@ -1,5 +1,6 @@
-"""Operator commands on a batch: cancel, retry, resume. Each is one transaction that first locks
-the batch row, so two operators (or one run twice) never interleave, and each is idempotent."""
+"""Operator commands on a batch: cancel, resume, delete (retry: ``operations.retry``). Each is one
+transaction that first locks the batch row, so two operators (or one run twice) never
+interleave, and each is idempotent."""
 
 from __future__ import annotations
 
@@ -9,37 +10,18 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, insert, literal, select, update
+from sqlalchemy import Connection, Row, func, select, update
 from sqlalchemy import delete as delete_rows
 
 from chatbatch.errors import ChatbatchError
 from chatbatch.operations.cost_caps import COST_PAUSE
-from chatbatch.rules.completions import USAGE_COLUMNS
-from chatbatch.rules.states import ROUND_RESETS, TERMINAL_STATUSES, BatchStatus, RequestStatus
+from chatbatch.rules.states import BatchStatus, RequestStatus
 from chatbatch.store import reads, sweeps
 from chatbatch.store.db import db_now
 from chatbatch.store.models import archived_requests_table as archived
 from chatbatch.store.models import batches_table as b
 from chatbatch.store.models import past_results_table as p
 from chatbatch.store.models import requests_table as r
-
-RETRYABLE_DEFAULT = (RequestStatus.FAILED, RequestStatus.EXPIRED)
-RETRYABLE = {status.value: status for status in TERMINAL_STATUSES}  # what retry may requeue
-_ARCHIVED = (
-    "status",
-    "attempts",
-    "provider",
-    "remote_id",
-    "submitted_at",
-    "completed_at",
-    "http_status",
-    "response",
-    *USAGE_COLUMNS,
-    "usage_clamped",
-    "error_code",
-    "error_message",
-)
-_CLEARED = {**ROUND_RESETS, **dict.fromkeys(("error_code", "error_message", "reused_from"))}
 
 
 @dataclass(frozen=True)
@@ -96,74 +78,6 @@ def cancel(conn: Connection, ref: str, *, now: datetime, discard: bool) -> Comma
             else f"; {in_flight} request(s) in flight right now will be marked cancelled"
         )
     return CommandResult(batch.name, status, changed, message)
-
-
-def retry(
-    conn: Connection, ref: str, *, now: datetime, statuses: Collection[RequestStatus]
-) -> CommandResult:
-    """Requeue the batch's requests in ``statuses`` for a fresh round (same custom_id, attempts
-    reset). Each one's previous outcome moves to ``past_results``; exports show the latest."""
-    unknown = set(statuses) - set(TERMINAL_STATUSES)
-    if unknown:
-        raise ValueError(f"only finished requests can be retried, not {sorted(unknown)}")
-    batch = lock_batch(conn, ref)
-    chosen = r.c.batch_id == batch.id, r.c.status.in_(list(statuses))
-    archived = select(
-        r.c.id,
-        r.c.batch_id,
-        r.c.retries + 1,
-        *(r.c[name] for name in _ARCHIVED),
-        literal(now, p.c.archived_at.type),
-    ).where(*chosen)
-    conn.execute(
-        insert(p).from_select(
-            ["request_id", "batch_id", "round", *_ARCHIVED, "archived_at"], archived
-        )
-    )
-    result = conn.execute(
-        update(r)
-        .where(*chosen)
-        .values(
-            status=RequestStatus.QUEUED,
-            due_at=now,
-            lease_token=r.c.lease_token + 1,
-            worker_id=None,
-            attempts=0,
-            poll_count=0,
-            invalid_retries=0,  # a round the user asked for gets a fresh budget of re-asks
-            retries=r.c.retries + 1,
-            **_CLEARED,
-        )
-    )
-    changed = result.rowcount
-    names = ",".join(sorted(statuses))
-    if not changed:
-        if sweeps.reopen_unfinished(conn, batch.id):
-            message = "reopened: the batch was closed with requests left unfinished"
-            return CommandResult(batch.name, BatchStatus.RUNNING, 0, message)
-        return CommandResult(
-            batch.name, batch.status, 0, f"nothing to retry: no request is {names}"
-        )
-    current = BatchStatus(batch.status)
-    if current == BatchStatus.PAUSED:
-        message = f"requeued {changed} request(s); the batch is paused, resume it to continue"
-        return CommandResult(batch.name, current, changed, message)
-    conn.execute(
-        update(b)
-        .where(b.c.id == batch.id)
-        .values(status=BatchStatus.RUNNING, finished_at=None, pause_reason=None, progressed_at=now)
-    )
-    return CommandResult(batch.name, BatchStatus.RUNNING, changed, f"requeued {changed} request(s)")
-
-
-def retry_statuses(text: str) -> list[RequestStatus]:
-    """``failed, expired`` → the statuses to requeue: finished ones only, as only their
-    requests have an outcome to start again from. ValueError naming any other and the choices."""
-    names = [part.strip().lower() for part in text.split(",") if part.strip()]
-    bad = [name for name in names if name not in RETRYABLE]
-    if bad or not names:
-        raise ValueError(f"{', '.join(bad) or 'nothing given'}; choose from {', '.join(RETRYABLE)}")
-    return [RETRYABLE[name] for name in names]
 
 
 def resume(conn: Connection, ref: str, *, max_cost: Decimal | None = None) -> CommandResult:

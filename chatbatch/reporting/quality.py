@@ -68,7 +68,7 @@ def gold_pairs(conn: Connection, batch: Any) -> tuple[Counter[tuple[str, str | N
     query = select(r.c.status, r.c.record, r.c.content, r.c.schema_valid).where(
         r.c.batch_id == batch.id
     )
-    result = conn.execution_options(yield_per=BLOCK_ROWS).execute(query)
+    result = conn.execute(query.execution_options(yield_per=BLOCK_ROWS))
     try:
         for status, record, content, valid in result:
             gold = gold_label(record, batch)
@@ -81,6 +81,25 @@ def gold_pairs(conn: Connection, batch: Any) -> tuple[Counter[tuple[str, str | N
     finally:
         result.close()
     return pairs, pending
+
+
+def disagreeing_ids(conn: Connection, batch: Any) -> list[int]:
+    """Ids of the answered requests whose answer's label differs from their gold label (what
+    ``retry --status disagree`` asks again); rows without either are not among them."""
+    query = select(r.c.id, r.c.status, r.c.record, r.c.content, r.c.schema_valid).where(
+        r.c.batch_id == batch.id, r.c.status.in_(ANSWERED_STATUSES)
+    )
+    found = []
+    result = conn.execute(query.execution_options(yield_per=BLOCK_ROWS))
+    try:
+        for request_id, status, record, content, valid in result:
+            gold = gold_label(record, batch)
+            answer = row_answer(status, content, valid, batch)
+            if gold is not None and answer is not NO_ANSWER and answer != gold:
+                found.append(request_id)
+    finally:
+        result.close()
+    return found
 
 
 def gold_label(record: str | None, batch: Any) -> str | None:

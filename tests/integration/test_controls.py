@@ -12,6 +12,8 @@ from engine_helpers import load, rows, run_to_end, run_with_current_settings, wr
 from sqlalchemy import Engine, func, select, update
 
 from chatbatch.operations import controls
+from chatbatch.operations.retry import RETRYABLE_DEFAULT
+from chatbatch.operations.retry import retry as retry_batch
 from chatbatch.reporting.export import export_batch
 from chatbatch.reporting.summary import batch_summary
 from chatbatch.rules.outcomes import Accepted
@@ -40,9 +42,7 @@ def cancel(db: Engine, batch_id: str, *, discard: bool = False) -> controls.Comm
 
 def retry(db: Engine, batch_id: str, *statuses: RequestStatus) -> controls.CommandResult:
     with db.begin() as conn:
-        return controls.retry(
-            conn, batch_id, now=db_now(conn), statuses=statuses or controls.RETRYABLE_DEFAULT
-        )
+        return retry_batch(conn, batch_id, now=db_now(conn), statuses=statuses or RETRYABLE_DEFAULT)
 
 
 def summary_of(db: Engine, batch_id: str, warning: timedelta = timedelta(0)) -> dict:

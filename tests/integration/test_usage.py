@@ -17,7 +17,7 @@ import pytest
 from engine_helpers import load, run_to_end
 from sqlalchemy import Engine, select, text, update
 
-from chatbatch.operations import controls
+from chatbatch.operations.retry import retry as retry_batch
 from chatbatch.reporting.summary import cost_summary
 from chatbatch.reporting.usage import Grouping, usage_report
 from chatbatch.rules.pricing import ModelPrice, PriceTable
@@ -137,7 +137,7 @@ def two_batches(pg, engine, sim, tmp_path):
     a = load(pg, tmp_path / "retried.jsonl")
     run_to_end(engine, pg, a)
     with pg.begin() as conn:
-        result = controls.retry(conn, a, now=db_now(conn), statuses=[RequestStatus.SUCCEEDED])
+        result = retry_batch(conn, a, now=db_now(conn), statuses=[RequestStatus.SUCCEEDED])
     assert result.changed == 8
     assert run_to_end(engine, pg, a)["counts"]["succeeded"] == 8
     moved = [0, 1]  # custom ids c0 (deepseek-r1) and c1 (gpt-4o-mini)

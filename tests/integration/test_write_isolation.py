@@ -9,7 +9,7 @@ from datetime import timedelta
 from engine_helpers import load, rows, write_requests
 from sqlalchemy import Engine, select, update
 
-from chatbatch.operations import controls
+from chatbatch.operations.retry import retry as retry_batch
 from chatbatch.rules.states import RequestStatus, Transition
 from chatbatch.store import claims, sweeps, writes
 from chatbatch.store.db import db_now
@@ -60,7 +60,7 @@ def test_finishing_never_closes_a_batch_that_a_retry_is_requeueing(pg: Engine, t
         conn.execute(update(r).values(status=RequestStatus.FAILED, completed_at=db_now(conn)))
     retrying = pg.connect()
     transaction = retrying.begin()
-    controls.retry(
+    retry_batch(
         retrying, batch_id, now=db_now(retrying), statuses=[RequestStatus.FAILED]
     )  # holds the batch row until it commits
     finished: list[list[str]] = []
@@ -86,7 +86,7 @@ def test_process_and_retry_reopen_a_batch_closed_with_work_left(pg: Engine, tmp_
     with pg.begin() as conn:  # as the old finishing race left it: completed, requests queued
         conn.execute(update(b).where(b.c.id == batch_id).values(status="completed"))
     with pg.begin() as conn:
-        result = controls.retry(conn, batch_id, now=db_now(conn), statuses=[RequestStatus.FAILED])
+        result = retry_batch(conn, batch_id, now=db_now(conn), statuses=[RequestStatus.FAILED])
     assert result.status == "running" and "reopened" in result.message
     with pg.begin() as conn:
         assert not sweeps.reopen_unfinished(conn, batch_id)  # open already: nothing to do

@@ -50,7 +50,7 @@ def iter_results(
     stmt = select(*selected).select_from(joined).where(r.c.batch_id == batch_id)
     if statuses is not None:
         stmt = stmt.where(r.c.status.in_(list(statuses)))
-    result = conn.execution_options(yield_per=STREAM_ROWS).execute(stmt.order_by(r.c.line_no))
+    result = conn.execute(stmt.order_by(r.c.line_no).execution_options(yield_per=STREAM_ROWS))
     yield from result
 
 
