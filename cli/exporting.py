@@ -99,17 +99,24 @@ def export_to(
     fmt = output_format(output, fmt)
     if is_stdout(output):
         return _export_to_stdout(batch_id, fmt, options, progress)
+    with atomic_output(output) as out:
+        return _export(batch_id, out, fmt, options, output, progress)
+
+
+@contextlib.contextmanager
+def atomic_output(output: Path) -> Iterator[IO[bytes]]:
+    """A file written beside ``output`` and renamed into place when the block ends, removed
+    when it fails: a reader never sees half a file, and a failure leaves the old one."""
     fd, tmp = _temporary_sibling(output)
     try:
         with os.fdopen(fd, "wb") as out:
-            count = _export(batch_id, out, fmt, options, output, progress)
+            yield out
         os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; honour the umask
         os.replace(tmp, output)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return count
 
 
 def _export_to_stdout(

