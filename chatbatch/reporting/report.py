@@ -123,6 +123,8 @@ def report_context(data: ReportData) -> dict[str, Any]:
         "usage": usage,
         "priced": data.usage.prices is not None,
         "schema": data.schema,
+        "quality": data.quality,
+        "heat": heat_map(data.quality["confusion"]) if data.quality else None,
         "providers": data.providers,
         "reused": counts.get(RequestStatus.REUSED.value, 0),
         "generated_at": data.generated_at,
@@ -132,6 +134,34 @@ def report_context(data: ReportData) -> dict[str, Any]:
         "fmt_int": lambda n: f"{n:,}",
         "fmt_pct": format_percent,
     }
+
+
+@dataclass(frozen=True)
+class HeatCell:
+    """One cell of the confusion heat map: rows of that gold label answered so, their share
+    of the gold label's answered rows, and the cell's colour (green on the diagonal)."""
+
+    answer: str
+    count: int
+    share: float
+    colour: str
+
+
+def heat_map(confusion: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The confusion table laid out for the report: every answer label a column, every gold
+    label a row, each cell shaded by its share of the row (agreement green, the rest red)."""
+    answers = sorted({answer for row in confusion.values() for answer in row})
+    rows = []
+    for gold, counts in confusion.items():
+        answered = sum(counts.values())
+        cells = []
+        for answer in answers:
+            count = counts.get(answer, 0)
+            share = count / answered if answered else 0.0
+            rgb = "47, 158, 97" if answer == gold else "217, 72, 59"
+            cells.append(HeatCell(answer, count, share, f"rgba({rgb}, {0.08 + 0.8 * share:.3f})"))
+        rows.append({"gold": gold, "cells": cells})
+    return {"answers": answers, "rows": rows}
 
 
 def timeline_chart(timeline: Timeline) -> BarChart | None:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     select,
 )
 
+from chatbatch.reporting.quality import QualitySummary, quality_summary
 from chatbatch.reporting.usage import Grouping, UsageReport, usage_report
 from chatbatch.rules.pricing import PriceTable
 from chatbatch.rules.states import (
@@ -125,6 +126,7 @@ class ReportData:
     schema: SchemaVerdicts | None
     generated_at: datetime
     providers: dict[str, int] = field(default_factory=dict)  # requests sent, by provider
+    quality: QualitySummary | None = None  # agreement with gold labels (``--gold-column``)
 
     @property
     def finished(self) -> int:
@@ -162,6 +164,7 @@ def collect(
         schema=seen.schema if batch.response_schema else None,
         generated_at=now,
         providers=reads.provider_counts(conn, batch.id),
+        quality=quality_summary(conn, batch),
     )
 
 

@@ -109,6 +109,31 @@ def test_drug_reviews_scored_against_their_ratings(tmp_path, distributed_env, si
     shown = chatbatch("status", "drugs", env=distributed_env).stdout
     assert f"accuracy {expected['accuracy']:.1%} ({agreed}/{total} gold rows" in shown
 
+    chatbatch("report", "drugs", "-o", str(tmp_path / "report.html"), env=distributed_env)
+    metrics = report_metrics(tmp_path / "report.html")
+    for name in ("accuracy", "kappa", "gold_rows", "unanswered"):
+        assert float(metrics[f"quality.{name}"]) == pytest.approx(quality[name]), name
+    cells = {k: int(v) for k, v in metrics.items() if k.startswith("quality.confusion.")}
+    assert cells == {
+        f"quality.confusion.{gold}.{answer}": rows.count((gold, answer))
+        for gold in ("negative", "neutral", "positive")
+        for answer in ("negative", "neutral", "positive")
+    }  # every cell of the heat map, zeros included
+    for label, figures in quality["per_class"].items():
+        for name in ("precision", "recall", "f1", "support"):
+            shown_value = float(metrics[f"quality.per_class.{label}.{name}"])
+            assert shown_value == pytest.approx(figures[name]), (label, name)
+
+
+def report_metrics(path: Path) -> dict[str, str]:
+    """The report's ``data-metric``/``data-value`` pairs (the raw numbers behind each figure)."""
+    import html
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    found = re.findall(r'data-metric="([^"]*)" data-value="([^"]*)"', text)
+    return {html.unescape(name): html.unescape(value) for name, value in found}
+
 
 def ids_in(env: dict[str, str], path: Path, *statuses: str) -> set[str]:
     """The custom_ids of the batch's requests in ``statuses``, from ``export --status``."""
