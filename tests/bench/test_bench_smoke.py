@@ -95,3 +95,12 @@ def test_hot_table(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert live, out
     assert int(live.group(1).split()[-1].replace(",", "")) == 10_000  # the running batch only
     assert re.search(r"archive: 100,000 requests of 100 batches in \d+\.\d s", out)
+
+
+@pytest.mark.usefixtures("pg_url")
+def test_worker_memory(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = quick("worker_memory", redis_url, capsys)
+    peaks = re.findall(r"worker peak RSS\s+(\d+) MB \(at the end\s+\d+ MB\)", out)
+    assert len(peaks) == 2 and all(int(mb) > 0 for mb in peaks)  # 1,000 then 10,000
+    assert re.search(r"N=\s+1,000 .* peak ratio to N=1,000\s+1\.00 ", out)
+    assert re.search(r"N=\s+10,000 .* peak ratio to N=1,000\s+\d+\.\d+ ", out)
