@@ -3,7 +3,6 @@ compare``), as text or JSON, and the rows whose label changed as a CSV."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +10,8 @@ import click
 import orjson
 
 from cli.context import handles_errors, ready_database, setup_logging
-from cli.exporting import atomic_output, check_output
+from cli.exporting import check_output
+from cli.files import atomic_file
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -98,8 +98,7 @@ def _write_changes(
     columns = orjson.loads(batches[0].record_columns or "[]")
     label = field or "answer"
     header = ["key", *columns, f"a_{label}", f"b_{label}", "a_answer", "b_answer", "gold"]
-    with atomic_output(output) as raw:
-        out = io.TextIOWrapper(raw, "utf-8", newline="")
+    with atomic_file(output, "w") as out:
         writer = csv_writer(out)
         writer.writerow(header)
         for joined in result.changed:
@@ -110,8 +109,6 @@ def _write_changes(
             labels = (sides[0].labels[joined], sides[1].labels[joined])
             values = [joined, *cells, *labels, a_raw, b_raw, gold]
             writer.writerow([value_cell(value) for value in values])
-        out.flush()
-        out.detach()  # the raw file closes with atomic_output, not with the wrapper
 
 
 def _print(report: dict[str, Any], output: Path | None) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +21,7 @@ from chatbatch.store.db import get_engine
 from chatbatch.store.models import all_requests_table as every
 from chatbatch.store.models import batches_table
 from chatbatch.untrusted import printable
+from cli.files import atomic_file, temporary_sibling
 
 STDOUT = "-"  # ``-o -``: standard output
 
@@ -46,7 +46,7 @@ def check_output(output: Path) -> None:
     try:
         problem = _output_problem(output)
         if problem is None:
-            fd, tmp = _temporary_sibling(output)
+            fd, tmp = temporary_sibling(output)
             os.close(fd)
             os.unlink(tmp)
     except OSError as exc:
@@ -67,12 +67,6 @@ def _output_problem(output: Path) -> str | None:
     if not parent.is_dir():
         return f"{parent} is not a directory"
     return None
-
-
-def _temporary_sibling(output: Path) -> tuple[int, str]:
-    """A new private file beside ``output`` (its descriptor and path): the atomic write's
-    first step, which ``check_output`` tries out."""
-    return tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
 
 
 def output_format(output: Path, fmt: str | None) -> str:
@@ -99,24 +93,8 @@ def export_to(
     fmt = output_format(output, fmt)
     if is_stdout(output):
         return _export_to_stdout(batch_id, fmt, options, progress)
-    with atomic_output(output) as out:
+    with atomic_file(output) as out:
         return _export(batch_id, out, fmt, options, output, progress)
-
-
-@contextlib.contextmanager
-def atomic_output(output: Path) -> Iterator[IO[bytes]]:
-    """A file written beside ``output`` and renamed into place when the block ends, removed
-    when it fails: a reader never sees half a file, and a failure leaves the old one."""
-    fd, tmp = _temporary_sibling(output)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; honour the umask
-        os.replace(tmp, output)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _export_to_stdout(
@@ -233,9 +211,3 @@ def _rows_to_export(conn: Connection, batch_id: str, statuses: Sequence[str] | N
     wanted = every.c.batch_id == batch_id, every.c.status.in_(list(statuses))
     count = select(func.count()).where(*wanted)
     return int(conn.execute(count).scalar_one())
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
