@@ -16,7 +16,7 @@ from cli.files import atomic_file
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-    from chatbatch.reporting.compare import Comparison, Side
+    from chatbatch.reporting.compare import BatchComparison
 
 
 @click.command("compare")
@@ -47,26 +47,18 @@ def compare_command(
         check_output(output)
     with ready_database().connect() as conn:
         first, second = reads.resolve_batch(conn, a), reads.resolve_batch(conn, b)
-        name = compare.compared_field(first, field)
-        sides = (
-            compare.read_side(conn, first, field=name, key=key),
-            compare.read_side(conn, second, field=name, key=key),
-        )
-        result = compare.compare_sides(*sides)
-        stats = (
-            compare.side_stats(sides[0], sides[1], first, _cost(conn, first)),
-            compare.side_stats(sides[1], sides[0], second, _cost(conn, second)),
+        both = compare.compare_batches(
+            conn, first, second, field=field, key=key, cost_of=lambda batch: cost_text(conn, batch)
         )
         if output is not None:
-            _write_changes(conn, output, (first, second), sides, result, key=key, field=name)
-    report = compare.comparison_json(first, second, name, result, stats)
+            _write_changes(conn, output, (first, second), both, key=key)
     if as_json:
-        click.echo(orjson.dumps(report))
+        click.echo(orjson.dumps(both.report))
     else:
-        _print(report, output)
+        _print(both.report, output)
 
 
-def _cost(conn: Connection, batch: Any) -> str | None:
+def cost_text(conn: Connection, batch: Any) -> str | None:
     """What the batch cost so far, with its stored price table (None without one)."""
     from chatbatch.reporting.summary import cost_summary
     from cli.prices import prices_for_batch
@@ -82,17 +74,16 @@ def _write_changes(
     conn: Connection,
     output: Path,
     batches: tuple[Any, Any],
-    sides: tuple[Side, Side],
-    result: Comparison,
+    both: BatchComparison,
     *,
     key: str | None,
-    field: str | None,
 ) -> None:
     """The changed rows as CSV: the join key, A's source columns, both labels and raw answers,
     and the gold label (A's, else B's) where there is one."""
     from chatbatch.reporting.compare import changed_rows
     from chatbatch.reporting.export.layout import csv_writer, value_cell
 
+    sides, result, field = both.sides, both.result, both.report["field"]
     keys = set(result.changed)
     rows = [changed_rows(conn, batch.id, keys, key) for batch in batches]
     columns = orjson.loads(batches[0].record_columns or "[]")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +172,40 @@ def comparison_json(
         "a_stats": stats[0],
         "b_stats": stats[1],
     }
+
+
+@dataclass(frozen=True)
+class BatchComparison:
+    """Everything ``compare`` and ``report --compare`` show: the two sides, how they agree, and
+    the JSON object (``comparison_json``)."""
+
+    sides: tuple[Side, Side]
+    result: Comparison
+    report: dict[str, Any]
+
+
+def compare_batches(
+    conn: Connection,
+    first: Any,
+    second: Any,
+    *,
+    field: str | None,
+    key: str | None,
+    cost_of: Callable[[Any], str | None],
+) -> BatchComparison:
+    """Batch ``first`` (A) against ``second`` (B) on ``field`` (``compared_field``), joined on
+    ``key``; ``cost_of`` gives a batch's cost so far as text (None: unpriced)."""
+    name = compared_field(first, field)
+    sides = (
+        read_side(conn, first, field=name, key=key),
+        read_side(conn, second, field=name, key=key),
+    )
+    result = compare_sides(*sides)
+    stats = (
+        side_stats(sides[0], sides[1], first, cost_of(first)),
+        side_stats(sides[1], sides[0], second, cost_of(second)),
+    )
+    return BatchComparison(sides, result, comparison_json(first, second, name, result, stats))
 
 
 def changed_rows(conn: Connection, batch_id: str, keys: set[str], key: str | None) -> dict:

@@ -68,12 +68,17 @@ class BarChart:
     bottom: int = CHART_HEIGHT - MARGIN["bottom"]
 
 
-def render_report(data: ReportData) -> str:
-    """The report as one HTML document."""
+def render_report(data: ReportData, comparison: dict[str, Any] | None = None) -> str:
+    """The report as one HTML document; with ``comparison`` (``compare_batches``' JSON
+    object), a section comparing the batch with another."""
     template = _environment().from_string(
         resources.files("chatbatch").joinpath("templates").joinpath(TEMPLATE).read_text("utf-8")
     )
-    return template.render(**report_context(data))
+    context = report_context(data)
+    if comparison is not None:
+        context["comparison"] = comparison
+        context["comparison_heat"] = heat_map(comparison["confusion"])
+    return template.render(**context)
 
 
 def report_context(data: ReportData) -> dict[str, Any]:
@@ -124,6 +129,7 @@ def report_context(data: ReportData) -> dict[str, Any]:
         "priced": data.usage.prices is not None,
         "schema": data.schema,
         "quality": data.quality,
+        "comparison": None,
         "heat": heat_map(data.quality["confusion"]) if data.quality else None,
         "providers": data.providers,
         "reused": counts.get(RequestStatus.REUSED.value, 0),

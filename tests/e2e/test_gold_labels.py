@@ -291,6 +291,20 @@ def test_two_runs_compared_figure_by_figure(tmp_path, distributed_env, sim) -> N
     status = orjson.loads(chatbatch("status", "v2", "--json", env=env).stdout)
     assert report["b_stats"]["cost"] == f"{status['cost']['so_far']} {status['cost']['currency']}"
 
+    chatbatch("report", "v1", "--compare", "v2", "-o", str(tmp_path / "r.html"), env=env)
+    metrics = report_metrics(tmp_path / "r.html")
+    for name in ("joined", "only_a", "only_b", "agreement", "kappa", "changed"):
+        assert float(metrics[f"compare.{name}"]) == pytest.approx(report[name]), name
+    assert {
+        k.removeprefix("compare.confusion."): int(v)
+        for k, v in metrics.items()
+        if k.startswith("compare.confusion.")
+    } == {
+        f"{x}.{y}": report["confusion"].get(x, {}).get(y, 0)
+        for x in report["confusion"]
+        for y in {y for row in report["confusion"].values() for y in row}
+    }
+
     written = export_rows_by(tmp_path / "changes.csv", "key")
     assert set(written) == changed
     for key, row in written.items():
