@@ -96,6 +96,9 @@ def test_drug_reviews_scored_against_their_ratings(tmp_path, distributed_env, si
     assert 0 < agreed < total - unanswered  # some agree, some do not
     assert (quality["field"], quality["gold_column"], quality["pending"]) == ("label", "rating", 0)
     assert quality["agreed"] == agreed
+    with (tmp_path / "out.csv").open(newline="", encoding="utf-8") as fh:
+        matches = [row["gold_match"] for row in csv.DictReader(fh)]
+    assert (matches.count("true"), matches.count("false")) == (agreed, total - agreed)
     assert quality["accuracy"] == pytest.approx(expected["accuracy"])
     assert quality["kappa"] == pytest.approx(expected["kappa"])
     for label, (precision, recall, f1, support) in expected["per_class"].items():

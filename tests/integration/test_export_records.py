@@ -536,7 +536,7 @@ def test_export_command_refuses_an_output_it_cannot_write_before_anything_else(
     (tmp_path / "file.jsonl").write_text("kept\n")
     os.mkfifo(tmp_path / "fifo")
     if where.startswith("locked"):
-        monkeypatch.setattr("cli.exporting.tempfile.mkstemp", unwritable)
+        monkeypatch.setattr("cli.files.tempfile.mkstemp", unwritable)
     before = sorted(tmp_path.rglob("*"))
     result = run_export("no-such-batch", "-o", str(tmp_path / where))
     assert result.exit_code == 2

@@ -359,3 +359,45 @@ def test_a_failed_write_leaves_a_usable_connection(
     with db.connect() as conn:
         ours, count = sql_export(conn, batch_id, "jsonl")
         assert count == len(ROWS) and ours == python_export(conn, batch_id, "jsonl")
+
+
+GOLD_BATCH = {
+    "record_columns": '["text", "stars"]',
+    "response_schema": '{"type": "object", "properties": {"label": {"type": "string"}}}',
+    "gold_column": "stars",
+    "gold_field": "label",
+}
+# (status, schema_valid, gold in the record, answer content, the gold_match cell)
+GOLD_CASES = [
+    ("succeeded", True, "Positive", '{"label": " positive "}', "true"),  # trimmed, caseless
+    ("succeeded", True, "4", '{"label": 4.0}', "true"),  # numbers as numbers
+    ("succeeded", True, "neutral", '```json\n{"label": "negative"}\n```', "false"),
+    ("succeeded", False, "negative", '{"label": "negative"}', "false"),  # broke the schema
+    ("failed", None, "negative", None, "false"),  # unanswered counts as disagreement
+    ("reused", True, "negative", '{"label": "negative"}', "true"),
+    ("succeeded", True, "", '{"label": "x"}', ""),  # no gold label
+    ("succeeded", True, None, '{"label": "x"}', ""),
+    ("queued", None, "negative", None, ""),  # not finished
+    ("succeeded", True, "=1+1", '{"label": "=1+1"}', "true"),
+]
+
+
+@pytest.mark.parametrize("columns", [None, ["gold_match", "stars"], ["text", "gold_match"]])
+def test_gold_match_is_the_same_on_both_paths_and_scores_as_status_does(
+    db: Engine, columns: list[str] | None
+) -> None:
+    rows = [
+        {
+            "status": status,
+            "schema_valid": valid,
+            "content": content,
+            "record": orjson.dumps(
+                {"text": f"review {i}", **({} if gold is None else {"stars": gold})}
+            ).decode(),
+        }
+        for i, (status, valid, gold, content, _) in enumerate(GOLD_CASES)
+    ]
+    ours, reference, count = both(db, rows, "csv", batch=GOLD_BATCH, columns=columns)
+    assert ours == reference and count == len(rows)
+    exported = list(csv.DictReader(io.StringIO(ours.decode())))
+    assert [row["gold_match"] for row in exported] == [case[-1] for case in GOLD_CASES]

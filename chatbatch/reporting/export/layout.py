@@ -3,11 +3,12 @@ checks, how one request becomes a JSONL line, and how a value becomes a safe CSV
 
 A CSV row holds, by default: the source record's columns (or ``custom_id`` for a plain request
 file), then with a JSON schema the answer's top-level fields, ``schema_valid`` and
-``schema_error``, then the output columns. ``columns=`` picks and orders any of them. Record
-columns keep their names; an answer field named like another column is ``answer.NAME``, an
-output column named like a record column ``output.NAME``. Text cells a spreadsheet would run as
-a formula get a leading ``'``, except record and answer text that is a plain number. A cell
-holding a comma, a double quote, CR or LF is in double quotes on every Python; rows end in LF.
+``schema_error``, then with gold labels ``gold_match``, then the output columns. ``columns=``
+picks and orders any of them. Record columns keep their names; an answer field named like
+another column is ``answer.NAME``, an output column named like a record column ``output.NAME``.
+Text cells a spreadsheet would run as a formula get a leading ``'``, except record and answer
+text that is a plain number. A cell holding a comma, a double quote, CR or LF is in double
+quotes on every Python; rows end in LF.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqlalchemy import Connection, select
 
 from chatbatch.errors import ChatbatchError
 from chatbatch.rules.completions import USAGE_COLUMNS
+from chatbatch.rules.quality import answer_label, label_key
 from chatbatch.rules.states import ACTIVE_STATUSES, ANSWERED_STATUSES, RequestStatus
 from chatbatch.rules.structured import answer_fields
 from chatbatch.store.models import batches_table as b
@@ -75,10 +77,37 @@ class ExportError(ChatbatchError):
     exit_code = 2
 
 
+GOLD_MATCH = "gold_match"  # with --gold-column: whether the answer agrees with the gold label
+
+
+@dataclass(frozen=True)
+class GoldRule:
+    """How a batch loaded with ``--gold-column`` compares answers with gold labels."""
+
+    column: str
+    field: str | None
+    case_sensitive: bool
+
+    def match_cell(
+        self, status: str, record: dict[str, Any], content: str | None, valid: bool | None
+    ) -> str | None:
+        """``gold_match``: ``true`` when the answer's label is the row's gold label, ``false``
+        when it is not or the finished row has no usable answer (as ``status`` counts it),
+        empty for a row without a gold label or not finished yet."""
+        gold = label_key(record.get(self.column), case_sensitive=self.case_sensitive)
+        if gold is None or status in UNFINISHED:
+            return None
+        answer = None
+        if status in ANSWERED and valid is not False:
+            answer = answer_label(content, self.field, case_sensitive=self.case_sensitive)
+        return "true" if answer == gold else "false"
+
+
 @dataclass(frozen=True)
 class Column:
-    """One CSV column: its header ``name``; ``kind`` record, answer or output; and ``key``, the
-    record's key, the schema property or the ``OUTPUT_COLUMNS`` name it is filled from."""
+    """One CSV column: its header ``name``; ``kind`` record, answer, gold or output; and
+    ``key``, the record's key, the schema property or the ``OUTPUT_COLUMNS`` name (for gold,
+    ``gold_match``) it is filled from."""
 
     name: str
     kind: str
@@ -90,6 +119,7 @@ class CsvLayout:
     """The CSV columns of one export, in order."""
 
     columns: tuple[Column, ...]
+    gold: GoldRule | None = None  # how ``gold_match`` is decided, for a batch with gold labels
 
     @property
     def header(self) -> list[str]:
@@ -99,12 +129,23 @@ class CsvLayout:
     @property
     def needs_record(self) -> bool:
         """Whether a cell comes from the source record, so each row's record must be parsed."""
-        return any(column.kind == "record" for column in self.columns)
+        return any(column.kind in ("record", "gold") for column in self.columns)
 
     @property
     def needs_answer(self) -> bool:
         """Whether a cell comes from the answer's fields, so each answer must be parsed."""
-        return any(column.kind == "answer" for column in self.columns)
+        return any(column.kind in ("answer", "gold") for column in self.columns)
+
+    @property
+    def needs_gold(self) -> bool:
+        """Whether ``gold_match`` is shown, so each row's status must be read as well."""
+        return any(column.kind == "gold" for column in self.columns)
+
+    def gold_cell(
+        self, status: str, record: dict[str, Any], content: str | None, valid: bool | None
+    ) -> str | None:
+        """The ``gold_match`` cell of one row (``GoldRule.match_cell``)."""
+        return None if self.gold is None else self.gold.match_cell(status, record, content, valid)
 
     def select(self, names: Sequence[str]) -> CsvLayout:
         """The columns called ``names``, in that order; ExportError listing the available
@@ -120,7 +161,7 @@ class CsvLayout:
             raise ExportError(f"column(s) named more than once: {', '.join(repeated)}")
         if not names:
             raise ExportError("no column chosen")
-        return CsvLayout(tuple(by_name[name] for name in names))
+        return CsvLayout(tuple(by_name[name] for name in names), self.gold)
 
 
 def unfinished_message(status: str) -> str:
@@ -145,14 +186,20 @@ def check_statuses(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def layout_for(record_columns: Sequence[str] | None, properties: Sequence[str] | None) -> CsvLayout:
-    """The default columns of a batch with these record columns (None: a plain request file) and
-    these schema properties (None: no schema). Record columns keep their names; an output
-    column named like one gets ``output.``, an answer field named like either ``answer.``."""
+def layout_for(
+    record_columns: Sequence[str] | None,
+    properties: Sequence[str] | None,
+    gold: GoldRule | None = None,
+) -> CsvLayout:
+    """The default columns of a batch with these record columns (None: a plain request file),
+    these schema properties (None: no schema) and gold labels (``gold``). Record columns keep
+    their names; an output column named like one gets ``output.``, an answer field named like
+    either ``answer.``."""
     records = list(dict.fromkeys(record_columns or ()))
     schema_columns = SCHEMA_COLUMNS if properties is not None else ()
     taken = set(records)
     names = {key: _unique(key, OUTPUT_PREFIX, taken) for key in CSV_COLUMNS + schema_columns}
+    golds = [Column(_unique(GOLD_MATCH, OUTPUT_PREFIX, taken), "gold", GOLD_MATCH)] if gold else []
     answers = [
         Column(_unique(key, ANSWER_PREFIX, taken), "answer", key) for key in properties or ()
     ]
@@ -162,7 +209,7 @@ def layout_for(record_columns: Sequence[str] | None, properties: Sequence[str] |
 
     lead = [Column(key, "record", key) for key in records] if records else outputs(CSV_COLUMNS[:1])
     rest = CSV_COLUMNS if records else CSV_COLUMNS[1:]
-    return CsvLayout((*lead, *answers, *outputs(schema_columns), *outputs(rest)))
+    return CsvLayout((*lead, *answers, *outputs(schema_columns), *golds, *outputs(rest)), gold)
 
 
 def _unique(name: str, prefix: str, taken: set[str]) -> str:
@@ -181,7 +228,13 @@ def batch_layout(
 ) -> CsvLayout:
     """The CSV columns of the batch's export: its default ones, or ``columns`` from them."""
     found = conn.execute(
-        select(b.c.record_columns, b.c.response_schema).where(b.c.id == batch_id)
+        select(
+            b.c.record_columns,
+            b.c.response_schema,
+            b.c.gold_column,
+            b.c.gold_field,
+            b.c.gold_case_sensitive,
+        ).where(b.c.id == batch_id)
     ).first()
     records = orjson.loads(found.record_columns) if found and found.record_columns else None
     properties = None
@@ -189,7 +242,10 @@ def batch_layout(
         schema = orjson.loads(found.response_schema)
         fields = schema.get("properties") if isinstance(schema, dict) else None
         properties = [str(key) for key in fields] if isinstance(fields, dict) else []
-    layout = layout_for([str(key) for key in records] if records else None, properties)
+    gold = None
+    if found and found.gold_column is not None:
+        gold = GoldRule(found.gold_column, found.gold_field, found.gold_case_sensitive)
+    layout = layout_for([str(key) for key in records] if records else None, properties, gold)
     return layout if columns is None else layout.select(columns)
 
 
@@ -307,6 +363,16 @@ def answer_values(content: str | None, schema_valid: bool | None) -> dict[str, A
     if schema_valid is False:
         return {}
     return answer_fields(content) or {}
+
+
+def made_cell(
+    kind: str, key: str, record: dict[str, Any], answer: dict[str, Any], gold: str | None
+) -> str | None:
+    """The cell of a column made here rather than in SQL: a record value, an answer field, or
+    the row's ``gold_match`` (already a cell)."""
+    if kind == "gold":
+        return gold
+    return value_cell((record if kind == "record" else answer).get(key))
 
 
 def value_cell(value: Any) -> str | None:

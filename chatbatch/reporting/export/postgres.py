@@ -33,9 +33,9 @@ from chatbatch.reporting.export.layout import (
     csv_writer,
     jsonl_line,
     layout_for,
+    made_cell,
     parse_record,
     unfinished_message,
-    value_cell,
 )
 from chatbatch.rules.completions import USAGE_COLUMNS
 
@@ -296,23 +296,27 @@ def _assembled_blocks(
             plan.append(("sql", len(pieces)))
             pieces.append(cells[column.key])
     needs_record, needs_answer = layout.needs_record, layout.needs_answer
-    record_at, content_at = len(pieces), len(pieces) + 1
+    record_at, content_at, valid_at = len(pieces), len(pieces) + 1, len(pieces) + 2
     selected = [
         *pieces,
         "record" if needs_record else "NULL",
         *(("content", "schema_valid") if needs_answer else ("NULL", "NULL")),
+        "status" if layout.needs_gold else "NULL",
     ]
     lone = len(layout.columns) == 1
     for rows in _row_blocks(conn, wanted, selected):
         lines = []
         for row in rows:
             record = parse_record(row[record_at]) if needs_record else {}
-            answer = answer_values(row[content_at], row[-1]) if needs_answer else {}
+            answer = answer_values(row[content_at], row[valid_at]) if needs_answer else {}
+            gold = None
+            if layout.needs_gold:
+                gold = layout.gold_cell(row[-1], record, row[content_at], row[valid_at])
             line = ",".join(
                 [
                     row[key]
                     if kind == "sql"
-                    else _quoted(value_cell((record if kind == "record" else answer).get(key)))
+                    else _quoted(made_cell(kind, key, record, answer, gold))
                     for kind, key in plan
                 ]
             )

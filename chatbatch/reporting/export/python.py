@@ -23,9 +23,9 @@ from chatbatch.reporting.export.layout import (
     begin_export,
     csv_writer,
     jsonl_line,
+    made_cell,
     parse_record,
     safe_text,
-    value_cell,
 )
 from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.store.models import all_requests_table as r
@@ -114,11 +114,14 @@ def write_csv(
         outputs = output_cells(row)
         record = parse_record(row.record) if needs_record else {}
         answer = answer_values(row.content, row.schema_valid) if needs_answer else {}
+        gold = (
+            layout.gold_cell(row.status, record, row.content, row.schema_valid)
+            if layout.needs_gold
+            else None
+        )
         writer.writerow(
             [
-                outputs[index]
-                if kind == "output"
-                else value_cell((record if kind == "record" else answer).get(key))
+                outputs[index] if kind == "output" else made_cell(kind, key, record, answer, gold)
                 for kind, key, index in plan
             ]
         )
