@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
-from cli.context import handles_errors, ready_database, settings, setup_logging
+from cli.context import database_engine, handles_errors, ready_database, settings, setup_logging
 from cli.load_options import LoadArgs, batch_options, build_source, load_options
 from cli.load_preview import print_preview
 
@@ -36,11 +36,36 @@ def perform_load(file: Path, load: LoadArgs, *, as_json: bool = False) -> Loaded
     if load.dry_run:
         with byte_progress(file, "checking") as on_bytes:
             preview = preview_source(source, options=options, on_bytes=on_bytes)
-        print_preview(file, preview, options, as_json=as_json)
+        averages = earlier_averages(list(preview.output_by_model))
+        print_preview(file, preview, options, averages, as_json=as_json)
         return None
     engine = ready_database()
     with byte_progress(file, "loading") as on_bytes, engine.begin() as conn:
         return load_source(conn, source, name=load.name, options=options, on_bytes=on_bytes)
+
+
+def earlier_averages(models: list[str]) -> dict[str, tuple[float, int]]:
+    """The models' average completion tokens in earlier batches, from the configured database
+    when it exists and is current; nothing otherwise (a dry run creates and changes nothing)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from chatbatch.errors import ChatbatchError
+    from chatbatch.store import reads
+    from chatbatch.store.db import normalise_url
+    from chatbatch.store.dialect import sqlite_file
+    from chatbatch.store.migrate import check_current
+
+    database = sqlite_file(make_url(normalise_url(settings().database_url)))
+    if database is not None and not Path(database).is_file():
+        return {}  # no earlier batches, and opening the file would create it
+    try:
+        engine = database_engine()
+        check_current(engine)
+        with engine.connect() as conn:
+            return reads.average_completion_tokens(conn, models)
+    except (ChatbatchError, SQLAlchemyError):
+        return {}
 
 
 def report_reuse(load: LoadArgs, batch: LoadedBatch) -> None:

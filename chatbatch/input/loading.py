@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from chatbatch.errors import ArgumentError, InputError
 from chatbatch.input.bulk_insert import insert_requests
-from chatbatch.input.estimates import estimated_input_cost, estimated_prompt_tokens
+from chatbatch.input.estimates import OutputTally, estimated_input_cost, estimated_prompt_tokens
 from chatbatch.input.jsonl_input import RequestLines
 from chatbatch.input.reuse import reuse_answers
 from chatbatch.input.sources import ByteProgress, Prepared, Source
@@ -83,6 +83,7 @@ class Preview:
     prompt_tokens: int = 0
     tokens_by_model: dict[str, int] = field(default_factory=dict)
     cost: Cost | None = None
+    output_by_model: dict[str, OutputTally] = field(default_factory=dict)  # for output estimates
 
 
 class _Problems:
@@ -188,6 +189,7 @@ def preview_source(
     ):
         preview.total += 1
         tokens[model] = tokens.get(model, 0) + estimated_prompt_tokens(body)
+        preview.output_by_model.setdefault(model, OutputTally()).add(body)
         if len(preview.requests) < shown:
             preview.requests.append({"line": line_no, "custom_id": custom_id, "body": body})
     if problems.count:

@@ -189,3 +189,20 @@ def _stalled(now: datetime, stall_after: timedelta) -> Select[tuple[str, datetim
         .where(b.c.status.in_(STALLABLE), since < now - stall_after)
         .where(due_work)
     )
+
+
+def average_completion_tokens(
+    conn: Connection, models: Sequence[str]
+) -> dict[str, tuple[float, int]]:
+    """Each of ``models``' mean completion tokens over its succeeded answers in every batch
+    (archived too), and how many answers that is: what a dry run expects an answer to cost."""
+    rows = conn.execute(
+        select(every.c.model, func.avg(every.c.completion_tokens), func.count())
+        .where(
+            every.c.model.in_(list(models)),
+            every.c.status == RequestStatus.SUCCEEDED,
+            every.c.completion_tokens.is_not(None),
+        )
+        .group_by(every.c.model)
+    )
+    return {model: (float(mean), int(n)) for model, mean, n in rows if n}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import io
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -359,3 +360,33 @@ def test_a_request_file_has_no_columns_to_take_gold_from(tmp_path) -> None:
         "load", prompts, "--gold-column", "label", env=base_env(tmp_path / "d"), check=False
     )
     assert proc.returncode == 2 and "--gold-column needs --template" in proc.stderr
+
+
+def test_a_dry_run_estimates_output_from_max_tokens_or_earlier_answers(tmp_path) -> None:
+    from cli_process import base_env
+
+    env = base_env(tmp_path / "d")
+    prices = str(REPO / "examples" / "prices.toml")  # gpt-4o-mini output: 0.60 per million
+    load = ("load", REVIEWS, "--template", "{{ text }}", "--model", "gpt-4o-mini", "--dry-run",
+            "--json", "--prices", prices)  # fmt: skip
+
+    first = orjson.loads(chatbatch(*load, env=env).stdout)
+    assert first["estimated_output_tokens"] is None
+    assert first["output_estimate_basis"]["gpt-4o-mini"].endswith("no earlier answer exists")
+    assert not (tmp_path / "d" / "chatbatch").exists()  # a dry run creates nothing
+
+    limited = orjson.loads(chatbatch(*load, "--param", "max_tokens=20", env=env).stdout)
+    assert limited["estimated_output_tokens"] == 20 * 1000
+    assert limited["estimated_output_cost"] == "0.012"
+
+    chatbatch("run", REVIEWS, "-o", str(tmp_path / "o.csv"), "--template", "{{ text }}",
+              "--model", "gpt-4o-mini", "--name", "earlier", "--simulate", env=env)  # fmt: skip
+    status = orjson.loads(chatbatch("status", "earlier", "--json", env=env).stdout)
+    mean = status["usage"]["completion_tokens"] / status["counts"]["succeeded"]
+    averaged = orjson.loads(chatbatch(*load, env=env).stdout)
+    assert averaged["estimated_output_tokens"] == math.ceil(1000 * mean)
+    assert averaged["output_estimate_basis"]["gpt-4o-mini"] == (
+        f"the average of 1,000 earlier answer(s), {mean:.1f} tokens each"
+    )
+    text = chatbatch(*load[:-3], env=env).stdout  # the same, as text
+    assert f"estimated output tokens: {math.ceil(1000 * mean):,}" in text
