@@ -60,14 +60,9 @@ def archive_command(batches: tuple[str, ...], age: str | None, as_json: bool) ->
 def unarchive_command(batch: str, as_json: bool) -> None:
     """Move an archived BATCH's requests back to the working table, so it can be retried."""
     from chatbatch.operations import archive
+    from cli.control_cmd import run_control
 
-    setup_logging()
-    with ready_database().begin() as conn:
-        result = archive.unarchive(conn, batch)
-    if as_json:
-        click.echo(orjson.dumps(dataclasses.asdict(result)))
-    else:
-        click.echo(f"{result.name}: {result.message}")
+    run_control(lambda conn, _now: archive.unarchive(conn, batch), as_json)
 
 
 def _age(text: str) -> timedelta:

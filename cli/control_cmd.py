@@ -38,7 +38,7 @@ def resume_command(batch: str, max_cost: float | None, as_json: bool) -> None:
     from chatbatch.operations import controls
 
     cap = None if max_cost is None else Decimal(str(max_cost))
-    _control(lambda conn, _now: controls.resume(conn, batch, max_cost=cap), as_json)
+    run_control(lambda conn, _now: controls.resume(conn, batch, max_cost=cap), as_json)
 
 
 @click.command("cancel")
@@ -55,7 +55,7 @@ def cancel_command(batch: str, discard: bool, as_json: bool) -> None:
     for them) unless --discard; the rest become cancelled. Safe to run twice."""
     from chatbatch.operations import controls
 
-    _control(lambda conn, now: controls.cancel(conn, batch, now=now, discard=discard), as_json)
+    run_control(lambda conn, now: controls.cancel(conn, batch, now=now, discard=discard), as_json)
 
 
 @click.command("retry")
@@ -78,7 +78,7 @@ def retry_command(batch: str, statuses: str, as_json: bool) -> None:
     from chatbatch.operations.retry import retry
 
     chosen = _parse_statuses(statuses)
-    _control(
+    run_control(
         lambda conn, now: retry(
             conn,
             batch,
@@ -101,7 +101,7 @@ def _parse_statuses(text: str) -> RetryChoice:
         raise click.BadParameter(str(exc), param_hint="--status") from None
 
 
-def _control(command: Callable[[Connection, datetime], CommandResult], as_json: bool) -> None:
+def run_control(command: Callable[[Connection, datetime], CommandResult], as_json: bool) -> None:
     """Run one operator command in a transaction and report what it did."""
     from chatbatch.store.db import db_now
 
