@@ -328,16 +328,64 @@ def completion_for(
     reasoning = expected_reasoning(body, fingerprint=fp)
     if reasoning is not None:
         message["reasoning_content"] = reasoning
+    calls = expected_tool_calls(body, fingerprint=fp)
+    if calls is not None:
+        message["tool_calls"] = calls
     finish = expected_finish_reason(body, fingerprint=fp)
-    return {
+    choices = [{"index": 0, "message": message, "finish_reason": finish}]
+    for index, content in enumerate(expected_further_contents(body, fingerprint=fp), 1):
+        further = {"role": "assistant", "content": content}
+        choices.append({"index": index, "message": further, "finish_reason": finish})
+    completion = {
         "id": task_id,
         "object": "chat.completion",
         "created": created,
         "model": body["model"],
-        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "choices": choices,
         "usage": expected_usage(body, fingerprint=fp),
         "system_fingerprint": "fp_sim",
     }
+    citations = expected_citations(body, fingerprint=fp)
+    if citations is not None:
+        completion["citations"] = citations
+    return completion
+
+
+MAX_CHOICES = 8  # ``n`` beyond this is answered with this many choices
+
+
+def expected_further_contents(body: dict[str, Any], *, fingerprint: str | None = None) -> list[str]:
+    """The content of choices 2 … ``n`` (none for ``n`` of 1 or unset): the first choice's
+    content, marked with the choice's number."""
+    n = min(_int(body.get("n"), 1), MAX_CHOICES)
+    if n < 2:
+        return []
+    first = expected_content(body, fingerprint=fingerprint)
+    return [f"{first} (choice {k})" for k in range(2, n + 1)]
+
+
+def expected_tool_calls(
+    body: dict[str, Any], *, fingerprint: str | None = None
+) -> list[dict[str, Any]] | None:
+    """One call of the request's first function tool, with arguments derived from the request;
+    None when it offers no tools."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools or not isinstance(tools[0], dict):
+        return None
+    function = tools[0].get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    fp = fingerprint or request_fingerprint(body)
+    arguments = json.dumps({"query": f"sim {fp[:8]}"})
+    call = {"name": str(name or "tool"), "arguments": arguments}
+    return [{"id": f"call_{fp[:12]}", "type": "function", "function": call}]
+
+
+def expected_citations(body: dict[str, Any], *, fingerprint: str | None = None) -> list[str] | None:
+    """The links a web search (``enable_search``) cites, else None."""
+    if not body.get("enable_search"):
+        return None
+    fp = fingerprint or request_fingerprint(body)
+    return [f"https://search.sim.invalid/{fp[:8]}/{k}" for k in (1, 2)]
 
 
 def with_nul(completion: dict[str, Any]) -> dict[str, Any]:

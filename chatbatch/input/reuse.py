@@ -10,7 +10,19 @@ from sqlalchemy import Connection, and_, func, select, update
 from chatbatch.rules.states import RequestStatus
 from chatbatch.store.models import requests_table as r
 
-COPIED = ("response", "content", "finish_reason", "response_model", "http_status", "remote_id")
+COPIED = (
+    "response",
+    "content",
+    "finish_reason",
+    "response_model",
+    "tool_calls",
+    "reasoning_content",
+    "citations",
+    "other_contents",
+    "choices",
+    "http_status",
+    "remote_id",
+)
 
 
 def reuse_answers(conn: Connection, batch_id: str, *, now: datetime) -> int:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from chatbatch.untrusted import one_line
 
 USAGE_COLUMNS = (
@@ -26,17 +28,41 @@ MODEL_CHARS = 200
 
 def extract_fields(body: dict[str, Any]) -> dict[str, Any]:
     """Columns for a finished completion; missing usage counts as zero so sums stay exact, and
-    ``usage_clamped`` says whether a usage number was out of range."""
+    ``usage_clamped`` says whether a usage number was out of range. Besides the first choice's
+    content: its tool calls and reasoning, the web search's citations, and the content of every
+    further choice (``n`` > 1), so an export drops nothing the model said."""
     choice = _first_choice(body)
     message = _dict(choice.get("message"))
     usage = usage_of(body)
+    others = _further_contents(body)
     return {
         "content": _text_of(message.get("content")),
         "finish_reason": _str_or_none(choice.get("finish_reason"), SHORT_TEXT_CHARS),
         "response_model": _str_or_none(body.get("model"), MODEL_CHARS),
+        "tool_calls": _json_list(message.get("tool_calls")),
+        "reasoning_content": _text_of(message.get("reasoning_content")),
+        "citations": _json_list(body.get("citations")),
+        "other_contents": _json_list(others),
+        "choices": len(others) + 1 if others else None,
         **{name: clamp_usage(value) for name, value in usage.items()},
         "usage_clamped": any(clamp_usage(value) != value for value in usage.values()),
     }
+
+
+def _further_contents(body: dict[str, Any]) -> list[str | None]:
+    """The content of every choice after the first, in order (None where a choice has none)."""
+    choices = body.get("choices")
+    if not isinstance(choices, list):
+        return []
+    return [_text_of(_dict(_dict(choice).get("message")).get("content")) for choice in choices[1:]]
+
+
+def _json_list(value: Any) -> str | None:
+    """A non-empty list as compact JSON text (NUL escaped, so any text column holds it); None
+    for anything else."""
+    if not isinstance(value, list) or not value:
+        return None
+    return orjson.dumps(value, default=str).decode()
 
 
 def usage_of(body: dict[str, Any]) -> dict[str, int]:

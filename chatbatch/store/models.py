@@ -166,6 +166,14 @@ class Request(UsageColumns, Base):
     content: Mapped[str | None] = mapped_column(Text)
     finish_reason: Mapped[str | None] = mapped_column(String(64))
     response_model: Mapped[str | None] = mapped_column(Text)
+    # The rest of what the model said (``rules.completions.extract_fields``): the first choice's
+    # tool calls (JSON list) and reasoning, the web search's citations (JSON list), and with
+    # n > 1 the content of the other choices (JSON list) and how many choices there were.
+    tool_calls: Mapped[str | None] = mapped_column(Text)
+    reasoning_content: Mapped[str | None] = mapped_column(Text)
+    citations: Mapped[str | None] = mapped_column(Text)
+    other_contents: Mapped[str | None] = mapped_column(Text)
+    choices: Mapped[int | None] = mapped_column(Integer)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
 

@@ -401,3 +401,36 @@ def test_gold_match_is_the_same_on_both_paths_and_scores_as_status_does(
     assert ours == reference and count == len(rows)
     exported = list(csv.DictReader(io.StringIO(ours.decode())))
     assert [row["gold_match"] for row in exported] == [case[-1] for case in GOLD_CASES]
+
+
+FURTHER = [
+    None,
+    ["second", "third"],
+    ["=1+1", None],
+    ['a,b "q"\r\nline', "\x01"],
+]
+
+
+@pytest.mark.parametrize("columns", [None, ["custom_id", "content_3", "content_2"]])
+def test_further_choices_and_answer_extras_are_the_same_on_both_paths(
+    db: Engine, columns: list[str] | None
+) -> None:
+    rows = [
+        {
+            "other_contents": None if others is None else orjson.dumps(others).decode(),
+            "choices": None if others is None else len(others) + 1,
+            "tool_calls": '[{"id": "c", "type": "function"}]' if i == 1 else None,
+            "reasoning_content": "=because" if i == 2 else None,
+            "citations": '["https://x.test/1"]' if i == 3 else None,
+        }
+        for i, others in enumerate(FURTHER)
+    ]
+    ours, reference, _ = both(db, rows, "csv", columns=columns)
+    assert ours == reference
+    exported = list(csv.DictReader(io.StringIO(ours.decode(), newline="")))
+    assert [row["content_3"] for row in exported] == ["", "third", "", "\x01"]
+    assert exported[3]["content_2"] == 'a,b "q"\r\nline'
+    if columns is None:
+        assert exported[2]["content_2"] == "'=1+1"  # neutralised, as content is
+        assert exported[2]["reasoning_content"] == "'=because"
+        assert exported[1]["tool_calls"] == '[{"id": "c", "type": "function"}]'

@@ -19,16 +19,17 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import orjson
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from chatbatch.errors import ChatbatchError
 from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.rules.quality import answer_label, label_key
 from chatbatch.rules.states import ACTIVE_STATUSES, ANSWERED_STATUSES, RequestStatus
 from chatbatch.rules.structured import answer_fields
+from chatbatch.store.models import all_requests_table as every
 from chatbatch.store.models import batches_table as b
 
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ CSV_COLUMNS = (
     "retries",
     "possible_duplicates",
     "reused_from",
+    "tool_calls",
+    "reasoning_content",
+    "citations",
 )
 SCHEMA_COLUMNS = ("schema_valid", "schema_error")  # only for batches with a JSON schema
 OUTPUT_COLUMNS = CSV_COLUMNS + SCHEMA_COLUMNS  # every cell made from the request row alone
@@ -137,6 +141,16 @@ class CsvLayout:
         return any(column.kind in ("answer", "gold") for column in self.columns)
 
     @property
+    def needs_choices(self) -> bool:
+        """Whether ``content_2`` … are shown, so each row's further choices must be read."""
+        return any(column.kind == "choice" for column in self.columns)
+
+    @property
+    def needs_made(self) -> bool:
+        """Whether any cell is made here rather than in SQL."""
+        return any(column.kind != "output" for column in self.columns)
+
+    @property
     def needs_gold(self) -> bool:
         """Whether ``gold_match`` is shown, so each row's status must be read as well."""
         return any(column.kind == "gold" for column in self.columns)
@@ -190,11 +204,13 @@ def layout_for(
     record_columns: Sequence[str] | None,
     properties: Sequence[str] | None,
     gold: GoldRule | None = None,
+    choices: int = 1,
 ) -> CsvLayout:
     """The default columns of a batch with these record columns (None: a plain request file),
-    these schema properties (None: no schema) and gold labels (``gold``). Record columns keep
-    their names; an output column named like one gets ``output.``, an answer field named like
-    either ``answer.``."""
+    these schema properties (None: no schema), gold labels (``gold``) and answers of up to
+    ``choices`` choices (``content_2`` … at the end). Record columns keep their names; an
+    output column named like one gets ``output.``, an answer field named like either
+    ``answer.``."""
     records = list(dict.fromkeys(record_columns or ()))
     schema_columns = SCHEMA_COLUMNS if properties is not None else ()
     taken = set(records)
@@ -209,7 +225,12 @@ def layout_for(
 
     lead = [Column(key, "record", key) for key in records] if records else outputs(CSV_COLUMNS[:1])
     rest = CSV_COLUMNS if records else CSV_COLUMNS[1:]
-    return CsvLayout((*lead, *answers, *outputs(schema_columns), *golds, *outputs(rest)), gold)
+    further = [
+        Column(_unique(f"content_{k}", OUTPUT_PREFIX, taken), "choice", str(k))
+        for k in range(2, choices + 1)
+    ]
+    columns = (*lead, *answers, *outputs(schema_columns), *golds, *outputs(rest), *further)
+    return CsvLayout(columns, gold)
 
 
 def _unique(name: str, prefix: str, taken: set[str]) -> str:
@@ -245,7 +266,12 @@ def batch_layout(
     gold = None
     if found and found.gold_column is not None:
         gold = GoldRule(found.gold_column, found.gold_field, found.gold_case_sensitive)
-    layout = layout_for([str(key) for key in records] if records else None, properties, gold)
+    most = conn.execute(
+        select(func.max(every.c.choices)).where(every.c.batch_id == batch_id)
+    ).scalar_one()
+    layout = layout_for(
+        [str(key) for key in records] if records else None, properties, gold, most or 1
+    )
     return layout if columns is None else layout.select(columns)
 
 
@@ -365,14 +391,38 @@ def answer_values(content: str | None, schema_valid: bool | None) -> dict[str, A
     return answer_fields(content) or {}
 
 
-def made_cell(
-    kind: str, key: str, record: dict[str, Any], answer: dict[str, Any], gold: str | None
-) -> str | None:
-    """The cell of a column made here rather than in SQL: a record value, an answer field, or
-    the row's ``gold_match`` (already a cell)."""
+class Made(NamedTuple):
+    """What the cells made here (not in SQL) come from, for one row: its source record, its
+    answer's fields, its ``gold_match`` cell, and the content of its further choices."""
+
+    record: dict[str, Any]
+    answer: dict[str, Any]
+    gold: str | None = None
+    others: list[Any] | None = None
+
+
+def made_row(layout: CsvLayout, status: str, record: str | None, content: str | None,
+             valid: bool | None, others: str | None) -> Made:  # fmt: skip
+    """Parse what ``layout``'s made cells need of one row, and only that."""
+    fields = parse_record(record) if layout.needs_record else {}
+    made = Made(fields, answer_values(content, valid) if layout.needs_answer else {})
+    if layout.needs_gold:
+        made = made._replace(gold=layout.gold_cell(status, fields, content, valid))
+    if layout.needs_choices:
+        made = made._replace(others=orjson.loads(others) if others else [])
+    return made
+
+
+def made_cell(kind: str, key: str, made: Made) -> str | None:
+    """The cell of a column made here rather than in SQL: a record value, an answer field, the
+    row's ``gold_match`` (already a cell), or the content of choice ``key`` (2, 3, …)."""
     if kind == "gold":
-        return gold
-    return value_cell((record if kind == "record" else answer).get(key))
+        return made.gold
+    if kind == "choice":
+        others = made.others or []
+        at = int(key) - 2
+        return safe_text(others[at]) if at < len(others) else None
+    return value_cell((made.record if kind == "record" else made.answer).get(key))
 
 
 def value_cell(value: Any) -> str | None:

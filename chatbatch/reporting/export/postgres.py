@@ -28,13 +28,12 @@ from chatbatch.reporting.export.layout import (
     UNFINISHED_CODE,
     CsvLayout,
     OnRows,
-    answer_values,
     begin_export,
     csv_writer,
     jsonl_line,
     layout_for,
     made_cell,
-    parse_record,
+    made_row,
     unfinished_message,
 )
 from chatbatch.rules.completions import USAGE_COLUMNS
@@ -202,6 +201,9 @@ def _csv_cells(task_id: str) -> dict[str, str]:
         "retries": _number("retries"),
         "possible_duplicates": _number("ambiguous_submits"),
         "reused_from": _csv_text("reused_source"),
+        "tool_calls": _csv_text("tool_calls"),
+        "reasoning_content": _csv_text("reasoning_content"),
+        "citations": _csv_text("citations"),
         "schema_valid": "CASE WHEN schema_valid THEN 'true' WHEN NOT schema_valid THEN 'false' "
         "ELSE '' END",
         "schema_error": _csv_text("schema_error"),
@@ -266,7 +268,7 @@ def export_postgres(
     else:
         shows_source = any(c.kind == "output" and c.key == "reused_from" for c in layout.columns)
         wanted = wanted._replace(reused_source=shows_source)
-        if layout.needs_record or layout.needs_answer:
+        if layout.needs_made:
             blocks = _assembled_blocks(conn, wanted, layout, CSV_CELLS)
         else:
             blocks = iter_blocks(conn, wanted, csv_row_sql(layout, CSV_CELLS))
@@ -295,28 +297,22 @@ def _assembled_blocks(
         else:
             plan.append(("sql", len(pieces)))
             pieces.append(cells[column.key])
-    needs_record, needs_answer = layout.needs_record, layout.needs_answer
-    record_at, content_at, valid_at = len(pieces), len(pieces) + 1, len(pieces) + 2
+    at = len(pieces)  # where the columns made here start in each row
     selected = [
         *pieces,
-        "record" if needs_record else "NULL",
-        *(("content", "schema_valid") if needs_answer else ("NULL", "NULL")),
-        "status" if layout.needs_gold else "NULL",
+        "status",
+        "record" if layout.needs_record else "NULL",
+        *(("content", "schema_valid") if layout.needs_answer else ("NULL", "NULL")),
+        "other_contents" if layout.needs_choices else "NULL",
     ]
     lone = len(layout.columns) == 1
     for rows in _row_blocks(conn, wanted, selected):
         lines = []
         for row in rows:
-            record = parse_record(row[record_at]) if needs_record else {}
-            answer = answer_values(row[content_at], row[valid_at]) if needs_answer else {}
-            gold = None
-            if layout.needs_gold:
-                gold = layout.gold_cell(row[-1], record, row[content_at], row[valid_at])
+            made = made_row(layout, *row[at:])
             line = ",".join(
                 [
-                    row[key]
-                    if kind == "sql"
-                    else _quoted(made_cell(kind, key, record, answer, gold))
+                    row[key] if kind == "sql" else _quoted(made_cell(kind, key, made))
                     for kind, key in plan
                 ]
             )

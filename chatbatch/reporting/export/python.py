@@ -19,12 +19,11 @@ from chatbatch.reporting.export.layout import (
     UNFINISHED,
     CsvLayout,
     OnRows,
-    answer_values,
     begin_export,
     csv_writer,
     jsonl_line,
     made_cell,
-    parse_record,
+    made_row,
     safe_text,
 )
 from chatbatch.rules.completions import USAGE_COLUMNS
@@ -79,6 +78,10 @@ def _selected() -> tuple[Any, ...]:
         r.c.schema_valid,
         r.c.schema_error,
         r.c.record,
+        r.c.tool_calls,
+        r.c.reasoning_content,
+        r.c.citations,
+        r.c.other_contents,
     )
 
 
@@ -108,20 +111,19 @@ def write_csv(
         (c.kind, c.key, OUTPUT_COLUMNS.index(c.key) if c.kind == "output" else -1)
         for c in layout.columns
     ]
-    needs_record, needs_answer = layout.needs_record, layout.needs_answer
     count = 0
     for row in rows:
         outputs = output_cells(row)
-        record = parse_record(row.record) if needs_record else {}
-        answer = answer_values(row.content, row.schema_valid) if needs_answer else {}
-        gold = (
-            layout.gold_cell(row.status, record, row.content, row.schema_valid)
-            if layout.needs_gold
+        made = (
+            made_row(
+                layout, row.status, row.record, row.content, row.schema_valid, row.other_contents
+            )
+            if layout.needs_made
             else None
         )
         writer.writerow(
             [
-                outputs[index] if kind == "output" else made_cell(kind, key, record, answer, gold)
+                outputs[index] if made is None or kind == "output" else made_cell(kind, key, made)
                 for kind, key, index in plan
             ]
         )
@@ -159,6 +161,9 @@ def output_cells(row: Any) -> list[Any]:
         row.retries,
         row.ambiguous_submits,
         safe_text(row.reused_from),
+        safe_text(row.tool_calls),
+        safe_text(row.reasoning_content),
+        safe_text(row.citations),
         None if row.schema_valid is None else ("true" if row.schema_valid else "false"),
         safe_text(row.schema_error),
     ]
