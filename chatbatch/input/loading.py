@@ -145,8 +145,9 @@ def load_source(
     prepared = _prepared(source, options, problems, track_ids=not postgres, on_bytes=on_bytes)
     total = 0
     duplicate_found = False
+    most = _MostChoices()
     try:
-        total = insert_requests(conn, batch_id, prepared, now)
+        total = insert_requests(conn, batch_id, most.counted(prepared), now)
     except (IntegrityError, psycopg.errors.UniqueViolation) as exc:
         if not _is_duplicate_id(exc):
             raise
@@ -164,7 +165,11 @@ def load_source(
     conn.execute(
         update(batches_table)
         .where(batches_table.c.id == batch_id)
-        .values(total=total, record_columns=None if columns is None else _json_text(columns))
+        .values(
+            total=total,
+            record_columns=None if columns is None else _json_text(columns),
+            max_choices=most.choices,
+        )
     )
     reused = reuse_answers(conn, batch_id, now=now) if options.reuse else 0
     return LoadedBatch(batch_id, name, total, reused)
@@ -224,6 +229,21 @@ def _batch_row(
         "gold_field": options.gold_field,
         "gold_case_sensitive": options.gold_case_sensitive,
     }
+
+
+class _MostChoices:
+    """The largest ``n`` (answers per request) among the requests loaded so far."""
+
+    def __init__(self) -> None:
+        self.choices = 1
+
+    def counted(self, prepared: Iterator[Prepared]) -> Iterator[Prepared]:
+        """``prepared`` as it is, each request's ``n`` noted on the way."""
+        for item in prepared:
+            n = item[3].get("n")
+            if isinstance(n, int) and not isinstance(n, bool) and n > self.choices:
+                self.choices = n
+            yield item
 
 
 def _check_gold_column(path: str, gold_column: str | None, columns: list[str] | None) -> None:

@@ -117,6 +117,8 @@ class Batch(Base):
     gold_case_sensitive: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=false()
     )
+    # The largest ``n`` (answers per request) a request asks for: the CSV export's content_2 …
+    max_choices: Mapped[int | None] = mapped_column(Integer)
 
 
 ACTIVE_ONLY = "status IN ('queued', 'submitting', 'submitted')"

@@ -2,9 +2,10 @@
 
 requests (and archived_requests): tool_calls, reasoning_content, citations, other_contents (the
 content of choices after the first) and choices (how many the answer had), extracted from each
-answer as it arrives so that exports drop nothing the model said. The all_requests view is made
-again with the new columns. Answers stored before this revision keep them empty (their raw
-``response`` still holds everything).
+answer as it arrives so that exports drop nothing the model said; batches.max_choices, the
+largest ``n`` a request of the batch asks for (its CSV export's content_2 … content_N). The
+all_requests view is made again with the new columns. Answers stored before this revision keep
+them empty (their raw ``response`` still holds everything).
 
 Revision ID: 0012
 Revises: 0011
@@ -42,10 +43,14 @@ def upgrade() -> None:
             for name in TEXTS:
                 batch.add_column(sa.Column(name, sa.Text(), nullable=True))
             batch.add_column(sa.Column("choices", sa.Integer(), nullable=True))
+    with op.batch_alter_table("batches") as batch:
+        batch.add_column(sa.Column("max_choices", sa.Integer(), nullable=True))
     _create_view()
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("batches") as batch:
+        batch.drop_column("max_choices")
     op.execute("DROP VIEW all_requests")
     for table in TABLES:
         with op.batch_alter_table(table) as batch:

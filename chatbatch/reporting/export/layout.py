@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import orjson
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 
 from chatbatch.errors import ChatbatchError
 from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.rules.quality import answer_label, label_key
 from chatbatch.rules.states import ACTIVE_STATUSES, ANSWERED_STATUSES, RequestStatus
 from chatbatch.rules.structured import answer_fields
-from chatbatch.store.models import all_requests_table as every
 from chatbatch.store.models import batches_table as b
 
 if TYPE_CHECKING:
@@ -255,6 +254,7 @@ def batch_layout(
             b.c.gold_column,
             b.c.gold_field,
             b.c.gold_case_sensitive,
+            b.c.max_choices,
         ).where(b.c.id == batch_id)
     ).first()
     records = orjson.loads(found.record_columns) if found and found.record_columns else None
@@ -266,11 +266,9 @@ def batch_layout(
     gold = None
     if found and found.gold_column is not None:
         gold = GoldRule(found.gold_column, found.gold_field, found.gold_case_sensitive)
-    most = conn.execute(
-        select(func.max(every.c.choices)).where(every.c.batch_id == batch_id)
-    ).scalar_one()
+    choices = found.max_choices if found and found.max_choices else 1
     layout = layout_for(
-        [str(key) for key in records] if records else None, properties, gold, most or 1
+        [str(key) for key in records] if records else None, properties, gold, choices
     )
     return layout if columns is None else layout.select(columns)
 
