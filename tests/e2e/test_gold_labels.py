@@ -295,6 +295,12 @@ def test_two_runs_compared_figure_by_figure(tmp_path, distributed_env, sim) -> N
     status = orjson.loads(chatbatch("status", "v2", "--json", env=env).stdout)
     assert report["b_stats"]["cost"] == f"{status['cost']['so_far']} {status['cost']['currency']}"
 
+    # drug names repeat within a batch: no join on them
+    repeated = chatbatch("compare", "v1", "v2", "--key", "drug", env=env, check=False)
+    assert repeated.returncode != 0 and "two rows have the key" in repeated.stderr
+    by_id = orjson.loads(chatbatch("compare", "v1", "v2", "--key", "id", "--json", env=env).stdout)
+    assert by_id == report  # the source column id holds the custom_ids: the same join
+
     chatbatch("report", "v1", "--compare", "v2", "-o", str(tmp_path / "r.html"), env=env)
     metrics = report_metrics(tmp_path / "r.html")
     for name in ("joined", "only_a", "only_b", "agreement", "kappa", "changed"):
