@@ -85,7 +85,7 @@ def _write_changes(
 
     sides, result, field = both.sides, both.result, both.report["field"]
     keys = set(result.changed)
-    rows = [changed_rows(conn, batch.id, keys, key) for batch in batches]
+    rows = [changed_rows(conn, batch, keys, key) for batch in batches]
     columns = orjson.loads(batches[0].record_columns or "[]")
     label = field or "answer"
     header = ["key", *columns, f"a_{label}", f"b_{label}", "a_answer", "b_answer", "gold"]

@@ -59,18 +59,18 @@ def read_side(conn: Connection, batch: Any, *, field: str | None, key: str | Non
         side.labels[joined] = row_answer(
             row.status, row.content, row.schema_valid, field=field, batch=batch
         )
-        if (gold := gold_label(row.record, batch)) is not None and batch.gold_column:
+        if batch.gold_column and (gold := gold_label(row.record, batch)) is not None:
             side.golds[joined] = gold
         _count(side, row)
     return side
 
 
 def _rows(conn: Connection, batch_id: str) -> Iterator[Any]:
-    """The batch's rows, streamed in blocks."""
+    """The batch's rows in input order, streamed in blocks."""
     query = select(
         r.c.custom_id, r.c.status, r.c.record, r.c.content, r.c.schema_valid,
         r.c.submitted_at, r.c.completed_at,
-    ).where(r.c.batch_id == batch_id)  # fmt: skip
+    ).where(r.c.batch_id == batch_id).order_by(r.c.line_no)  # fmt: skip
     result = conn.execute(query.execution_options(yield_per=BLOCK_ROWS))
     try:
         yield from result
@@ -208,12 +208,12 @@ def compare_batches(
     return BatchComparison(sides, result, comparison_json(first, second, name, result, stats))
 
 
-def changed_rows(conn: Connection, batch_id: str, keys: set[str], key: str | None) -> dict:
-    """The record and raw answer of ``batch_id``'s rows whose join key is in ``keys``: what
+def changed_rows(conn: Connection, batch: Any, keys: set[str], key: str | None) -> dict:
+    """The record and raw answer of ``batch``'s rows whose join key is in ``keys``: what
     ``compare -o`` writes of each changed row (memory: the changed rows only)."""
     found = {}
-    for row in _rows(conn, batch_id):
-        joined = _key_of(row, key, batch_id)
+    for row in _rows(conn, batch.id):
+        joined = _key_of(row, key, batch.name)
         if joined in keys:
             found[joined] = (orjson.loads(row.record) if row.record else {}, row.content, row)
     return found
