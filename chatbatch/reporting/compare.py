@@ -15,8 +15,8 @@ import orjson
 from sqlalchemy import Connection, select
 
 from chatbatch.errors import ChatbatchError
-from chatbatch.reporting.quality import ANSWERED, BLOCK_ROWS, gold_label, row_answer
-from chatbatch.rules.quality import NO_ANSWER, agreement
+from chatbatch.reporting.quality import BLOCK_ROWS, gold_label, row_answer
+from chatbatch.rules.quality import ANSWERED, NO_ANSWER, agreement
 from chatbatch.rules.structured import first_label_property
 from chatbatch.store.models import all_requests_table as r
 

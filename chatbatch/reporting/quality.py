@@ -11,12 +11,11 @@ from typing import Any, TypedDict
 import orjson
 from sqlalchemy import Connection, select
 
-from chatbatch.rules.quality import NO_ANSWER, agreement, answer_label, label_key
+from chatbatch.rules.quality import NO_ANSWER, agreement, answer_of, label_key
 from chatbatch.rules.states import ANSWERED_STATUSES, TERMINAL_STATUSES
 from chatbatch.store.models import all_requests_table as r
 
 BLOCK_ROWS = 5000
-ANSWERED = frozenset(status.value for status in ANSWERED_STATUSES)
 
 
 class QualitySummary(TypedDict):
@@ -118,8 +117,5 @@ def gold_label(record: str | None, batch: Any) -> str | None:
 def row_answer(
     status: str, content: str | None, valid: bool | None, *, field: str | None, batch: Any
 ) -> str | None:
-    """The label the row's answer gives on ``field``, or NO_ANSWER: failed, expired, cancelled,
-    not following the schema, or without that field."""
-    if status not in ANSWERED or valid is False:
-        return NO_ANSWER
-    return answer_label(content, field, case_sensitive=batch.gold_case_sensitive)
+    """``rules.quality.answer_of`` with the batch's case rule."""
+    return answer_of(status, content, valid, field=field, case_sensitive=batch.gold_case_sensitive)

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from chatbatch.rules.states import ANSWERED_STATUSES
 from chatbatch.rules.structured import answer_fields
 
 NO_ANSWER = None  # the answer side of an unanswered row
+ANSWERED = frozenset(status.value for status in ANSWERED_STATUSES)
 
 
 def label_key(value: Any, *, case_sensitive: bool = False) -> str | None:
@@ -58,6 +60,16 @@ def answer_label(content: str | None, field: str | None, *, case_sensitive: bool
         return label_key(content, case_sensitive=case_sensitive)
     fields = answer_fields(content)  # a JSON object, fenced or not, as the schema check reads
     return None if fields is None else label_key(fields.get(field), case_sensitive=case_sensitive)
+
+
+def answer_of(
+    status: str, content: str | None, valid: bool | None, *, field: str | None, case_sensitive: bool
+) -> str | None:
+    """The label a request's answer gives on ``field``, or NO_ANSWER: failed, expired,
+    cancelled, not following the schema, or without that field."""
+    if status not in ANSWERED or valid is False:
+        return NO_ANSWER
+    return answer_label(content, field, case_sensitive=case_sensitive)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, select
 
 from chatbatch.errors import ChatbatchError
 from chatbatch.rules.completions import USAGE_COLUMNS
-from chatbatch.rules.quality import answer_label, label_key
+from chatbatch.rules.quality import answer_of, label_key
 from chatbatch.rules.states import ACTIVE_STATUSES, ANSWERED_STATUSES, RequestStatus
 from chatbatch.rules.structured import answer_fields
 from chatbatch.store.models import batches_table as b
@@ -100,9 +100,9 @@ class GoldRule:
         gold = label_key(record.get(self.column), case_sensitive=self.case_sensitive)
         if gold is None or status in UNFINISHED:
             return None
-        answer = None
-        if status in ANSWERED and valid is not False:
-            answer = answer_label(content, self.field, case_sensitive=self.case_sensitive)
+        answer = answer_of(
+            status, content, valid, field=self.field, case_sensitive=self.case_sensitive
+        )
         return "true" if answer == gold else "false"
 
 
