@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from chatbatch.rules.states import ANSWERED_STATUSES
+from chatbatch.rules.states import ACTIVE_STATUSES, ANSWERED_STATUSES
 from chatbatch.rules.structured import answer_fields
 
 NO_ANSWER = None  # the answer side of an unanswered row
 ANSWERED = frozenset(status.value for status in ANSWERED_STATUSES)
+UNFINISHED = frozenset(status.value for status in ACTIVE_STATUSES)
 
 
 def label_key(value: Any, *, case_sensitive: bool = False) -> str | None:
@@ -70,6 +71,29 @@ def answer_of(
     if status not in ANSWERED or valid is False:
         return NO_ANSWER
     return answer_label(content, field, case_sensitive=case_sensitive)
+
+
+@dataclass(frozen=True)
+class GoldRule:
+    """How a batch loaded with ``--gold-column`` compares answers with gold labels."""
+
+    column: str
+    field: str | None
+    case_sensitive: bool
+
+    def match_cell(
+        self, status: str, record: dict[str, Any], content: str | None, valid: bool | None
+    ) -> str | None:
+        """``gold_match``: ``true`` when the answer's label is the row's gold label, ``false``
+        when it is not or the finished row has no usable answer (as ``status`` counts it),
+        empty for a row without a gold label or not finished yet."""
+        gold = label_key(record.get(self.column), case_sensitive=self.case_sensitive)
+        if gold is None or status in UNFINISHED:
+            return None
+        answer = answer_of(
+            status, content, valid, field=self.field, case_sensitive=self.case_sensitive
+        )
+        return "true" if answer == gold else "false"
 
 
 @dataclass(frozen=True)

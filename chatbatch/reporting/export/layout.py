@@ -19,14 +19,14 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import Connection, select
 
 from chatbatch.errors import ChatbatchError
 from chatbatch.rules.completions import USAGE_COLUMNS
-from chatbatch.rules.quality import answer_of, label_key
+from chatbatch.rules.quality import GoldRule
 from chatbatch.rules.states import ACTIVE_STATUSES, ANSWERED_STATUSES, RequestStatus
 from chatbatch.rules.structured import answer_fields
 from chatbatch.store.models import batches_table as b
@@ -81,29 +81,6 @@ class ExportError(ChatbatchError):
 
 
 GOLD_MATCH = "gold_match"  # with --gold-column: whether the answer agrees with the gold label
-
-
-@dataclass(frozen=True)
-class GoldRule:
-    """How a batch loaded with ``--gold-column`` compares answers with gold labels."""
-
-    column: str
-    field: str | None
-    case_sensitive: bool
-
-    def match_cell(
-        self, status: str, record: dict[str, Any], content: str | None, valid: bool | None
-    ) -> str | None:
-        """``gold_match``: ``true`` when the answer's label is the row's gold label, ``false``
-        when it is not or the finished row has no usable answer (as ``status`` counts it),
-        empty for a row without a gold label or not finished yet."""
-        gold = label_key(record.get(self.column), case_sensitive=self.case_sensitive)
-        if gold is None or status in UNFINISHED:
-            return None
-        answer = answer_of(
-            status, content, valid, field=self.field, case_sensitive=self.case_sensitive
-        )
-        return "true" if answer == gold else "false"
 
 
 @dataclass(frozen=True)
@@ -387,40 +364,6 @@ def answer_values(content: str | None, schema_valid: bool | None) -> dict[str, A
     if schema_valid is False:
         return {}
     return answer_fields(content) or {}
-
-
-class Made(NamedTuple):
-    """What the cells made here (not in SQL) come from, for one row: its source record, its
-    answer's fields, its ``gold_match`` cell, and the content of its further choices."""
-
-    record: dict[str, Any]
-    answer: dict[str, Any]
-    gold: str | None = None
-    others: list[Any] | None = None
-
-
-def made_row(layout: CsvLayout, status: str, record: str | None, content: str | None,
-             valid: bool | None, others: str | None) -> Made:  # fmt: skip
-    """Parse what ``layout``'s made cells need of one row, and only that."""
-    fields = parse_record(record) if layout.needs_record else {}
-    made = Made(fields, answer_values(content, valid) if layout.needs_answer else {})
-    if layout.needs_gold:
-        made = made._replace(gold=layout.gold_cell(status, fields, content, valid))
-    if layout.needs_choices:
-        made = made._replace(others=orjson.loads(others) if others else [])
-    return made
-
-
-def made_cell(kind: str, key: str, made: Made) -> str | None:
-    """The cell of a column made here rather than in SQL: a record value, an answer field, the
-    row's ``gold_match`` (already a cell), or the content of choice ``key`` (2, 3, …)."""
-    if kind == "gold":
-        return made.gold
-    if kind == "choice":
-        others = made.others or []
-        at = int(key) - 2
-        return safe_text(others[at]) if at < len(others) else None
-    return value_cell((made.record if kind == "record" else made.answer).get(key))
 
 
 def value_cell(value: Any) -> str | None:

@@ -32,10 +32,9 @@ from chatbatch.reporting.export.layout import (
     csv_writer,
     jsonl_line,
     layout_for,
-    made_cell,
-    made_row,
     unfinished_message,
 )
+from chatbatch.reporting.export.made import made_cell, made_row
 from chatbatch.rules.completions import USAGE_COLUMNS
 
 FETCH_ROWS = 2000

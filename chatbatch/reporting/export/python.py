@@ -22,10 +22,9 @@ from chatbatch.reporting.export.layout import (
     begin_export,
     csv_writer,
     jsonl_line,
-    made_cell,
-    made_row,
     safe_text,
 )
+from chatbatch.reporting.export.made import made_cell, made_row
 from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.store.models import all_requests_table as r
 from chatbatch.store.models import batches_table as b
