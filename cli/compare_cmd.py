@@ -91,7 +91,7 @@ def _write_changes(
     header = ["key", *columns, f"a_{label}", f"b_{label}", "a_answer", "b_answer", "gold"]
     with atomic_file(output, "w") as out:
         writer = csv_writer(out)
-        writer.writerow(header)
+        writer.writerow([value_cell(name) for name in header])  # source names are untrusted
         for joined in result.changed:
             record, a_raw, _ = rows[0][joined]
             b_raw = rows[1][joined][1]
