@@ -14,8 +14,8 @@ run (target: flat, about 1.0); each size's line as soon as it is measured.
 
 ``requests`` is vacuumed every 20 s while a batch runs, standing in for autovacuum, which this
 machine's server runs without (``bench.common.vacuuming`` says what happens otherwise). On the
-shared 2-core machine one worker does 200-300 items/s, so the default sizes take about an hour
-and a quarter; ``--sizes 100000,500000`` about half an hour.
+shared 2-core machine one worker does 150-250 items/s, falling as the table grows, so the default
+sizes take about two hours; ``--sizes 100000,500000`` about three quarters of an hour.
 
     python -m bench.worker_memory                        # N = 100,000 and 1,000,000
     python -m bench.worker_memory --sizes 100000,500000
