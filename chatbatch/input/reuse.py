@@ -7,22 +7,11 @@ from datetime import datetime
 
 from sqlalchemy import Connection, and_, func, select, update
 
+from chatbatch.rules.completions import ANSWER_COLUMNS
 from chatbatch.rules.states import RequestStatus
 from chatbatch.store.models import requests_table as r
 
-COPIED = (
-    "response",
-    "content",
-    "finish_reason",
-    "response_model",
-    "tool_calls",
-    "reasoning_content",
-    "citations",
-    "other_contents",
-    "choices",
-    "http_status",
-    "remote_id",
-)
+COPIED = ("response", *ANSWER_COLUMNS, "http_status", "remote_id")
 
 
 def reuse_answers(conn: Connection, batch_id: str, *, now: datetime) -> int:

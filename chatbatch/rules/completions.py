@@ -22,6 +22,18 @@ USAGE_COLUMNS = (
 # No answer has a trillion tokens; a larger (or negative) count is a provider's mistake, stored
 # clamped and flagged. The bound keeps sums over millions of answers inside a 64-bit integer.
 USAGE_MAX = 2**40
+# What ``extract_fields`` takes from an answer besides usage: emptied for a new round, copied
+# when an answer is reused.
+ANSWER_COLUMNS = (
+    "content",
+    "finish_reason",
+    "response_model",
+    "tool_calls",
+    "reasoning_content",
+    "citations",
+    "other_contents",
+    "choices",
+)
 SHORT_TEXT_CHARS = 64  # finish_reason's column
 MODEL_CHARS = 200
 

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from chatbatch.rules.completions import USAGE_COLUMNS, extract_fields
+from chatbatch.rules.completions import ANSWER_COLUMNS, USAGE_COLUMNS, extract_fields
 from chatbatch.rules.outcomes import (
     BAD_RESPONSE,
     Accepted,
@@ -439,14 +439,7 @@ ROUND_COLUMNS = (
     "completed_at",
     "http_status",
     "response",
-    "content",
-    "finish_reason",
-    "response_model",
-    "tool_calls",
-    "reasoning_content",
-    "citations",
-    "other_contents",
-    "choices",
+    *ANSWER_COLUMNS,
     *USAGE_COLUMNS,
     "schema_valid",
     "schema_error",

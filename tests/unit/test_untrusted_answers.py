@@ -373,3 +373,12 @@ def test_a_rich_log_handler_shows_only_the_scrubbed_traceback() -> None:
         logger.removeHandler(handler)
     shown = console.export_text()
     assert "RuntimeError" in shown and REDACTED in shown and KEY not in shown
+
+
+def test_what_an_answer_fills_is_what_a_new_round_empties() -> None:
+    from chatbatch.rules.completions import ANSWER_COLUMNS, USAGE_COLUMNS, extract_fields
+    from chatbatch.rules.states import ROUND_COLUMNS
+
+    filled = set(extract_fields({"choices": []})) - {"usage_clamped"}
+    assert filled == {*ANSWER_COLUMNS, *USAGE_COLUMNS}
+    assert filled <= set(ROUND_COLUMNS)  # a retried request keeps nothing of its last answer
