@@ -15,7 +15,7 @@ import orjson
 from sqlalchemy import Connection, select
 
 from chatbatch.errors import ChatbatchError
-from chatbatch.reporting.quality import BLOCK_ROWS, gold_label, row_answer
+from chatbatch.reporting.quality import gold_label, row_answer, streamed
 from chatbatch.rules.quality import ANSWERED, NO_ANSWER, agreement
 from chatbatch.rules.structured import first_label_property
 from chatbatch.store.models import all_requests_table as r
@@ -71,11 +71,7 @@ def _rows(conn: Connection, batch_id: str) -> Iterator[Any]:
         r.c.custom_id, r.c.status, r.c.record, r.c.content, r.c.schema_valid,
         r.c.submitted_at, r.c.completed_at,
     ).where(r.c.batch_id == batch_id).order_by(r.c.line_no)  # fmt: skip
-    result = conn.execute(query.execution_options(yield_per=BLOCK_ROWS))
-    try:
-        yield from result
-    finally:
-        result.close()
+    return streamed(conn, query)
 
 
 def _key_of(row: Any, key: str | None, batch_name: str) -> str:

@@ -5,11 +5,12 @@ large the batch, and scored by ``chatbatch.rules.quality``."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any, TypedDict
 
 import orjson
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Select, select
 
 from chatbatch.rules.quality import NO_ANSWER, agreement, answer_of, label_key
 from chatbatch.rules.states import ANSWERED_STATUSES, TERMINAL_STATUSES
@@ -68,20 +69,15 @@ def gold_pairs(conn: Connection, batch: Any) -> tuple[Counter[tuple[str, str | N
     query = select(r.c.status, r.c.record, r.c.content, r.c.schema_valid).where(
         r.c.batch_id == batch.id
     )
-    result = conn.execute(query.execution_options(yield_per=BLOCK_ROWS))
-    try:
-        for status, record, content, valid in result:
-            gold = gold_label(record, batch)
-            if gold is None:
-                continue
-            if status not in finished:
-                pending += 1
-                continue
-            pairs[
-                (gold, row_answer(status, content, valid, field=batch.gold_field, batch=batch))
-            ] += 1
-    finally:
-        result.close()
+    for status, record, content, valid in streamed(conn, query):
+        gold = gold_label(record, batch)
+        if gold is None:
+            continue
+        if status not in finished:
+            pending += 1
+            continue
+        answer = row_answer(status, content, valid, field=batch.gold_field, batch=batch)
+        pairs[(gold, answer)] += 1
     return pairs, pending
 
 
@@ -92,16 +88,23 @@ def disagreeing_ids(conn: Connection, batch: Any) -> list[int]:
         r.c.batch_id == batch.id, r.c.status.in_(ANSWERED_STATUSES)
     )
     found = []
+    for request_id, status, record, content, valid in streamed(conn, query):
+        gold = gold_label(record, batch)
+        answer = row_answer(status, content, valid, field=batch.gold_field, batch=batch)
+        if gold is not None and answer is not NO_ANSWER and answer != gold:
+            found.append(request_id)
+    return found
+
+
+def streamed(conn: Connection, query: Select[Any]) -> Iterator[Any]:
+    """The rows of ``query`` in blocks of ``BLOCK_ROWS`` (a server-side cursor on PostgreSQL),
+    the cursor closed however the caller stops reading. The option is set on the statement:
+    on the connection it would stay, and stream every later statement too."""
     result = conn.execute(query.execution_options(yield_per=BLOCK_ROWS))
     try:
-        for request_id, status, record, content, valid in result:
-            gold = gold_label(record, batch)
-            answer = row_answer(status, content, valid, field=batch.gold_field, batch=batch)
-            if gold is not None and answer is not NO_ANSWER and answer != gold:
-                found.append(request_id)
+        yield from result
     finally:
         result.close()
-    return found
 
 
 def gold_label(record: str | None, batch: Any) -> str | None:

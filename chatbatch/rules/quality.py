@@ -10,7 +10,7 @@ precision (it predicted nothing). Rows not finished yet are *pending* and count 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -180,8 +180,3 @@ def _f1(precision: float | None, recall: float | None) -> float | None:
         return None
     both = precision + recall
     return 2 * precision * recall / both if both else 0.0
-
-
-def count_pairs(pairs: Iterable[tuple[str, str | None]]) -> Counter[tuple[str, str | None]]:
-    """(gold, answer) pairs counted, as ``agreement`` takes them."""
-    return Counter(pairs)
