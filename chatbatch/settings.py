@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     # Input limits.
     max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
 
+    # `chatbatch serve` on an address other than loopback asks for this token (bearer or login).
+    dashboard_token: SecretStr | None = None
+
     # Price table (TOML) that `usage` and `status` turn usage into cost with; `--prices` wins.
     prices: Path | None = None
     # Providers file (TOML): several providers, each serving some models; `--providers` wins.

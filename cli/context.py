@@ -6,7 +6,6 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -14,7 +13,7 @@ import click
 from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
-from sqlalchemy import Connection, Engine, Row
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from chatbatch.errors import ChatbatchError, ConfigError
@@ -24,7 +23,7 @@ from chatbatch.settings import DATABASE_FILE, Settings, default_database_path, g
 from chatbatch.store.db import get_engine
 
 if TYPE_CHECKING:
-    from chatbatch.reporting.summary import BatchSummary
+    pass
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -83,17 +82,6 @@ def notice_stale_local_database() -> None:
     )
 
 
-def summarise(conn: Connection, batch: Row[Any]) -> BatchSummary:
-    """The status object of ``batch``, warning about results near the configured deadline and
-    about a stall."""
-    from chatbatch.reporting.summary import batch_summary
-
-    config = settings()
-    warning = timedelta(seconds=config.expiry_warning_seconds)
-    stall_after = timedelta(seconds=config.stall_seconds)
-    return batch_summary(conn, batch, expiry_warning=warning, stall_after=stall_after)
-
-
 def handles_errors(fn: F) -> F:
     """Turn our errors into a message on stderr and a non-zero exit code, never a traceback."""
 
@@ -123,15 +111,18 @@ def stderr_console() -> Console:
 
 
 def _every_key() -> list[str]:
-    """The API key, and every key a providers file names, to keep out of the logs."""
+    """The API key, every key a providers file names and the dashboard's token, to keep out
+    of the logs."""
     try:
         settings = get_settings()
     except ValueError:
         return []
+    token = settings.dashboard_token
+    extra = [token.get_secret_value()] if token and token.get_secret_value() else []
     try:
-        return provider_table(settings).keys()  # the configured key when there is no file
+        return provider_table(settings).keys() + extra  # the configured key without a file
     except ChatbatchError:  # a bad providers file is reported where it is used
-        return [key] if (key := settings.api_key_value()) else []
+        return ([key] if (key := settings.api_key_value()) else []) + extra
 
 
 def setup_logging(level: int = logging.WARNING) -> None:

@@ -17,6 +17,7 @@ from cli.list_cmd import list_command
 from cli.load_cmd import load_command
 from cli.report_cmd import report_command
 from cli.run import process_command, run_command
+from cli.serve_cmd import serve_command
 from cli.show_cmd import show_command
 from cli.status_cmd import status_command
 from cli.usage_cmd import usage_command
@@ -57,6 +58,7 @@ cli.add_command(delete_command)
 cli.add_command(archive_command)
 cli.add_command(unarchive_command)
 cli.add_command(compare_command)
+cli.add_command(serve_command)
 
 
 def main() -> None:

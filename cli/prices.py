@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.context import settings, summarise
+from cli.context import settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -36,21 +36,14 @@ def price_table(path: Path | None) -> PriceTable | None:
 def prices_for_batch(batch: Any, path: Path | None = None) -> PriceTable | None:
     """The price table for one batch: ``--prices``/``CHATBATCH_PRICES`` when given, else the
     table stored with the batch at load time, else None."""
-    from chatbatch.rules.pricing import PriceTable
+    from chatbatch.reporting.summary import batch_prices
 
-    given = price_table(path)
-    if given is not None or not getattr(batch, "prices", None):
-        return given
-    return PriceTable.model_validate_json(batch.prices)
+    return batch_prices(batch, price_table(path))
 
 
 def priced_summary(conn: Connection, batch: Any, path: Path | None = None) -> BatchSummary:
     """The status object of ``batch``, with its ``cost`` when a price table is known (given, set
     or stored): what ``status``, ``list`` and a finished ``run`` print."""
-    from chatbatch.reporting.summary import cost_summary
+    from chatbatch.reporting.summary import status_object
 
-    summary = summarise(conn, batch)
-    prices = prices_for_batch(batch, path)
-    if prices is not None:
-        summary["cost"] = cost_summary(conn, batch, prices=prices)
-    return summary
+    return status_object(conn, batch, config=settings(), prices=prices_for_batch(batch, path))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 import click
 import orjson
@@ -45,27 +44,13 @@ def workers_command(since: float, as_json: bool) -> None:
             since=now - timedelta(hours=since),
         )
     if as_json:
-        click.echo(orjson.dumps([_as_json(row) for row in rows]))
+        click.echo(orjson.dumps([row.as_json() for row in rows]))
         return
     if not rows:
         click.echo(f"no worker heard from in the last {since:g} hour(s)", err=True)
         return
     for line in table_lines([_cells(row, now) for row in rows], header=HEADER):
         click.echo(line)
-
-
-def _as_json(row: WorkerRow) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "state": row.state,
-        "host": row.host,
-        "pid": row.pid,
-        "kind": row.kind,
-        "started_at": row.started_at.isoformat(),
-        "beat_at": row.beat_at.isoformat(),
-        "stopped_at": None if row.stopped_at is None else row.stopped_at.isoformat(),
-        "in_flight": row.in_flight,
-    }
 
 
 def _cells(row: WorkerRow, now: datetime) -> tuple[str, ...]:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import Any
 
-from jinja2 import Environment, StrictUndefined
+from jinja2 import BaseLoader, ChoiceLoader, Environment, PackageLoader, StrictUndefined
 
 from chatbatch.reporting.report_data import BUCKET_WIDTHS, Latency, ReportData, Timeline, nice_step
 from chatbatch.rules.states import SCHEMA_INVALID, RequestStatus
@@ -71,9 +70,7 @@ class BarChart:
 def render_report(data: ReportData, comparison: dict[str, Any] | None = None) -> str:
     """The report as one HTML document; with ``comparison`` (``compare_batches``' JSON
     object), a section comparing the batch with another."""
-    template = _environment().from_string(
-        resources.files("chatbatch").joinpath("templates").joinpath(TEMPLATE).read_text("utf-8")
-    )
+    template = report_environment().get_template(TEMPLATE)
     context = report_context(data)
     if comparison is not None:
         context["comparison"] = comparison
@@ -301,8 +298,15 @@ def format_percent(share: float | None) -> str:
     return f"{math.floor(share * 1000) / 10:.1f}%"
 
 
-def _environment() -> Environment:
-    return Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True)
+def report_environment(*loaders: BaseLoader) -> Environment:
+    """The report's templates (``chatbatch/templates``), autoescaped, undefined names an error;
+    ``loaders`` come first (the dashboard's pages, which include the report's sections)."""
+    return Environment(
+        loader=ChoiceLoader([*loaders, PackageLoader("chatbatch", "templates")]),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+    )
 
 
 def _plot_box() -> dict[str, float]:

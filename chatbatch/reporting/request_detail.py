@@ -11,8 +11,10 @@ import orjson
 from sqlalchemy import Connection, Row, select
 
 from chatbatch.errors import NotFoundError
+from chatbatch.reporting.quality import gold_label, row_answer
 from chatbatch.rules.completions import USAGE_COLUMNS
 from chatbatch.rules.pricing import PriceTable, Usage, cost_of, format_money
+from chatbatch.rules.quality import GoldRule
 from chatbatch.store.models import all_requests_table as r
 from chatbatch.store.models import past_results_table as past
 from chatbatch.store.reads import batch_name_of
@@ -47,9 +49,19 @@ def request_detail(
         "error": _error(row),
         **_usage_and_cost(row, row.model, prices),
         "schema": _schema(row, batch),
+        "gold": _gold(row, batch),
         "reused_from": _reused_from(conn, row.reused_from),
         "history": [_earlier(entry, row.model, prices) for entry in earlier],
     }
+
+
+def request_key(conn: Connection, request_id: int) -> tuple[str, str]:
+    """The batch id and custom_id of the request with ``request_id`` (archived ones too);
+    NotFoundError when there is none."""
+    found = conn.execute(select(r.c.batch_id, r.c.custom_id).where(r.c.id == request_id)).first()
+    if found is None:
+        raise NotFoundError(f"no request with id {request_id}")
+    return found.batch_id, found.custom_id
 
 
 def _task(row: Row[Any]) -> dict[str, Any]:
@@ -64,11 +76,16 @@ def _task(row: Row[Any]) -> dict[str, Any]:
 
 
 def _answer(row: Row[Any]) -> dict[str, Any] | None:
-    """The provider's answer as stored: extracted fields and the whole body."""
+    """The provider's answer as stored: what the model said (content, reasoning, tool calls,
+    citations, the other choices' content) and the whole body."""
     if row.response is None and row.content is None:
         return None
     return {
         "content": row.content,
+        "reasoning": row.reasoning_content,
+        "tool_calls": _json_or_text(row.tool_calls),
+        "citations": _json_or_text(row.citations),
+        "other_contents": _json_or_text(row.other_contents),
         "finish_reason": row.finish_reason,
         "model": row.response_model,
         "http_status": row.http_status,
@@ -92,20 +109,49 @@ def _schema(row: Row[Any], batch: Row[Any]) -> dict[str, Any] | None:
     }
 
 
-def _usage_and_cost(row: Row[Any], model: str, prices: PriceTable | None) -> dict[str, Any]:
-    """``usage`` (None when the outcome carried none), ``usage_clamped`` and ``cost``
-    (money text; None without a price table or a price for the model)."""
-    if all(getattr(row, name) is None for name in USAGE_COLUMNS):
-        return {"usage": None, "usage_clamped": False, "cost": None}
-    usage = Usage(**{name: getattr(row, name) or 0 for name in USAGE_COLUMNS})
+def _gold(row: Row[Any], batch: Row[Any]) -> dict[str, Any] | None:
+    """For a batch with gold labels: the row's gold label, the label its answer gives (as
+    ``status`` compares them) and whether they match (None until the row is finished)."""
+    if not batch.gold_column:
+        return None
+    record = orjson.loads(row.record) if row.record else {}
+    rule = GoldRule(batch.gold_column, batch.gold_field, batch.gold_case_sensitive)
+    match = rule.match_cell(
+        row.status, record if isinstance(record, dict) else {}, row.content, row.schema_valid
+    )
     return {
-        "usage": usage.as_dict(),
-        "usage_clamped": bool(row.usage_clamped),
-        "cost": format_money(_cost(usage, model, prices)),
+        "column": batch.gold_column,
+        "field": batch.gold_field,
+        "label": gold_label(row.record, batch),
+        "answer_label": row_answer(
+            row.status, row.content, row.schema_valid, field=batch.gold_field, batch=batch
+        ),
+        "match": None if match is None else match == "true",
     }
 
 
-def _cost(usage: Usage, model: str, prices: PriceTable | None) -> Decimal | None:
+def _usage_and_cost(row: Row[Any], model: str, prices: PriceTable | None) -> dict[str, Any]:
+    """``usage`` (None when the outcome carried none), ``usage_clamped`` and ``cost``
+    (money text; None without a price table or a price for the model)."""
+    usage = row_usage(row)
+    if usage is None:
+        return {"usage": None, "usage_clamped": False, "cost": None}
+    return {
+        "usage": usage.as_dict(),
+        "usage_clamped": bool(row.usage_clamped),
+        "cost": format_money(usage_cost(usage, model, prices)),
+    }
+
+
+def row_usage(row: Row[Any]) -> Usage | None:
+    """The usage a stored outcome carried (None when it carried none)."""
+    if all(getattr(row, name) is None for name in USAGE_COLUMNS):
+        return None
+    return Usage(**{name: getattr(row, name) or 0 for name in USAGE_COLUMNS})
+
+
+def usage_cost(usage: Usage, model: str, prices: PriceTable | None) -> Decimal | None:
+    """What ``usage`` of ``model`` cost (None without a price table or a price for it)."""
     price = prices.price_for(model) if prices else None
     return cost_of(usage, price) if price else None
 

@@ -13,6 +13,7 @@ from chatbatch.reporting.report_data import error_groups
 from chatbatch.reporting.usage import Grouping, usage_report
 from chatbatch.rules.pricing import PriceTable, format_money
 from chatbatch.rules.states import ANSWERED_STATUSES, TERMINAL_STATUSES, BatchStatus
+from chatbatch.settings import Settings
 from chatbatch.store import reads
 from chatbatch.store.db import db_now
 
@@ -136,6 +137,30 @@ def batch_summary(
     if (quality := quality_summary(conn, batch)) is not None:
         summary["quality"] = quality
     return summary
+
+
+def status_object(
+    conn: Connection, batch: Row[Any], *, config: Settings, prices: PriceTable | None
+) -> BatchSummary:
+    """The status object as every front end shows it (``status``, ``list``, the dashboard):
+    deadlines and stalls judged by ``config``, and the ``cost`` when ``prices`` is known."""
+    summary = batch_summary(
+        conn,
+        batch,
+        expiry_warning=timedelta(seconds=config.expiry_warning_seconds),
+        stall_after=timedelta(seconds=config.stall_seconds),
+    )
+    if prices is not None:
+        summary["cost"] = cost_summary(conn, batch, prices=prices)
+    return summary
+
+
+def batch_prices(batch: Any, given: PriceTable | None) -> PriceTable | None:
+    """The price table for one batch: ``given`` (``--prices`` or ``CHATBATCH_PRICES``) when
+    there is one, else the table stored with the batch at load time, else None."""
+    if given is not None or not getattr(batch, "prices", None):
+        return given
+    return PriceTable.model_validate_json(batch.prices)
 
 
 EXIT_ALL_SUCCEEDED = 0

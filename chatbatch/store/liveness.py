@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, case, delete, func, insert, select, update
 from sqlalchemy.sql import Select
@@ -35,6 +36,20 @@ class WorkerRow:
     stopped_at: datetime | None
     state: str  # live, lost or stopped
     in_flight: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The worker object of ``workers --json`` and the dashboard's API."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "host": self.host,
+            "pid": self.pid,
+            "kind": self.kind,
+            "started_at": self.started_at.isoformat(),
+            "beat_at": self.beat_at.isoformat(),
+            "stopped_at": None if self.stopped_at is None else self.stopped_at.isoformat(),
+            "in_flight": self.in_flight,
+        }
 
 
 def register(
@@ -94,23 +109,41 @@ def list_workers(
     conn: Connection, *, now: datetime, heartbeat_seconds: float, since: datetime
 ) -> list[WorkerRow]:
     """Workers live now or heard from since ``since``, newest first, with what each holds."""
-    held = (
+    held = _held().subquery()
+    chosen = _with_state(held, now, heartbeat_seconds).outerjoin(held, held.c.worker_id == w.c.id)
+    return _worker_rows(conn, chosen.where(w.c.beat_at >= since))
+
+
+def batch_holders(
+    conn: Connection, batch_id: str, *, now: datetime, heartbeat_seconds: float
+) -> list[WorkerRow]:
+    """The workers holding requests of one batch in flight now, with how many each holds."""
+    held = _held().where(r.c.batch_id == batch_id).subquery()
+    chosen = _with_state(held, now, heartbeat_seconds).join(held, held.c.worker_id == w.c.id)
+    return _worker_rows(conn, chosen)
+
+
+def _held() -> Select[tuple[str, int]]:
+    """Requests held in flight per worker (from the partial index of held rows)."""
+    return (
         select(r.c.worker_id, func.count().label("n"))
         .where(r.c.worker_id.is_not(None))
         .group_by(r.c.worker_id)
-        .subquery()
     )
+
+
+def _with_state(held: Any, now: datetime, heartbeat_seconds: float) -> Select[Any]:
+    """Every column of a worker, its state (live, lost, stopped) and what it holds."""
     state = case(
         (w.c.stopped_at.is_not(None), "stopped"),
         (lost(now, heartbeat_seconds), "lost"),
         else_="live",
     )
-    rows = conn.execute(
-        select(*w.c, state.label("state"), func.coalesce(held.c.n, 0).label("in_flight"))
-        .outerjoin(held, held.c.worker_id == w.c.id)
-        .where(w.c.beat_at >= since)
-        .order_by(w.c.started_at.desc(), w.c.id)
-    )
+    return select(*w.c, state.label("state"), func.coalesce(held.c.n, 0).label("in_flight"))
+
+
+def _worker_rows(conn: Connection, chosen: Select[Any]) -> list[WorkerRow]:
+    rows = conn.execute(chosen.order_by(w.c.started_at.desc(), w.c.id))
     return [WorkerRow(**row._asdict()) for row in rows]
 
 

@@ -209,7 +209,8 @@ class Request(UsageColumns, Base):
             postgresql_where=text("status = 'submitted'"),
             sqlite_where=text("status = 'submitted'"),
         ),
-        Index("ix_requests_batch_id_status", "batch_id", "status"),
+        # Counts by state, and the dashboard's pages of one state in line order.
+        Index("ix_requests_batch_id_status", "batch_id", "status", "line_no"),
         Index(
             "ix_requests_fingerprint_succeeded",
             "fingerprint",

@@ -84,9 +84,21 @@ def batch_name_of(conn: Connection, batch_id: str) -> str:
     return str(conn.execute(select(b.c.name).where(b.c.id == batch_id)).scalar_one())
 
 
-def list_batches(conn: Connection) -> Sequence[Row[Any]]:
-    """All batches, newest first."""
-    return conn.execute(select(b).order_by(b.c.created_at.desc(), b.c.id)).all()
+def list_batches(
+    conn: Connection,
+    *,
+    status: str | None = None,
+    name_part: str | None = None,
+    limit: int | None = None,
+) -> Sequence[Row[Any]]:
+    """Batches newest first: all of them, or those in ``status`` whose name contains
+    ``name_part`` (any case), at most ``limit``."""
+    chosen = select(b).order_by(b.c.created_at.desc(), b.c.id).limit(limit)
+    if status is not None:
+        chosen = chosen.where(b.c.status == status)
+    if name_part:
+        chosen = chosen.where(func.lower(b.c.name).contains(name_part.lower(), autoescape=True))
+    return conn.execute(chosen).all()
 
 
 def status_counts(conn: Connection, batch_id: str) -> dict[str, int]:

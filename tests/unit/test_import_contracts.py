@@ -1,7 +1,8 @@
 """The arrows between the rooms of the code, enforced by reading every module's imports.
 
 ``chatbatch`` is the domain: it imports neither ``worker`` nor ``cli`` (nor the simulator);
-``worker`` imports neither ``cli`` nor the simulator; ``simulator`` stands alone, as a provider
+``worker`` imports neither ``cli`` nor the simulator; ``web`` (the dashboard) imports only
+``chatbatch``; ``simulator`` stands alone, as a provider
 would; ``migrations`` needs only ``chatbatch``. Inside ``chatbatch`` the rooms are layered, each
 importing only its own room and those below it:
 
@@ -27,14 +28,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("chatbatch", "worker", "cli", "simulator", "migrations")
+PACKAGES = ("chatbatch", "worker", "cli", "web", "simulator", "migrations")
 
 # Which of our packages each package must never import, and why.
 FORBIDDEN = {
-    "chatbatch": ({"worker", "cli", "simulator"}, "the domain uses neither the engine nor a UI"),
-    "worker": ({"cli", "simulator"}, "the engine serves every front end"),
-    "simulator": ({"chatbatch", "worker", "cli", "migrations"}, "it stands in for a provider"),
-    "migrations": ({"worker", "cli", "simulator"}, "the schema's history needs only the domain"),
+    "chatbatch": (
+        {"worker", "cli", "web", "simulator"},
+        "the domain uses neither the engine nor a UI",
+    ),
+    "worker": ({"cli", "web", "simulator"}, "the engine serves every front end"),
+    "web": ({"cli", "worker", "simulator"}, "the dashboard reads and acts through the domain"),
+    "simulator": (
+        {"chatbatch", "worker", "cli", "web", "migrations"},
+        "it stands in for a provider",
+    ),
+    "migrations": (
+        {"worker", "cli", "web", "simulator"},
+        "the schema's history needs only the domain",
+    ),
 }
 
 # The rooms of chatbatch, lowest first: a module may import its own room and the rooms below.

@@ -1,0 +1,88 @@
+"""What the dashboard's endpoints share: the dashboard of a request, a read-only connection,
+the batch a path names, and the live status object (``status --json``'s, plus throughput)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import Connection, Row
+from starlette.requests import Request
+from starlette.responses import Response
+
+from chatbatch.reporting.summary import batch_prices, status_object
+from chatbatch.reporting.watching import ThroughputWindow, eta_seconds
+from chatbatch.rules.pricing import PriceTable
+from chatbatch.rules.states import TERMINAL_STATUSES, BatchStatus
+from chatbatch.store import reads
+
+if TYPE_CHECKING:
+    from web.app import Dashboard
+
+
+class JSON(Response):
+    """A JSON answer encoded by orjson (dataclasses, datetimes and all)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def dashboard_of(request: Request) -> Dashboard:
+    """The dashboard this request reached."""
+    found: Dashboard = request.app.state.dashboard
+    return found
+
+
+@contextmanager
+def reading(request: Request) -> Iterator[Connection]:
+    """A connection for one request's reads, returned to the pool afterwards."""
+    with dashboard_of(request).engine.connect() as conn:
+        yield conn
+
+
+def path_batch(conn: Connection, request: Request) -> Row[Any]:
+    """The batch the path's ``{batch}`` names, by id or name (NotFoundError: none)."""
+    return reads.resolve_batch(conn, request.path_params["batch"])
+
+
+def prices_for(request: Request, batch: Row[Any]) -> PriceTable | None:
+    """``serve --prices``, else the table stored with the batch."""
+    return batch_prices(batch, dashboard_of(request).prices)
+
+
+def live_status(conn: Connection, request: Request, batch: Row[Any]) -> dict[str, Any]:
+    """The batch's status object with ``progress``: finished, remaining, the rate over the
+    last seconds this server saw (``watch``'s window) and the ETA it implies."""
+    dashboard = dashboard_of(request)
+    summary: dict[str, Any] = dict(
+        status_object(conn, batch, config=dashboard.settings, prices=prices_for(request, batch))
+    )
+    finished = sum(summary["counts"][s] for s in TERMINAL_STATUSES)
+    with dashboard.windows_lock:
+        window = dashboard.windows.setdefault(batch.id, ThroughputWindow())
+        window.add(time.monotonic(), finished)
+        rate = window.rate()
+    remaining = max(summary["total"] - finished, 0)
+    working = batch.status in (BatchStatus.RUNNING, BatchStatus.CANCELLING)
+    summary["progress"] = {
+        "finished": finished,
+        "remaining": remaining,
+        "rate_per_second": rate if working else None,
+        "eta_seconds": eta_seconds(remaining, rate) if working else None,
+    }
+    return summary
+
+
+def as_plain(value: Any) -> Any:
+    """A dataclass (or list of them) as plain dicts for JSON."""
+    if isinstance(value, list):
+        return [as_plain(item) for item in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
