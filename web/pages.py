@@ -57,17 +57,29 @@ def batches_page(request: Request) -> Response:
 
 def batch_page(request: Request) -> Response:
     """One batch: live figures and buttons above the report's sections, then its requests."""
-    with reading(request) as conn, read_snapshot(conn):
-        row = path_batch(conn, request)
-        data = collect(conn, row, prices=prices_for(request, row), now=db_now(conn))
+    row, context = _report(request)
     return render(
         request,
         "batch.html.j2",
         page="batch",
-        **report_context(data),
+        **context,
         request_statuses=list(RequestStatus),
         retry_choices=[c for c in RETRY_CHOICES if c != "disagree" or row.gold_column],
     )
+
+
+def batch_sections(request: Request) -> Response:
+    """The report's sections alone, which the batch page swaps in while the batch runs."""
+    _row, context = _report(request)
+    return render(request, "report_sections.html.j2", **context)
+
+
+def _report(request: Request) -> tuple[Any, dict[str, Any]]:
+    """The batch the path names and its report's context, every figure from one snapshot."""
+    with reading(request) as conn, read_snapshot(conn):
+        row = path_batch(conn, request)
+        data = collect(conn, row, prices=prices_for(request, row), now=db_now(conn))
+    return row, report_context(data)
 
 
 def request_page(request: Request) -> Response:
@@ -111,6 +123,7 @@ def not_found(request: Request, exc: Exception) -> Response:
 ROUTES = [
     Route("/", batches_page),
     Route("/batches/{batch}", batch_page),
+    Route("/batches/{batch}/sections", batch_sections),
     Route("/requests/{request:int}", request_page),
     Route("/login", login_page, methods=["GET"]),
     Route("/login", login, methods=["POST"]),

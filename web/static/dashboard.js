@@ -1,5 +1,6 @@
 // The dashboard's live parts, filled from the read API (/api/...). Everything a model, a
-// provider or an input file wrote is set as text (textContent), never parsed as HTML.
+// provider or an input file wrote is set as text (textContent), never parsed as HTML; the one
+// HTML swapped in is the report's sections, rendered and escaped by the server's templates.
 "use strict";
 
 const POLL_MS = 2000;
@@ -95,6 +96,22 @@ function workerRow(w) {
     el("td", { text: w.kind }), el("td", { text: w.beat_at.slice(11, 19) }), el("td", { class: "r", text: number(w.in_flight) }));
 }
 
+const SECTIONS_EVERY = 5; // polls between refreshes of the report's sections (heavier to build)
+let polls = 0;
+let lastStatus = null;
+
+// The report's sections, rendered and escaped by the server (its own templates), swapped in
+// while the batch is worked and once more when its status changes.
+async function refreshSections(status) {
+  const active = status === "running" || status === "cancelling";
+  const changed = lastStatus !== null && status !== lastStatus;
+  lastStatus = status;
+  polls += 1;
+  if (!changed && !(active && polls % SECTIONS_EVERY === 0)) return;
+  const response = await fetch(`/batches/${encodeURIComponent(body.dataset.batch)}/sections`);
+  if (response.ok) document.getElementById("report-sections").innerHTML = await response.text();
+}
+
 async function refreshBatch() {
   const view = await getJSON(`/api/batches/${encodeURIComponent(body.dataset.batch)}`);
   const status = document.getElementById("live-status");
@@ -119,6 +136,7 @@ async function refreshBatch() {
   warn.hidden = !warn.textContent;
   document.getElementById("worker-rows").replaceChildren(...view.workers.map(workerRow));
   document.getElementById("no-workers").hidden = view.workers.length > 0;
+  await refreshSections(view.status);
 }
 
 const pages = { after: [0], next: null };
