@@ -26,6 +26,7 @@ from chatbatch.operations.retry import retry, retry_choice
 from chatbatch.reporting.export import export_batch
 from chatbatch.reporting.report import render_report
 from chatbatch.reporting.report_data import collect
+from chatbatch.store import reads
 from chatbatch.store.db import db_now
 from chatbatch.store.dialect import read_snapshot
 from web import security
@@ -101,9 +102,14 @@ def _max_cost(text: str | None) -> Decimal | None:
 
 
 def _run(request: Request, command: Command) -> CommandResult:
-    """The command in one transaction, as the CLI runs it."""
-    with dashboard_of(request).engine.begin() as conn:
-        return command(conn, db_now(conn))
+    """The command in one transaction, as the CLI runs it; the batch's kept figures are
+    dropped, so the page shows what the command did at once."""
+    dashboard = dashboard_of(request)
+    with dashboard.engine.begin() as conn:
+        batch_id = reads.resolve_batch(conn, request.path_params["batch"]).id
+        result = command(conn, db_now(conn))
+    dashboard.cache.forget(batch_id)
+    return result
 
 
 def _text(value: Any) -> str | None:

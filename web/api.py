@@ -31,7 +31,9 @@ from chatbatch.store.db import db_now
 from web.context import (
     JSON,
     as_plain,
+    batch_state,
     dashboard_of,
+    is_active,
     live_status,
     path_batch,
     prices_for,
@@ -86,8 +88,12 @@ def batch_view(request: Request) -> dict[str, Any]:
     with reading(request) as conn:
         row = path_batch(conn, request)
         view = live_status(conn, request, row)
-        view["errors"] = as_plain(error_groups(conn, row.id))
-        view["recent_errors"] = as_plain(recent_errors(conn, row.id))
+        view["errors"], view["recent_errors"] = dashboard_of(request).cache.get(
+            ("errors", row.id),
+            batch_state(row),
+            is_active(row),
+            lambda: (as_plain(error_groups(conn, row.id)), as_plain(recent_errors(conn, row.id))),
+        )
         holders = liveness.batch_holders(
             conn, row.id, now=db_now(conn), heartbeat_seconds=heartbeat
         )

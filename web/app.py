@@ -24,6 +24,7 @@ from chatbatch.reporting.watching import ThroughputWindow
 from chatbatch.rules.pricing import PriceTable
 from chatbatch.settings import Settings
 from web import actions, api, pages, security
+from web.cache import FigureCache
 
 STATIC = Path(__file__).parent / "static"
 # Scripts only from this server (no inline script can run); the report's inline styles stay.
@@ -47,6 +48,7 @@ class Dashboard:
     secret: bytes = field(default_factory=security.new_secret)
     windows: dict[str, ThroughputWindow] = field(default_factory=dict)
     windows_lock: Lock = field(default_factory=Lock)
+    cache: FigureCache = field(default_factory=FigureCache)
 
     @property
     def broker(self) -> bool:

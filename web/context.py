@@ -58,7 +58,29 @@ def prices_for(request: Request, batch: Row[Any]) -> PriceTable | None:
 
 def live_status(conn: Connection, request: Request, batch: Row[Any]) -> dict[str, Any]:
     """The batch's status object with ``progress``: finished, remaining, the rate over the
-    last seconds this server saw (``watch``'s window) and the ETA it implies."""
+    last seconds this server saw (``watch``'s window) and the ETA it implies. Kept a while
+    between requests (``web.cache``): a copy, free to add to."""
+    dashboard = dashboard_of(request)
+    summary = dashboard.cache.get(
+        ("status", batch.id),
+        batch_state(batch),
+        is_active(batch),
+        lambda: _status_with_progress(conn, request, batch),
+    )
+    return dict(summary)
+
+
+def batch_state(batch: Row[Any]) -> tuple[Any, ...]:
+    """What changes when a batch's figures can change at once: a button or a sweep moved it."""
+    return (batch.status, batch.pause_reason, batch.finished_at, batch.archived_at, batch.total)
+
+
+def is_active(batch: Row[Any]) -> bool:
+    """Whether the batch is being worked, so its figures move by themselves."""
+    return batch.status in (BatchStatus.RUNNING, BatchStatus.CANCELLING)
+
+
+def _status_with_progress(conn: Connection, request: Request, batch: Row[Any]) -> dict[str, Any]:
     dashboard = dashboard_of(request)
     summary: dict[str, Any] = dict(
         status_object(conn, batch, config=dashboard.settings, prices=prices_for(request, batch))
@@ -69,7 +91,7 @@ def live_status(conn: Connection, request: Request, batch: Row[Any]) -> dict[str
         window.add(time.monotonic(), finished)
         rate = window.rate()
     remaining = max(summary["total"] - finished, 0)
-    working = batch.status in (BatchStatus.RUNNING, BatchStatus.CANCELLING)
+    working = is_active(batch)
     summary["progress"] = {
         "finished": finished,
         "remaining": remaining,

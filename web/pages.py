@@ -22,7 +22,15 @@ from chatbatch.store.db import db_now
 from chatbatch.store.dialect import read_snapshot
 from web import security
 from web.api import request_view
-from web.context import JSON, dashboard_of, path_batch, prices_for, reading
+from web.context import (
+    JSON,
+    batch_state,
+    dashboard_of,
+    is_active,
+    path_batch,
+    prices_for,
+    reading,
+)
 
 LOGIN_REFUSED = "That is not the dashboard's token."
 
@@ -76,10 +84,22 @@ def batch_sections(request: Request) -> Response:
 
 def _report(request: Request) -> tuple[Any, dict[str, Any]]:
     """The batch the path names and its report's context, every figure from one snapshot."""
-    with reading(request) as conn, read_snapshot(conn):
+    with reading(request) as conn:
         row = path_batch(conn, request)
+        context = dashboard_of(request).cache.get(
+            ("report", row.id),
+            batch_state(row),
+            is_active(row),
+            lambda: _report_context(request, row),
+        )
+    return row, context
+
+
+def _report_context(request: Request, row: Any) -> dict[str, Any]:
+    """The report's context, every figure from one snapshot."""
+    with reading(request) as conn, read_snapshot(conn):
         data = collect(conn, row, prices=prices_for(request, row), now=db_now(conn))
-    return row, report_context(data)
+    return report_context(data)
 
 
 def request_page(request: Request) -> Response:

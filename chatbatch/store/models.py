@@ -137,7 +137,8 @@ class Request(UsageColumns, Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
     line_no: Mapped[int] = mapped_column(Integer)
-    custom_id: Mapped[str] = mapped_column(Text)
+    # Bytewise on PostgreSQL (migration 0013): a prefix search is a range of the unique index.
+    custom_id: Mapped[str] = mapped_column(Text().with_variant(Text(collation="C"), "postgresql"))
     model: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
 

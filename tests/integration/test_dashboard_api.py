@@ -6,11 +6,7 @@ the buttons act only with the page's CSRF token, and the token, Host and read-on
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
@@ -19,7 +15,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 from engine_helpers import load, run_to_end, write_requests
 from sqlalchemy import Engine
 
@@ -30,28 +25,9 @@ from chatbatch.settings import get_settings
 from chatbatch.store import reads
 from web.app import Dashboard, create_app
 from web.security import CSRF_HEADER
+from web.server import serving
 
 TOKEN = "dash-token-0123456789"
-
-
-@contextmanager
-def serving(dashboard: Dashboard) -> Iterator[str]:
-    """The dashboard served by uvicorn on a free loopback port; its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(dashboard), log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @pytest.fixture
@@ -61,7 +37,7 @@ def dashboard(pg: Engine) -> Dashboard:
 
 @pytest.fixture
 def base(dashboard: Dashboard) -> Iterator[str]:
-    with serving(dashboard) as url:
+    with serving(create_app(dashboard)) as url:
         yield url
 
 
@@ -180,7 +156,7 @@ def test_buttons_need_the_pages_csrf_token(base: str, pg: Engine, tmp_path: Path
 def test_read_only_hides_the_buttons_and_refuses_posts(
     dashboard: Dashboard, finished_batch: str
 ) -> None:
-    with serving(replace(dashboard, read_only=True)) as url, httpx.Client() as browser:
+    with serving(create_app(replace(dashboard, read_only=True))) as url, httpx.Client() as browser:
         token = csrf_of(browser, url, finished_batch)
         page = browser.get(f"{url}/batches/{finished_batch}").text
         assert 'id="actions"' not in page and 'id="read-only"' in page
@@ -191,7 +167,7 @@ def test_read_only_hides_the_buttons_and_refuses_posts(
 
 
 def test_a_token_guards_everything_but_the_login(dashboard: Dashboard, finished_batch: str) -> None:
-    with serving(replace(dashboard, token=TOKEN)) as url:
+    with serving(create_app(replace(dashboard, token=TOKEN))) as url:
         assert httpx.get(f"{url}/api/batches").status_code == 401
         assert httpx.get(f"{url}/").status_code == 303  # to the login form
         bearer = {"Authorization": f"Bearer {TOKEN}"}
