@@ -104,3 +104,11 @@ def test_worker_memory(redis_url: str, capsys: pytest.CaptureFixture[str]) -> No
     assert len(peaks) == 2 and all(int(mb) > 0 for mb in peaks)  # 1,000 then 10,000
     assert re.search(r"N=\s+1,000 .* peak ratio to N=1,000\s+1\.00 ", out)
     assert re.search(r"N=\s+10,000 .* peak ratio to N=1,000\s+\d+\.\d+ ", out)
+
+
+@pytest.mark.usefixtures("pg_url")
+def test_dashboard_pages(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = quick("dashboard_pages", redis_url, capsys)
+    assert "wrote   100,000 requests of big" in out
+    assert len(re.findall(r"^  requests: .* ms .* ms +\d+\.\d+×", out, re.MULTILINE)) == 8
+    assert "batch page (the report over every row)" in out
