@@ -207,3 +207,20 @@ def test_downloads_are_the_exports_and_the_report(
     assert httpx.get(f"{base}/batches/{finished_batch}/export.xml").status_code == 404
     report = httpx.get(f"{base}/batches/{finished_batch}/report.html")
     assert report.status_code == 200 and 'id="errors"' in report.text
+
+
+def test_no_page_or_answer_shows_the_api_key(base: str, finished_batch: str) -> None:
+    first = httpx.get(f"{base}/api/batches/{finished_batch}/requests?limit=1").json()
+    paths = [
+        "/", "/api/batches", "/api/workers", f"/batches/{finished_batch}",
+        f"/api/batches/{finished_batch}", f"/api/batches/{finished_batch}/requests",
+        f"/batches/{finished_batch}/sections", f"/requests/{first['requests'][0]['id']}",
+        f"/api/requests/{first['requests'][0]['id']}", f"/batches/{finished_batch}/report.html",
+        f"/batches/{finished_batch}/export.jsonl", f"/batches/{finished_batch}/export.csv",
+    ]  # fmt: skip
+    key = get_settings().api_key_value()
+    assert key
+    for path in paths:
+        answer = httpx.get(f"{base}{path}")
+        assert answer.status_code == 200, path
+        assert key not in answer.text, path
