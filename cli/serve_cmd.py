@@ -28,7 +28,7 @@ def serve_command(host: str, port: int, read_only: bool, prices_path: Path | Non
     import uvicorn
 
     from web.app import Dashboard, create_app
-    from web.security import is_loopback
+    from web.security import MIN_TOKEN_CHARS, is_loopback
 
     config = settings()
     secret = config.dashboard_token
@@ -38,6 +38,11 @@ def serve_command(host: str, port: int, read_only: bool, prices_path: Path | Non
             f"refusing to serve on {host} without a token: anyone who reaches it could read "
             "every prompt and cancel every batch. Set CHATBATCH_DASHBOARD_TOKEN, or serve on "
             "127.0.0.1 (the default) and reach it through an SSH tunnel"
+        )
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise click.UsageError(
+            f"CHATBATCH_DASHBOARD_TOKEN is too short to guard anything: use at least "
+            f"{MIN_TOKEN_CHARS} random characters (e.g. `openssl rand -hex 24`)"
         )
     setup_logging()
     dashboard = Dashboard(

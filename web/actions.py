@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from chatbatch.errors import ChatbatchError
+from chatbatch.errors import ChatbatchError, NotFoundError
 from chatbatch.operations import controls
 from chatbatch.operations.controls import CommandResult
 from chatbatch.operations.retry import retry, retry_choice
@@ -31,7 +31,7 @@ from chatbatch.store.db import db_now
 from chatbatch.store.dialect import read_snapshot
 from web import security
 from web.context import JSON, dashboard_of, path_batch, prices_for, reading
-from web.streaming import streamed
+from web.streaming import Download, relayed
 
 Command = Callable[[Connection, datetime], CommandResult]
 EXPORT_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
@@ -48,6 +48,8 @@ async def control(request: Request) -> Response:
         result = await run_in_threadpool(_run, request, command)
     except ValueError as exc:
         return JSON({"error": str(exc)}, status_code=400)
+    except NotFoundError as exc:
+        return JSON({"error": str(exc)}, status_code=404)
     except ChatbatchError as exc:
         return JSON({"error": str(exc)}, status_code=409)
     answer = dataclasses.asdict(result)
@@ -130,10 +132,11 @@ def export(request: Request) -> Response:
         with engine.connect() as conn:
             export_batch(conn, row.id, out, fmt)
 
+    headers = {"Content-Disposition": _attachment(row.name, fmt)}
+    if request.method == "HEAD":  # what it would be, without running the export
+        return Response(media_type=EXPORT_TYPES[fmt], headers=headers)
     return StreamingResponse(
-        streamed(write_all),
-        media_type=EXPORT_TYPES[fmt],
-        headers={"Content-Disposition": _attachment(f"{row.name}.{fmt}")},
+        relayed(Download(write_all)), media_type=EXPORT_TYPES[fmt], headers=headers
     )
 
 
@@ -143,14 +146,14 @@ def report(request: Request) -> Response:
         row = path_batch(conn, request)
         data = collect(conn, row, prices=prices_for(request, row), now=db_now(conn))
     return HTMLResponse(
-        render_report(data), headers={"Content-Disposition": _attachment(f"{row.name}.html")}
+        render_report(data), headers={"Content-Disposition": _attachment(row.name, "html")}
     )
 
 
-def _attachment(filename: str) -> str:
+def _attachment(stem: str, suffix: str) -> str:
     """A Content-Disposition naming a download safely (a batch name is user text)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", filename).strip("._") or "batch"
-    return f'attachment; filename="{safe[:120]}"'
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:120] or "batch"
+    return f'attachment; filename="{safe}.{suffix}"'
 
 
 ROUTES = [

@@ -43,6 +43,7 @@ from web.context import (
 DEFAULT_BATCHES = 50
 MAX_BATCHES = 500
 WORKERS_SINCE = timedelta(days=1)
+MAX_ID = 2**62  # beyond any line number or id, within every database's integers
 
 
 def api_errors(endpoint: Any) -> Any:
@@ -106,7 +107,7 @@ def batch_requests(request: Request) -> Response:
     """One page of a batch's requests."""
     params = request.query_params
     query = PageQuery(
-        after=_int(params.get("after"), 0, "after", 0, None),
+        after=_int(params.get("after"), 0, "after", 0, MAX_ID),
         limit=_int(params.get("limit"), 50, "limit", 1, None),
         status=params.get("status") or None,
         search=params.get("q") or None,
@@ -125,6 +126,8 @@ def one_request(request: Request) -> Response:
 def request_view(request: Request) -> dict[str, Any]:
     """What ``GET /api/requests/{id}`` answers (the request page shows the same)."""
     request_id: int = request.path_params["request"]
+    if request_id > MAX_ID:
+        raise NotFoundError(f"no request with id {request_id}")
     with reading(request) as conn:
         batch_id, custom_id = request_key(conn, request_id)
         row = reads.resolve_batch(conn, batch_id)

@@ -80,7 +80,7 @@ async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Resp
     session = request.cookies.get(security.SESSION_COOKIE)
     request.state.session = session or security.new_session()
     response = refused or await call_next(request)
-    if session is None:
+    if not session:
         response.set_cookie(
             security.SESSION_COOKIE, request.state.session, httponly=True, samesite="strict"
         )
@@ -91,8 +91,20 @@ async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Resp
     return response
 
 
+def _cross_site_load(request: Request) -> bool:
+    """Whether another site's page is loading this one as an image, script or fetch (which
+    would run exports and reports on the user's behalf); following a link is fine."""
+    headers = request.headers
+    return (
+        headers.get("sec-fetch-site") == "cross-site"
+        and headers.get("sec-fetch-mode", "navigate") != "navigate"
+    )
+
+
 def _refusal(request: Request, dashboard: Dashboard) -> Response | None:
     """Why this request may not go on, as the answer to give; None when it may."""
+    if _cross_site_load(request):
+        return Response("another site may not load this dashboard's pages\n", status_code=403)
     if dashboard.token is None:
         if not security.is_loopback(request.headers.get("host", "")):
             return Response("this dashboard answers to localhost only\n", status_code=421)

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Row
 from starlette.requests import Request
 from starlette.responses import Response
 
+from chatbatch.errors import NotFoundError
 from chatbatch.reporting.summary import batch_prices, status_object
 from chatbatch.reporting.watching import ThroughputWindow, eta_seconds
 from chatbatch.rules.pricing import PriceTable
@@ -48,7 +49,10 @@ def reading(request: Request) -> Iterator[Connection]:
 
 def path_batch(conn: Connection, request: Request) -> Row[Any]:
     """The batch the path's ``{batch}`` names, by id or name (NotFoundError: none)."""
-    return reads.resolve_batch(conn, request.path_params["batch"])
+    ref = request.path_params["batch"]
+    if "\x00" in ref:  # PostgreSQL refuses NUL in text: no batch has it
+        raise NotFoundError(f"no batch with id or name {ref!r}")
+    return reads.resolve_batch(conn, ref)
 
 
 def prices_for(request: Request, batch: Row[Any]) -> PriceTable | None:
@@ -76,22 +80,24 @@ def batch_state(batch: Row[Any]) -> tuple[Any, ...]:
 
 
 def is_active(batch: Row[Any]) -> bool:
-    """Whether the batch is being worked, so its figures move by themselves."""
-    return batch.status in (BatchStatus.RUNNING, BatchStatus.CANCELLING)
+    """Whether the batch's figures may move by themselves: it is worked, or paused (its
+    submitted requests are still fetched)."""
+    return batch.status in (BatchStatus.RUNNING, BatchStatus.CANCELLING, BatchStatus.PAUSED)
 
 
 def _status_with_progress(conn: Connection, request: Request, batch: Row[Any]) -> dict[str, Any]:
     dashboard = dashboard_of(request)
+    read_at = time.monotonic()  # the rate's sample time: when the counts were read
     summary: dict[str, Any] = dict(
         status_object(conn, batch, config=dashboard.settings, prices=prices_for(request, batch))
     )
     finished = sum(summary["counts"][s] for s in TERMINAL_STATUSES)
     with dashboard.windows_lock:
         window = dashboard.windows.setdefault(batch.id, ThroughputWindow())
-        window.add(time.monotonic(), finished)
+        window.add(read_at, finished)
         rate = window.rate()
     remaining = max(summary["total"] - finished, 0)
-    working = is_active(batch)
+    working = batch.status in (BatchStatus.RUNNING, BatchStatus.CANCELLING)
     summary["progress"] = {
         "finished": finished,
         "remaining": remaining,

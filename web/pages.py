@@ -84,14 +84,11 @@ def batch_sections(request: Request) -> Response:
 
 def _report(request: Request) -> tuple[Any, dict[str, Any]]:
     """The batch the path names and its report's context, every figure from one snapshot."""
-    with reading(request) as conn:
+    with reading(request) as conn:  # returned before the report takes its own connection
         row = path_batch(conn, request)
-        context = dashboard_of(request).cache.get(
-            ("report", row.id),
-            batch_state(row),
-            is_active(row),
-            lambda: _report_context(request, row),
-        )
+    context = dashboard_of(request).cache.get(
+        ("report", row.id), batch_state(row), is_active(row), lambda: _report_context(request, row)
+    )
     return row, context
 
 

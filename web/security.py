@@ -22,6 +22,7 @@ SESSION_COOKIE = "chatbatch_session"
 AUTH_COOKIE = "chatbatch_auth"
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
+MIN_TOKEN_CHARS = 16
 
 
 def is_loopback(host: str) -> bool:
@@ -65,7 +66,7 @@ def csrf_ok(secret: bytes, session: str | None, offered: str | None) -> bool:
     """Whether a POST's ``offered`` token belongs to its session cookie."""
     if not session or not offered:
         return False
-    return hmac.compare_digest(csrf_token(secret, session), offered)
+    return hmac.compare_digest(csrf_token(secret, session).encode(), offered.encode())
 
 
 def auth_cookie_value(token: str) -> str:
@@ -78,7 +79,9 @@ def authorised(token: str, *, bearer: str | None, cookie: str | None) -> bool:
     """Whether a request proves it knows ``token``: as a bearer token or the login cookie."""
     if bearer is not None and hmac.compare_digest(bearer.encode(), token.encode()):
         return True
-    return cookie is not None and hmac.compare_digest(cookie, auth_cookie_value(token))
+    return cookie is not None and hmac.compare_digest(
+        cookie.encode(), auth_cookie_value(token).encode()
+    )
 
 
 def bearer_of(header: str | None) -> str | None:

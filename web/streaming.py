@@ -7,8 +7,10 @@ from __future__ import annotations
 import io
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import IO, Any, cast
+
+from starlette.concurrency import run_in_threadpool
 
 CHUNK_BYTES = 64 * 1024
 QUEUE_CHUNKS = 16
@@ -43,20 +45,42 @@ class _Pipe(io.RawIOBase):
             raise BrokenPipeError("the reader went away")
 
 
-def streamed(write_all: Callable[[IO[bytes]], object]) -> Iterator[bytes]:
-    """The bytes ``write_all`` writes, chunk by chunk as it writes them; an error it raises is
-    raised here after the chunks before it."""
-    chunks: queue.Queue[object] = queue.Queue(maxsize=QUEUE_CHUNKS)
-    stop = threading.Event()
-    thread = threading.Thread(target=_produce, args=(write_all, chunks, stop), daemon=True)
-    thread.start()
-    try:
-        while (item := chunks.get()) is not _DONE:
+class Download:
+    """The bytes ``write_all`` writes, as they are written (iterate it once); ``close()``
+    stops the writer at its next write and the reading at its next wait."""
+
+    def __init__(self, write_all: Callable[[IO[bytes]], object]) -> None:
+        self._chunks: queue.Queue[object] = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self._stop = threading.Event()
+        args = (write_all, self._chunks, self._stop)
+        threading.Thread(target=_produce, args=args, daemon=True).start()
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The chunks in order; an error the writer raised is raised after those before it."""
+        while not self._stop.is_set():
+            try:
+                item = self._chunks.get(timeout=PUT_WAIT_SECONDS)
+            except queue.Empty:
+                continue
+            if item is _DONE:
+                return
             if isinstance(item, BaseException):
                 raise item
-            yield item  # type: ignore[misc]
+            yield cast(bytes, item)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+async def relayed(download: Download) -> AsyncIterator[bytes]:
+    """``download`` for an ASGI response: each wait on a thread of the pool, and the writer
+    stopped however the response ends (a reader who went away cancels it)."""
+    chunks = iter(download)
+    try:
+        while (chunk := await run_in_threadpool(next, chunks, None)) is not None:
+            yield chunk
     finally:
-        stop.set()
+        download.close()
 
 
 def _produce(

@@ -35,6 +35,8 @@ class PageQuery:
     def __post_init__(self) -> None:
         if not 1 <= self.limit <= MAX_PAGE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+        if self.search is not None and "\x00" in self.search:
+            raise ValueError("a custom_id has no NUL character")
         if self.after < 0:
             raise ValueError("after must be a line number (0 or more)")
         if self.status is not None and self.status not in RequestStatus._value2member_map_:

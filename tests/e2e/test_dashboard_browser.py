@@ -207,6 +207,9 @@ def test_retry_from_the_page_on_the_embedded_default(sim, tmp_path, browser, ser
     }
     refused = chatbatch("serve", "--host", "0.0.0.0", env=env, check=False)
     assert refused.returncode == 2 and "without a token" in refused.stderr
+    weak = env | {"CHATBATCH_DASHBOARD_TOKEN": "hunter2"}
+    refused = chatbatch("serve", "--host", "0.0.0.0", env=weak, check=False)
+    assert refused.returncode == 2 and "too short" in refused.stderr
     sim.reconfigure(fail_rate=0.3, seed=11)
     source = tmp_path / "small.jsonl"
     write_batch(source, 40)

@@ -172,6 +172,8 @@ def test_a_token_guards_everything_but_the_login(dashboard: Dashboard, finished_
         assert httpx.get(f"{url}/").status_code == 303  # to the login form
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         assert httpx.get(f"{url}/api/batches", headers=bearer).status_code == 200
+        odd = {"Cookie": b"chatbatch_auth=" + "é".encode()}
+        assert httpx.get(f"{url}/api/batches", headers=odd).status_code == 401
         with httpx.Client() as browser:
             assert browser.post(f"{url}/login", data={"token": "wrong"}).status_code == 401
             logged = browser.post(f"{url}/login", data={"token": TOKEN})
@@ -224,3 +226,32 @@ def test_no_page_or_answer_shows_the_api_key(base: str, finished_batch: str) -> 
         answer = httpx.get(f"{base}{path}")
         assert answer.status_code == 200, path
         assert key not in answer.text, path
+
+
+def test_odd_input_is_refused_not_a_crash(base: str, finished_batch: str) -> None:
+    url = f"{base}/api/batches/{finished_batch}/requests"
+    assert httpx.get(url, params={"after": 10**20}).status_code == 400
+    assert httpx.get(url, params={"q": "c1\x00"}).status_code == 400
+    assert httpx.get(f"{base}/api/requests/{10**20}").status_code == 404
+    assert httpx.get(f"{base}/api/batches/a%00b").status_code == 404
+    with httpx.Client() as browser:
+        token = csrf_of(browser, base, finished_batch)
+        missing = browser.post(f"{base}/batches/no-such/cancel", headers={CSRF_HEADER: token})
+        assert missing.status_code == 404
+        odd = "é".encode()  # what a browser could send: UTF-8 bytes in a header
+        refused = browser.post(
+            f"{base}/batches/{finished_batch}/cancel", headers={CSRF_HEADER: odd}
+        )
+        assert refused.status_code == 403
+    empty = httpx.get(f"{base}/", headers={"Cookie": "chatbatch_session="})
+    assert empty.cookies.get("chatbatch_session")  # a usable session is handed out again
+
+
+def test_another_site_may_link_but_not_load(base: str, finished_batch: str) -> None:
+    export = f"{base}/batches/{finished_batch}/export.csv"
+    as_image = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}
+    assert httpx.get(export, headers=as_image).status_code == 403
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    assert httpx.get(f"{base}/batches/{finished_batch}", headers=link).status_code == 200
+    head = httpx.head(export)
+    assert head.status_code == 200 and head.content == b""  # described, not run

@@ -112,3 +112,30 @@ def test_a_running_batch_is_recomputed_after_a_pause_that_grows_with_its_cost(
     assert cheap.get("y", "running", True, lambda: "b") == "a"
     clock.now += cache.MIN_AGE_SECONDS
     assert cheap.get("y", "running", True, lambda: "b") == "b"
+
+
+def test_one_thread_computes_and_a_forget_during_it_wins() -> None:
+    import threading
+
+    figures, started, release, calls = FigureCache(), threading.Event(), threading.Event(), []
+
+    def slow() -> str:
+        calls.append(1)
+        started.set()
+        release.wait(5)
+        return "old"
+
+    first = threading.Thread(target=lambda: figures.get("n", "running", True, slow))
+    first.start()
+    assert started.wait(5)
+    second_result: list[str] = []
+    second = threading.Thread(
+        target=lambda: second_result.append(figures.get("n", "running", True, slow))
+    )
+    second.start()
+    figures.forget("b")  # a button acted while the first computation ran
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert len(calls) == 2  # the second waited, found nothing kept (forgotten), computed once
+    assert second_result == ["old"]

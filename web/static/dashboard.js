@@ -20,6 +20,7 @@ function el(tag, props = {}, ...children) {
 
 async function getJSON(url) {
   const response = await fetch(url, { headers: { Accept: "application/json" } });
+  if (response.redirected) window.location.assign(response.url); // logged out: to the login
   if (!response.ok) throw new Error(`${url}: ${response.status}`);
   return response.json();
 }
@@ -109,7 +110,9 @@ async function refreshSections(status) {
   polls += 1;
   if (!changed && !(active && polls % SECTIONS_EVERY === 0)) return;
   const response = await fetch(`/batches/${encodeURIComponent(body.dataset.batch)}/sections`);
-  if (response.ok) document.getElementById("report-sections").innerHTML = await response.text();
+  if (response.ok && !response.redirected) {
+    document.getElementById("report-sections").innerHTML = await response.text();
+  }
 }
 
 async function refreshBatch() {
@@ -173,7 +176,8 @@ async function submitAction(event) {
   const response = await fetch(`/batches/${encodeURIComponent(body.dataset.batch)}/${form.dataset.action}`, {
     method: "POST", body: new FormData(form), headers: { "X-CSRF-Token": csrf, Accept: "application/json" },
   });
-  const answer = await response.json();
+  const isJSON = (response.headers.get("content-type") || "").startsWith("application/json");
+  const answer = isJSON ? await response.json() : { error: `${response.status} ${response.statusText}` };
   result.classList.toggle("error", !response.ok);
   result.textContent = response.ok ? `${answer.name}: ${answer.message}${answer.hint ? ` (${answer.hint})` : ""}` : answer.error;
   await Promise.all([refreshBatch(), loadRequests()]);
