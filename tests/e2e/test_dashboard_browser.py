@@ -147,6 +147,9 @@ def test_a_running_batch_live_in_the_browser_on_postgres(
         assert page.evaluate("window.__sameDocument") == 42  # updated in place, no reload
         assert page.inner_text("#live-status") == "running"
         page.screenshot(path=str(shots / "batch-running.png"), full_page=True)
+        first_row = "#request-rows tr:first-child .badge"
+        wait_until(lambda: text_of(page, first_row) == "succeeded", timeout=60)  # table too
+        assert page.evaluate("window.__sameDocument") == 42
         page.goto(f"{base}/")
         page.wait_for_selector("tr[data-batch] .progress-cell")
         page.screenshot(path=str(shots / "batches.png"), full_page=True)

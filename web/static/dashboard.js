@@ -102,7 +102,8 @@ let polls = 0;
 let lastStatus = null;
 
 // The report's sections, rendered and escaped by the server (its own templates), swapped in
-// while the batch is worked and once more when its status changes.
+// while the batch is worked and once more when its status changes; the requests table's page
+// is read again with them.
 async function refreshSections(status) {
   const active = status === "running" || status === "cancelling";
   const changed = lastStatus !== null && status !== lastStatus;
@@ -113,6 +114,8 @@ async function refreshSections(status) {
   if (response.ok && !response.redirected) {
     document.getElementById("report-sections").innerHTML = await response.text();
   }
+  await loadRequests(); // the table's page too, where it is
+
 }
 
 async function refreshBatch() {
