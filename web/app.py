@@ -33,7 +33,7 @@ CONTENT_SECURITY_POLICY = (
     "img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
     "base-uri 'none'; object-src 'none'"
 )
-OPEN_PATHS = ("/login", "/static/")  # reachable before logging in
+LOGIN_PATH, STATIC_PREFIX = "/login", "/static/"  # reachable before logging in
 
 
 @dataclass
@@ -110,7 +110,7 @@ def _refusal(request: Request, dashboard: Dashboard) -> Response | None:
             return Response("this dashboard answers to localhost only\n", status_code=421)
         return None
     path = request.url.path
-    if path == "/login" or path.startswith(OPEN_PATHS[1]):
+    if path == LOGIN_PATH or path.startswith(STATIC_PREFIX):
         return None
     if security.authorised(
         dashboard.token,
@@ -120,4 +120,4 @@ def _refusal(request: Request, dashboard: Dashboard) -> Response | None:
         return None
     if path.startswith("/api/") or request.method != "GET":
         return JSONResponse({"error": "a token is needed (Authorization: Bearer)"}, 401)
-    return RedirectResponse("/login", status_code=303)
+    return RedirectResponse(LOGIN_PATH, status_code=303)
