@@ -32,8 +32,6 @@ from web.context import (
     reading,
 )
 
-LOGIN_REFUSED = "That is not the dashboard's token."
-
 
 @functools.cache
 def environment() -> Environment:
@@ -52,7 +50,6 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
         "csrf": security.csrf_token(dashboard.secret, request.state.session),
         "read_only": dashboard.read_only,
         "broker": dashboard.broker,
-        "logged_in": dashboard.token is not None,
     }
     html = environment().get_template(template).render(**common, **context)
     return HTMLResponse(html, status_code=status_code)
