@@ -15,7 +15,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from chatbatch.operations.retry import RETRY_CHOICES
-from chatbatch.reporting.report import report_context, report_environment
+from chatbatch.reporting.report import format_count, report_context, report_environment
 from chatbatch.reporting.report_data import collect
 from chatbatch.rules.states import BatchStatus, RequestStatus
 from chatbatch.store.db import db_now
@@ -38,7 +38,7 @@ def environment() -> Environment:
     """The pages' templates first, then the report's (whose sections the batch page includes)."""
     env = report_environment(PackageLoader("web", "templates"))
     env.filters["pretty"] = lambda value: orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
-    env.globals["fmt_int"] = lambda n: f"{n:,}"
+    env.globals["fmt_int"] = format_count
     env.filters["when"] = lambda iso: iso[:19].replace("T", " ") if iso else ""
     return env
 

@@ -134,7 +134,7 @@ def report_context(data: ReportData) -> dict[str, Any]:
         "fmt_money": lambda amount: _padded(amount, places),
         "fmt_seconds": format_seconds,
         "fmt_time": format_time,
-        "fmt_int": lambda n: f"{n:,}",
+        "fmt_int": format_count,
         "fmt_pct": format_percent,
     }
 
@@ -289,6 +289,11 @@ def format_time(value: datetime | None) -> str:
     if value is None:
         return "–"
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def format_count(n: int) -> str:
+    """A whole number with thousands separators: 1,000,000."""
+    return f"{n:,}"
 
 
 def format_percent(share: float | None) -> str:

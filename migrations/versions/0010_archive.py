@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from migrations.views import create_all_requests_view
+
 revision: str = "0010"
 down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
@@ -48,11 +50,7 @@ def upgrade() -> None:
         ["batch_id", "line_no"],
         unique=True,
     )
-    names = ", ".join(f'"{column.name}"' for column in requests.columns)
-    op.execute(
-        f"CREATE VIEW all_requests AS SELECT {names} FROM requests "
-        f"UNION ALL SELECT {names} FROM archived_requests"
-    )
+    create_all_requests_view()
     with op.batch_alter_table("batches") as batch:
         batch.add_column(sa.Column("archived_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("past_results") as batch:

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from migrations.views import create_all_requests_view
+
 revision: str = "0012"
 down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
@@ -24,16 +26,6 @@ depends_on: str | Sequence[str] | None = None
 
 TEXTS = ("tool_calls", "reasoning_content", "citations", "other_contents")
 TABLES = ("requests", "archived_requests")
-
-
-def _create_view() -> None:
-    """``all_requests`` over both tables, with the columns ``requests`` has now."""
-    requests = sa.Table("requests", sa.MetaData(), autoload_with=op.get_bind())
-    names = ", ".join(f'"{column.name}"' for column in requests.columns)
-    op.execute(
-        f"CREATE VIEW all_requests AS SELECT {names} FROM requests "
-        f"UNION ALL SELECT {names} FROM archived_requests"
-    )
 
 
 def upgrade() -> None:
@@ -45,7 +37,7 @@ def upgrade() -> None:
             batch.add_column(sa.Column("choices", sa.Integer(), nullable=True))
     with op.batch_alter_table("batches") as batch:
         batch.add_column(sa.Column("max_choices", sa.Integer(), nullable=True))
-    _create_view()
+    create_all_requests_view()
 
 
 def downgrade() -> None:
@@ -56,4 +48,4 @@ def downgrade() -> None:
         with op.batch_alter_table(table) as batch:
             for name in ("choices", *reversed(TEXTS)):
                 batch.drop_column(name)
-    _create_view()
+    create_all_requests_view()

@@ -19,8 +19,9 @@ Create Date: 2026-12-06
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from alembic import op
+
+from migrations.views import create_all_requests_view
 
 revision: str = "0013"
 down_revision: str | None = "0012"
@@ -31,16 +32,6 @@ NAME = "ix_requests_batch_id_status"
 TABLES = ("requests", "archived_requests")
 
 
-def _create_view() -> None:
-    """``all_requests`` over both tables, with the columns ``requests`` has now."""
-    requests = sa.Table("requests", sa.MetaData(), autoload_with=op.get_bind())
-    names = ", ".join(f'"{column.name}"' for column in requests.columns)
-    op.execute(
-        f"CREATE VIEW all_requests AS SELECT {names} FROM requests "
-        f"UNION ALL SELECT {names} FROM archived_requests"
-    )
-
-
 def _collate_custom_ids(collation: str) -> None:
     """custom_id compared by ``collation`` in both tables (PostgreSQL only)."""
     if op.get_bind().dialect.name != "postgresql":
@@ -48,7 +39,7 @@ def _collate_custom_ids(collation: str) -> None:
     op.execute("DROP VIEW all_requests")
     for table in TABLES:
         op.execute(f'ALTER TABLE {table} ALTER COLUMN custom_id TYPE text COLLATE "{collation}"')
-    _create_view()
+    create_all_requests_view()
 
 
 def upgrade() -> None:
