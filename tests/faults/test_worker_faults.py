@@ -25,13 +25,21 @@ SHORT_LEASE = {
 }
 
 
-def _wait_for_posts_in_flight(run: FaultRun) -> None:
-    wait_until(
-        lambda: run.counts().get("submitting", 0) >= 4,
-        "the victim to have POSTs in flight",
-        timeout=60,
-        interval=0.02,
-    )
+def _wait_for_posts_in_flight(run: FaultRun, pid: int | None = None) -> None:
+    """Until at least 4 POSTs are in flight: any worker's, or those of the worker ``pid``
+    (with two workers started, the ones in flight may all be the other's)."""
+
+    def in_flight() -> bool:
+        if pid is None:
+            return run.counts().get("submitting", 0) >= 4
+        held = run.query(
+            "SELECT count(*) FROM requests r JOIN workers w ON w.id = r.worker_id "
+            "WHERE r.status = 'submitting' AND w.pid = %s",
+            pid,
+        )
+        return bool(held[0][0] >= 4)
+
+    wait_until(in_flight, "the victim to have POSTs in flight", timeout=60, interval=0.02)
 
 
 def _ids(rows: list[tuple[Any, ...]]) -> list[int]:
@@ -83,7 +91,7 @@ def test_a_killed_workers_posts_resume_within_30_s_with_default_settings(
     run.load(300)
     victim = run.start_worker("victim")
     run.start_worker("survivor")
-    _wait_for_posts_in_flight(run)
+    _wait_for_posts_in_flight(run, victim.proc.pid)
     victim.kill()
     killed_at = time.monotonic()
     orphans = _ids(
